@@ -1,0 +1,3 @@
+from mainsail.cli import main
+
+main()

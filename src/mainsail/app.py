@@ -1,0 +1,82 @@
+"""The FastAPI app factory and the lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from mainsail import __version__
+from mainsail.api import ROUTERS
+from mainsail.core import embedded_pg
+from mainsail.core.db import Database
+from mainsail.core.errors import install_error_handlers
+from mainsail.core.logging import configure_logging, get_logger
+from mainsail.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from mainsail.core.readiness import ReadinessRegistry, database_checks
+from mainsail.settings import Settings, SettingsError, load_settings
+
+log = get_logger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            url = settings.async_database_url()
+            if url is None:
+                embedded = await asyncio.to_thread(
+                    embedded_pg.attach, settings.database.embedded_dir
+                )
+                stack.callback(embedded.release)
+                url = embedded.url
+            db = Database(url, settings.database)
+            stack.push_async_callback(db.dispose)
+            readiness = ReadinessRegistry(timeout_s=settings.database.ready_timeout_s)
+            for name, check in database_checks(db).items():
+                readiness.add(name, check)
+            app.state.settings = settings
+            app.state.db = db
+            app.state.readiness = readiness
+            log.info("started", version=__version__, environment=settings.environment)
+            yield
+            log.info("stopping")
+
+    app = FastAPI(
+        title="Mainsail",
+        version=__version__,
+        summary="Self-hosted AI backend",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    # Added innermost first: the request-id middleware wraps everything, so even a 413
+    # refused before routing carries the id.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.http.max_body_bytes)
+    if settings.http.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.http.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, max_length=settings.http.request_id_max_length)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: settings from the environment, one-line error if invalid."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"mainsail: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log)
+    return create_app(settings)

@@ -1,0 +1,209 @@
+"""The ``mainsail`` command line."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from mainsail import __version__
+from mainsail.core import embedded_pg, migrations
+from mainsail.core.logging import configure_logging, get_logger
+from mainsail.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    name="mainsail",
+    help="Mainsail: a self-hosted AI backend.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+migrate_app = typer.Typer(help="Apply or inspect database migrations.", no_args_is_help=True)
+app.add_typer(migrate_app, name="migrate")
+
+log = get_logger("mainsail.cli")
+T = TypeVar("T")
+
+# What a database that cannot be reached raises through Alembic and asyncpg.
+_UNREACHABLE = (OSError, TimeoutError, DBAPIError)
+
+
+def fail(message: str, *, code: int = 1) -> NoReturn:
+    typer.echo(f"mainsail: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        fail(str(exc), code=2)
+    configure_logging(settings.log)
+    return settings
+
+
+@contextmanager
+def database_url(settings: Settings) -> Iterator[URL]:
+    """The configured database, or the embedded server (joined if already running)."""
+    url = settings.async_database_url()
+    if url is not None:
+        yield url
+        return
+    try:
+        server = embedded_pg.attach(settings.database.embedded_dir)
+    except embedded_pg.EmbeddedDatabaseError as exc:
+        fail(str(exc))
+    with server:
+        yield server.url
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _describe_unreachable(exc: BaseException) -> str:
+    return f"the database is unreachable ({type(exc).__name__})"
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = (
+                "address already in use"
+                if exc.errno == errno.EADDRINUSE
+                else (exc.strerror or str(exc))
+            )
+            fail(f"cannot listen on {host}:{port}: {reason} (choose another with --port)")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind [MAINSAIL_HTTP__HOST]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind [MAINSAIL_HTTP__PORT]")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes")] = 1,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development)")] = False,
+    migrate: Annotated[bool, typer.Option(help="Apply pending migrations first")] = True,
+) -> None:
+    """Start the HTTP API."""
+    import uvicorn
+
+    settings = settings_or_exit()
+    host = host or settings.http.host
+    port = port or settings.http.port
+    ensure_port_free(host, port)
+    # uvicorn re-raises the signal that stopped it once it has shut down; make SIGTERM a
+    # normal exit so the embedded database below is released and stopped cleanly.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    with database_url(settings) as url, contextlib.suppress(KeyboardInterrupt):
+        if migrate:
+            try:
+                migrations.upgrade(url)
+            except _UNREACHABLE as exc:
+                # Start anyway: /ready reports the database until it is back.
+                log.warning("migrations_skipped", reason=_describe_unreachable(exc))
+        log.info("serving", host=host, port=port, workers=workers)
+        uvicorn.run(
+            "mainsail.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=None if reload else workers,
+            reload=reload,
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=int(settings.http.graceful_shutdown_s),
+        )
+
+
+@migrate_app.command("upgrade")
+def migrate_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+) -> None:
+    """Upgrade the schema (to the newest revision by default)."""
+    settings = settings_or_exit()
+    with database_url(settings) as url:
+        _run_migration(lambda: migrations.upgrade(url, revision))
+    typer.echo(f"database upgraded to {revision}")
+
+
+@migrate_app.command("downgrade")
+def migrate_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base")],
+) -> None:
+    """Downgrade the schema to an earlier revision."""
+    settings = settings_or_exit()
+    with database_url(settings) as url:
+        _run_migration(lambda: migrations.downgrade(url, revision))
+    typer.echo(f"database downgraded to {revision}")
+
+
+@migrate_app.command("current")
+def migrate_current() -> None:
+    """Print the revision the database is at, and whether that is the newest."""
+    import asyncio
+
+    from mainsail.core.db import Database
+
+    settings = settings_or_exit()
+    with database_url(settings) as url:
+
+        async def read() -> str | None:
+            db = Database(url, settings.database)
+            try:
+                return await db.current_revision()
+            finally:
+                await db.dispose()
+
+        current = _run_migration(lambda: asyncio.run(read()))
+    heads = migrations.head_revisions()
+    state = "head" if current in heads else f"behind head {', '.join(sorted(heads))}"
+    typer.echo(f"{current or 'base'} ({state})")
+
+
+@migrate_app.command("revision")
+def migrate_revision(
+    message: Annotated[str, typer.Option("-m", "--message", help="What the migration does")],
+    autogenerate: Annotated[bool, typer.Option(help="Diff the models against the DB")] = True,
+) -> None:
+    """Create a new migration script (for developers of Mainsail)."""
+    settings = settings_or_exit()
+    with database_url(settings) as url:
+        _run_migration(
+            lambda: migrations.revision(message=message, autogenerate=autogenerate, url=url)
+        )
+
+
+def _run_migration(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except _UNREACHABLE as exc:
+        fail(_describe_unreachable(exc))
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app(prog_name="mainsail")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

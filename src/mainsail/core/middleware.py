@@ -1,0 +1,171 @@
+"""Pure ASGI middleware: request ids, access log, body size limit.
+
+Written against the raw ASGI interface rather than ``BaseHTTPMiddleware`` so the gateway
+path pays for a couple of function calls, not an extra task and stream per request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mainsail.core.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX, PayloadTooLarge
+from mainsail.core.logging import get_logger
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
+
+access_log = get_logger("mainsail.access")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def accept_request_id(raw: str | None, *, max_length: int) -> str | None:
+    """A caller-supplied id, if it is short and made of safe characters; otherwise None."""
+    if raw and len(raw) <= max_length and _SAFE_REQUEST_ID.fullmatch(raw):
+        return raw
+    return None
+
+
+class RequestContextMiddleware:
+    """Gives every request an id, binds it to every log line, echoes it, logs the request."""
+
+    def __init__(self, app: ASGIApp, *, max_length: int = 128) -> None:
+        self.app = app
+        self.max_length = max_length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        supplied = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                supplied = value.decode("latin-1")
+                break
+        request_id = accept_request_id(supplied, max_length=self.max_length) or new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode("ascii"))
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if scope["type"] == "http":
+                access_log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            structlog.contextvars.clear_contextvars()
+
+
+class BodySizeLimitMiddleware:
+    """Refuses bodies over the limit with 413, before they are read into memory.
+
+    A declared ``Content-Length`` over the limit is refused at once, without reading a byte.
+    A chunked body is counted as it streams and refused the moment it crosses the limit.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0:
+                    await _send_problem(
+                        send,
+                        scope,
+                        400,
+                        "bad_request",
+                        "Bad request",
+                        "Content-Length is not a valid number",
+                    )
+                    return
+                if declared > limit:
+                    await _send_problem(
+                        send,
+                        scope,
+                        413,
+                        PayloadTooLarge.code,
+                        PayloadTooLarge.title,
+                        _too_large(limit),
+                    )
+                    return
+                break
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, _too_large(limit))
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body exceeds the limit of {limit} bytes"
+
+
+async def _send_problem(
+    send: Send, scope: Scope, status: int, code: str, title: str, detail: str
+) -> None:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + code,
+        "title": title,
+        "status": status,
+        "code": code,
+        "detail": detail,
+        "instance": scope["path"],
+    }
+    request_id = scope.get("state", {}).get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,37 @@
+"""Alembic, driven from code: the scripts ship inside the package, no alembic.ini needed."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL
+
+SCRIPT_LOCATION = "mainsail:migrations"
+
+
+def alembic_config(url: URL | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    if url is not None:
+        config.attributes["url"] = url
+    return config
+
+
+@cache
+def head_revisions() -> frozenset[str]:
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def upgrade(url: URL, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: URL, revision: str) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+def revision(*, message: str, autogenerate: bool, url: URL | None) -> None:
+    command.revision(alembic_config(url), message=message, autogenerate=autogenerate)

@@ -1,0 +1,1 @@
+"""Alembic migration scripts (``mainsail migrate`` runs them)."""

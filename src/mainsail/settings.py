@@ -1,0 +1,135 @@
+"""One settings tree for the whole service.
+
+Every value comes from the environment (prefix ``MAINSAIL_``, nested sections joined by
+``__``), from a ``.env`` file in the working directory, or from the defaults below.
+``.env.example`` lists every key; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "MAINSAIL_"
+NESTED_DELIMITER = "__"
+
+
+class DatabaseSettings(BaseModel):
+    """Connection pool and embedded-server options (the URL itself is ``database_url``)."""
+
+    embedded_dir: Path = Path(".mainsail/pg")
+    pool_size: int = Field(default=10, ge=1, le=500)
+    max_overflow: int = Field(default=10, ge=0, le=500)
+    pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    statement_timeout_ms: int = Field(default=30_000, ge=0, le=3_600_000)
+    ready_timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    request_id_max_length: int = Field(default=128, ge=8, le=1024)
+    cors_origins: list[str] = Field(default_factory=list)
+    graceful_shutdown_s: float = Field(default=10.0, ge=0, le=600)
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: SecretStr | None = None
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            url = make_url(value.get_secret_value().strip())
+        except ArgumentError:
+            raise ValueError(
+                "expected a PostgreSQL URL such as postgresql://user:password@host:5432/dbname"
+            ) from None
+        if url.get_backend_name() != "postgresql":
+            raise ValueError(
+                "expected a PostgreSQL URL (postgresql://...); "
+                f"the scheme {url.drivername!r} is not supported"
+            )
+        return SecretStr(url.set(drivername="postgresql+asyncpg").render_as_string(False))
+
+    def async_database_url(self) -> URL | None:
+        """The external database URL with the asyncpg driver, or None for the embedded server."""
+        if self.database_url is None:
+            return None
+        return make_url(self.database_url.get_secret_value())
+
+
+class SettingsError(Exception):
+    """Raised when the environment does not describe a valid configuration.
+
+    ``str()`` is a short, human-readable list: one line per offending variable, naming
+    it and the expected form, never echoing a secret's value.
+    """
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        variable = ENV_PREFIX + NESTED_DELIMITER.join(loc).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        shown = ""
+        if not _is_secret(loc) and isinstance(error.get("input"), str | int | float):
+            shown = f" (got {str(error['input'])[:80]!r})"
+        lines.append(f"invalid setting {variable}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _is_secret(loc: list[str]) -> bool:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if annotation is SecretStr or SecretStr in get_args(annotation):
+            return True
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        return False
+    return False
