@@ -17,7 +17,12 @@ from mainsail.core.db import Database
 from mainsail.core.errors import install_error_handlers
 from mainsail.core.logging import configure_logging, get_logger
 from mainsail.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from mainsail.core.ratelimit import RateLimiter
 from mainsail.core.readiness import ReadinessRegistry, database_checks
+from mainsail.identity.passwords import Passwords
+from mainsail.identity.service import IdentityKit
+from mainsail.identity.throttle import LoginThrottle
+from mainsail.identity.tokens import TokenCodec
 from mainsail.settings import Settings, SettingsError, load_settings
 
 log = get_logger(__name__)
@@ -42,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.settings = settings
             app.state.db = db
             app.state.readiness = readiness
+            app.state.identity = await asyncio.to_thread(build_identity_kit, settings)
             log.info("started", version=__version__, environment=settings.environment)
             yield
             log.info("stopping")
@@ -51,6 +57,10 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Self-hosted AI backend",
         lifespan=lifespan,
+        # Served by apidocs.router, behind the anonymous-read setting.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -69,6 +79,15 @@ def create_app(settings: Settings) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def build_identity_kit(settings: Settings) -> IdentityKit:
+    return IdentityKit(
+        settings=settings.auth,
+        passwords=Passwords(settings.auth),
+        codec=TokenCodec(settings),
+        throttle=LoginThrottle(RateLimiter(settings.rate_limit.storage_url), settings.auth),
+    )
 
 
 def create_app_from_env() -> FastAPI:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mainsail import __version__
 from mainsail.core import embedded_pg, migrations
+from mainsail.core.errors import AppError
 from mainsail.core.logging import configure_logging, get_logger
+from mainsail.core.principal import Role
+from mainsail.identity.emails import normalize_email
+from mainsail.identity.schemas import UserAdminUpdate, UserOut
 from mainsail.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -28,6 +36,8 @@ app = typer.Typer(
 )
 migrate_app = typer.Typer(help="Apply or inspect database migrations.", no_args_is_help=True)
 app.add_typer(migrate_app, name="migrate")
+users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 log = get_logger("mainsail.cli")
 T = TypeVar("T")
@@ -41,12 +51,17 @@ def fail(message: str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def settings_or_exit() -> Settings:
+def settings_or_exit(*, quiet: bool = True) -> Settings:
+    """Settings from the environment, or a one-line failure. One-shot commands (quiet) log
+    warnings and errors only, unless MAINSAIL_LOG__LEVEL asks for more."""
     try:
         settings = load_settings()
     except SettingsError as exc:
         fail(str(exc), code=2)
-    configure_logging(settings.log)
+    log_settings = settings.log
+    if quiet and "MAINSAIL_LOG__LEVEL" not in os.environ:
+        log_settings = log_settings.model_copy(update={"level": "WARNING"})
+    configure_logging(log_settings)
     return settings
 
 
@@ -70,6 +85,8 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
 
 
 def _describe_unreachable(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError | InterfaceError):
+        return f"the database refused the operation ({type(exc.orig).__name__})"
     return f"the database is unreachable ({type(exc).__name__})"
 
 
@@ -101,7 +118,7 @@ def serve(
     """Start the HTTP API."""
     import uvicorn
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(quiet=False)
     host = host or settings.http.host
     port = port or settings.http.port
     ensure_port_free(host, port)
@@ -193,6 +210,135 @@ def _run_migration(action: Callable[[], T]) -> T:
         return action()
     except _UNREACHABLE as exc:
         fail(_describe_unreachable(exc))
+
+
+def _in_unit_of_work(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one committed transaction; domain errors become one-line failures."""
+    from mainsail.core.db import Database
+
+    async def run(url: URL) -> T:
+        db = Database(url, settings.database)
+        try:
+            current = await db.current_revision()
+            if current not in migrations.head_revisions():
+                fail(
+                    f"the database schema is at {current or 'base'}, not the newest revision; "
+                    "run `mainsail migrate upgrade` first"
+                )
+            async with db.unit_of_work() as session:
+                return await work(session)
+        finally:
+            await db.dispose()
+
+    with database_url(settings) as url:
+        try:
+            return _run_migration(lambda: asyncio.run(run(url)))
+        except AppError as exc:
+            fail(exc.detail)
+
+
+def _email_or_exit(value: str) -> str:
+    try:
+        return normalize_email(value)
+    except ValueError as exc:
+        fail(f"invalid email {value!r}: {exc}", code=2)
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            fail("no password on standard input", code=2)
+        return password
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="The account's email address")],
+    role: Annotated[Role, typer.Option(help="user or admin")] = Role.USER,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Create an account (the first admin, typically). The password is prompted for, or read
+    from standard input; it is never taken from the command line."""
+    from mainsail.identity import service
+    from mainsail.identity.passwords import Passwords
+
+    settings = settings_or_exit()
+    address = _email_or_exit(email)
+    password = _read_password(password_stdin)
+    user = _in_unit_of_work(
+        settings,
+        lambda session: service.create_user(
+            session,
+            Passwords(settings.auth),
+            settings.auth,
+            email=address,
+            password=password,
+            role=role,
+        ),
+    )
+    typer.echo(f"created {user.role.value} {user.email} ({user.id})")
+
+
+@users_app.command("list")
+def users_list(
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """List accounts, oldest first."""
+    from mainsail.core.pagination import PageParams
+    from mainsail.identity import service
+
+    settings = settings_or_exit()
+    page = _in_unit_of_work(
+        settings,
+        lambda session: service.list_users(session, PageParams(limit=limit, offset=offset)),
+    )
+    for user in page.items:
+        state = "disabled" if user.disabled else "active"
+        typer.echo(f"{user.id}  {user.role.value:<5}  {state:<8}  {user.email}")
+    typer.echo(f"{len(page.items)} of {page.total} users")
+
+
+def _administer(email: str, changes: UserAdminUpdate) -> UserOut:
+    from mainsail.core.db import utcnow
+    from mainsail.identity import service
+
+    settings = settings_or_exit()
+    address = _email_or_exit(email)
+
+    async def work(session: AsyncSession) -> UserOut:
+        user = await service.find_user_by_email(session, address)
+        return await service.administer_user(session, user.id, changes=changes, now=utcnow())
+
+    return _in_unit_of_work(settings, work)
+
+
+@users_app.command("disable")
+def users_disable(email: Annotated[str, typer.Argument(help="The account's email")]) -> None:
+    """Disable an account: its sessions end and its API keys stop working."""
+    user = _administer(email, UserAdminUpdate(disabled=True))
+    typer.echo(f"disabled {user.email}")
+
+
+@users_app.command("enable")
+def users_enable(email: Annotated[str, typer.Argument(help="The account's email")]) -> None:
+    """Re-enable a disabled account."""
+    user = _administer(email, UserAdminUpdate(disabled=False))
+    typer.echo(f"enabled {user.email}")
+
+
+@users_app.command("set-role")
+def users_set_role(
+    email: Annotated[str, typer.Argument(help="The account's email")],
+    role: Annotated[Role, typer.Argument(help="user or admin")],
+) -> None:
+    """Make an account a user or an admin."""
+    user = _administer(email, UserAdminUpdate(role=role))
+    typer.echo(f"{user.email} is now {user.role.value}")
 
 
 @app.command()

@@ -7,6 +7,7 @@ models-vs-migrations check see the whole schema.
 from __future__ import annotations
 
 from mainsail.core.db import Base
+from mainsail.identity import models as identity_models  # noqa: F401 - registers tables
 
 metadata = Base.metadata
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -40,6 +48,72 @@ class HttpSettings(BaseModel):
     graceful_shutdown_s: float = Field(default=10.0, ge=0, le=600)
 
 
+AnonymousArea = Literal["health", "ready", "docs"]
+
+
+class AuthSettings(BaseModel):
+    """Sessions (JWT + refresh tokens), passwords, API keys, login throttling."""
+
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    # HS256 key. Unset outside production: one is generated once and kept in data_dir.
+    jwt_secret: SecretStr | None = None
+    # PEM files for RS256 / ES256.
+    jwt_private_key_file: FilePath | None = None
+    jwt_public_key_file: FilePath | None = None
+    jwt_issuer: str = Field(default="mainsail", min_length=1)
+    jwt_audience: str = Field(default="mainsail", min_length=1)
+    jwt_leeway_s: int = Field(default=10, ge=0, le=300)
+    access_token_ttl_s: int = Field(default=900, ge=30, le=86_400)
+    refresh_token_ttl_s: int = Field(default=14 * 86_400, ge=60)
+    session_max_age_s: int = Field(default=30 * 86_400, ge=60)
+    password_min_length: int = Field(default=12, ge=8, le=128)
+    password_max_length: int = Field(default=256, ge=16, le=4096)
+    argon2_time_cost: int = Field(default=3, ge=1, le=20)
+    argon2_memory_kib: int = Field(default=65_536, ge=256, le=4_194_304)
+    argon2_parallelism: int = Field(default=4, ge=1, le=64)
+    login_max_failures_per_account: int = Field(default=5, ge=1)
+    login_max_failures_per_ip: int = Field(default=30, ge=1)
+    login_failure_window_s: int = Field(default=900, ge=1)
+    api_key_touch_interval_s: int = Field(default=60, ge=0)
+    # What may be read without credentials. Unset: health and ready, plus docs in development.
+    anonymous_read: list[AnonymousArea] | None = None
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        secret = value.get_secret_value()
+        if len(secret.encode()) < 32:
+            raise ValueError(
+                "expected at least 32 bytes of random text (e.g. openssl rand -hex 32)"
+            )
+        if secret.lower() in _PLACEHOLDERS or len(set(secret)) < 8:
+            raise ValueError("looks like a placeholder; use random text (openssl rand -hex 32)")
+        return value
+
+    @model_validator(mode="after")
+    def _asymmetric_keys(self) -> AuthSettings:
+        if self.jwt_algorithm != "HS256" and not (
+            self.jwt_private_key_file and self.jwt_public_key_file
+        ):
+            raise ValueError(
+                f"{self.jwt_algorithm} needs MAINSAIL_AUTH__JWT_PRIVATE_KEY_FILE and "
+                "MAINSAIL_AUTH__JWT_PUBLIC_KEY_FILE (PEM files)"
+            )
+        return self
+
+
+_PLACEHOLDERS = frozenset(
+    {"changeme" * 4, "change-me-change-me-change-me-change-me", "secret" * 6, "x" * 32}
+)
+
+
+class RateLimitSettings(BaseModel):
+    # memory:// for one process; redis://host:6379/0 to share limits across replicas.
+    storage_url: str = "memory://"
+
+
 class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -61,10 +135,33 @@ class Settings(BaseSettings):
     )
 
     environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path(".mainsail")
     database_url: SecretStr | None = None
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+
+    @model_validator(mode="after")
+    def _production_guard(self) -> Settings:
+        if self.environment != "production":
+            return self
+        if self.auth.jwt_algorithm == "HS256" and self.auth.jwt_secret is None:
+            raise ValueError(
+                "MAINSAIL_AUTH__JWT_SECRET is required in production "
+                "(at least 32 random bytes, e.g. openssl rand -hex 32)"
+            )
+        return self
+
+    @property
+    def anonymous_read(self) -> frozenset[str]:
+        if self.auth.anonymous_read is not None:
+            return frozenset(self.auth.anonymous_read)
+        areas = {"health", "ready"}
+        if self.environment == "development":
+            areas.add("docs")
+        return frozenset(areas)
 
     @field_validator("database_url")
     @classmethod
@@ -110,8 +207,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"]]
-        variable = ENV_PREFIX + NESTED_DELIMITER.join(loc).upper()
         message = error["msg"].removeprefix("Value error, ")
+        if not loc:  # a rule across several settings names its variables itself
+            lines.append(f"invalid settings: {message}")
+            continue
+        variable = ENV_PREFIX + NESTED_DELIMITER.join(loc).upper()
         shown = ""
         if not _is_secret(loc) and isinstance(error.get("input"), str | int | float):
             shown = f" (got {str(error['input'])[:80]!r})"

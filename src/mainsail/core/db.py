@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from mainsail.core.errors import AppError
 from mainsail.core.ids import uuid7
 from mainsail.settings import DatabaseSettings
 
@@ -81,9 +82,22 @@ class Database:
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
-        """One transaction: committed when the block exits cleanly, rolled back otherwise."""
-        async with self.sessionmaker() as session, session.begin():
-            yield session
+        """One transaction: committed when the block exits cleanly, rolled back otherwise.
+
+        An ``AppError`` whose class sets ``commit = True`` is the exception: its writes are
+        committed before it propagates.
+        """
+        async with self.sessionmaker() as session:
+            transaction = await session.begin()
+            try:
+                yield session
+            except AppError as exc:
+                await (transaction.commit() if exc.commit else transaction.rollback())
+                raise
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await transaction.commit()
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:

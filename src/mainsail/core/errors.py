@@ -32,6 +32,9 @@ class AppError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     title: ClassVar[str] = "Internal server error"
+    # True when the writes made before the error are part of the answer and must be kept
+    # (revoking a refresh-token family on reuse); the unit of work commits instead of rolling back.
+    commit: ClassVar[bool] = False
 
     def __init__(
         self,

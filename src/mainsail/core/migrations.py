@@ -34,4 +34,9 @@ def downgrade(url: URL, revision: str) -> None:
 
 
 def revision(*, message: str, autogenerate: bool, url: URL | None) -> None:
-    command.revision(alembic_config(url), message=message, autogenerate=autogenerate)
+    """Write the next migration, numbered in sequence (0002, 0003, ...) so files sort by age."""
+    config = alembic_config(url)
+    existing = list(ScriptDirectory.from_config(config).walk_revisions())
+    command.revision(
+        config, message=message, autogenerate=autogenerate, rev_id=f"{len(existing) + 1:04d}"
+    )

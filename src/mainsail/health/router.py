@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from mainsail.core.errors import problem_response
 from mainsail.core.readiness import ReadinessRegistry
+from mainsail.identity.deps import anonymous_unless
 
 router = APIRouter(tags=["operations"])
 
@@ -21,7 +22,11 @@ def get_readiness(request: Request) -> ReadinessRegistry:
 Readiness = Annotated[ReadinessRegistry, Depends(get_readiness)]
 
 
-@router.get("/health", summary="The process is alive (touches no dependency)")
+@router.get(
+    "/health",
+    summary="The process is alive (touches no dependency)",
+    dependencies=[anonymous_unless("health")],
+)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -29,6 +34,7 @@ async def health() -> dict[str, str]:
 @router.get(
     "/ready",
     summary="Every dependency is usable",
+    dependencies=[anonymous_unless("ready")],
     responses={503: {"description": "A dependency is failing; the body names it"}},
 )
 async def ready(request: Request, readiness: Readiness) -> Any:

@@ -1,0 +1,103 @@
+"""Who is calling, as FastAPI dependencies: routes declare what they need and get a Principal."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, Request
+
+from mainsail.core.deps import SessionDep, get_database, get_settings
+from mainsail.core.principal import Principal, Scope
+from mainsail.identity import service
+from mainsail.identity.service import (
+    IdentityKit,
+    InsufficientScope,
+    InvalidCredentials,
+    NotAuthenticated,
+)
+from mainsail.identity.tokens import API_KEY_PREFIX
+
+
+def get_identity(request: Request) -> IdentityKit:
+    kit: IdentityKit = request.app.state.identity
+    return kit
+
+
+IdentityDep = Annotated[IdentityKit, Depends(get_identity)]
+
+
+def presented_credentials(request: Request) -> tuple[str, str] | None:
+    """("api_key" | "jwt", value) from ``Authorization: Bearer`` or ``X-API-Key``."""
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        value = value.strip()
+        if scheme.lower() != "bearer" or not value:
+            raise InvalidCredentials("The Authorization header must be 'Bearer <token>'.")
+        return ("api_key" if value.startswith(API_KEY_PREFIX) else "jwt", value)
+    key = request.headers.get("x-api-key", "").strip()
+    return ("api_key", key) if key else None
+
+
+async def get_principal(request: Request, session: SessionDep, kit: IdentityDep) -> Principal:
+    presented = presented_credentials(request)
+    if presented is None:
+        raise NotAuthenticated()
+    kind, value = presented
+    if kind == "api_key":
+        principal = await service.principal_from_api_key(session, kit, value)
+    else:
+        principal = await service.principal_from_access_token(session, kit, value)
+    request.state.principal = principal
+    structlog.contextvars.bind_contextvars(user_id=str(principal.user_id), auth=principal.via)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_session(principal: CurrentPrincipal) -> Principal:
+    """Account management needs a signed-in person, not an API key (a leaked key must not
+    be able to mint more keys or change the password)."""
+    if principal.via != "session":
+        raise InsufficientScope("Sign in with your password for this; API keys cannot do it.")
+    return principal
+
+
+def require_admin(principal: CurrentPrincipal) -> Principal:
+    if not principal.is_admin:
+        raise InsufficientScope(
+            "This needs an admin account (and, with an API key, the admin scope).", scope="admin"
+        )
+    return principal
+
+
+SessionPrincipal = Annotated[Principal, Depends(require_session)]
+AdminPrincipal = Annotated[Principal, Depends(require_admin)]
+
+
+def require_scope(scope: Scope) -> Any:
+    """``Depends`` for routes that need one scope, e.g. ``require_scope(Scope.CHAT)``."""
+
+    def check(principal: CurrentPrincipal) -> Principal:
+        if not principal.has_scope(scope):
+            raise InsufficientScope(f"This needs the {scope.value} scope.", scope=scope.value)
+        return principal
+
+    return Depends(check)
+
+
+def anonymous_unless(area: str) -> Any:
+    """``Depends`` that lets anonymous callers in when settings open ``area`` to them, and
+    otherwise requires a principal. An open area touches no dependency (not even the DB)."""
+
+    async def check(request: Request) -> Principal | None:
+        if area in get_settings(request).anonymous_read:
+            return None
+        async with get_database(request).unit_of_work() as session:
+            return await get_principal(request, session, get_identity(request))
+
+    dependency: Callable[[Request], Coroutine[Any, Any, Principal | None]] = check
+    return Depends(dependency)
