@@ -1,0 +1,103 @@
+"""Tenant isolation: for every route that takes a resource id, another user learns nothing.
+
+THE TABLE BELOW IS SHARED: every later route that takes a resource id adds a row, and
+``test_every_id_route_is_in_the_table`` fails until it does.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.fixtures.identity import Account, create_api_key
+
+MakeResource = Callable[[httpx.AsyncClient, Account], Awaitable[str]]
+
+
+async def api_key_of(client: httpx.AsyncClient, owner: Account) -> str:
+    return str((await create_api_key(client, owner))["id"])
+
+
+async def the_user(client: httpx.AsyncClient, owner: Account) -> str:
+    return str(owner.id)
+
+
+async def api_key_still_there(client: httpx.AsyncClient, owner: Account, ident: str) -> bool:
+    response = await client.get(f"/me/api-keys/{ident}", headers=owner.headers)
+    return response.status_code == 200
+
+
+async def account_still_active(client: httpx.AsyncClient, owner: Account, ident: str) -> bool:
+    response = await client.get("/me", headers=owner.headers)
+    return response.status_code == 200 and response.json()["disabled"] is False
+
+
+@dataclass(frozen=True)
+class IsolatedRoute:
+    method: str
+    path: str  # with {id} where the resource id goes
+    make: MakeResource  # creates the owner's resource, returns its id
+    intact: Callable[[httpx.AsyncClient, Account, str], Awaitable[bool]]
+    body: dict[str, Any] | None = None
+    # What another user gets: 404 (no existence oracle), or 403 on admin-only routes, where
+    # the refusal does not depend on the id at all.
+    expected: int = 404
+
+
+ISOLATED_ROUTES = [
+    IsolatedRoute("GET", "/me/api-keys/{id}", api_key_of, api_key_still_there),
+    IsolatedRoute("DELETE", "/me/api-keys/{id}", api_key_of, api_key_still_there),
+    IsolatedRoute("GET", "/admin/users/{id}", the_user, account_still_active, expected=403),
+    IsolatedRoute(
+        "PATCH",
+        "/admin/users/{id}",
+        the_user,
+        account_still_active,
+        body={"disabled": True},
+        expected=403,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "route", ISOLATED_ROUTES, ids=[f"{r.method} {r.path}" for r in ISOLATED_ROUTES]
+)
+async def test_other_users_resource_is_indistinguishable_from_a_missing_one(
+    client: httpx.AsyncClient, alice: Account, bob: Account, route: IsolatedRoute
+) -> None:
+    ident = await route.make(client, alice)
+
+    async def as_bob(target: str) -> httpx.Response:
+        return await client.request(
+            route.method, route.path.format(id=target), headers=bob.headers, json=route.body
+        )
+
+    on_alices = await as_bob(ident)
+    on_missing = await as_bob(str(uuid.uuid4()))
+    assert on_alices.status_code == route.expected, on_alices.text
+    assert on_missing.status_code == route.expected
+    assert on_alices.json()["code"] == on_missing.json()["code"]
+    assert on_alices.json()["detail"] == on_missing.json()["detail"]
+    assert await route.intact(client, alice, ident)
+
+
+def _id_routes(app: FastAPI) -> set[tuple[str, str]]:
+    found = set()
+    for path, operations in app.openapi()["paths"].items():
+        if "{" in path:
+            generic = re.sub(r"\{[^}]+\}", "{id}", path)
+            found |= {(method.upper(), generic) for method in operations}
+    return found
+
+
+def test_every_id_route_is_in_the_table(app: FastAPI) -> None:
+    listed = {(route.method, route.path) for route in ISOLATED_ROUTES}
+    missing = _id_routes(app) - listed
+    assert not missing, f"add these routes to ISOLATED_ROUTES: {sorted(missing)}"
