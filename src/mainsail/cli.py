@@ -172,8 +172,6 @@ def migrate_downgrade(
 @migrate_app.command("current")
 def migrate_current() -> None:
     """Print the revision the database is at, and whether that is the newest."""
-    import asyncio
-
     from mainsail.core.db import Database
 
     settings = settings_or_exit()
@@ -315,6 +313,37 @@ def _administer(email: str, changes: UserAdminUpdate) -> UserOut:
         return await service.administer_user(session, user.id, changes=changes, now=utcnow())
 
     return _in_unit_of_work(settings, work)
+
+
+@users_app.command("set-password")
+def users_set_password(
+    email: Annotated[str, typer.Argument(help="The account's email")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Set a new password (a forgotten one, say); every session of the account ends."""
+    from mainsail.core.db import utcnow
+    from mainsail.identity import service
+    from mainsail.identity.passwords import Passwords
+
+    settings = settings_or_exit()
+    address = _email_or_exit(email)
+    password = _read_password(password_stdin)
+
+    async def work(session: AsyncSession) -> UserOut:
+        user = await service.find_user_by_email(session, address)
+        return await service.set_password(
+            session,
+            Passwords(settings.auth),
+            settings.auth,
+            user.id,
+            password=password,
+            now=utcnow(),
+        )
+
+    user = _in_unit_of_work(settings, work)
+    typer.echo(f"password of {user.email} changed; its sessions have ended")
 
 
 @users_app.command("disable")

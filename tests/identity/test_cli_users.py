@@ -80,6 +80,16 @@ def test_bootstrap_an_admin_then_manage_users(tmp_path: Path, db_env: dict[str, 
     listed = users(tmp_path, db_env, "list").stdout
     assert "admin  disabled  ada@example.com" in listed
     assert users(tmp_path, db_env, "enable", "ada@example.com").returncode == 0
+    reset = users(
+        tmp_path,
+        db_env,
+        "set-password",
+        "ada@example.com",
+        "--password-stdin",
+        stdin="a fresh long passphrase\n",
+    )
+    assert reset.returncode == 0, reset.stderr
+    assert "sessions have ended" in reset.stdout
 
 
 def test_the_password_never_comes_from_the_command_line(

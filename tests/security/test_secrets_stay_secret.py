@@ -42,7 +42,6 @@ async def test_a_full_session_leaks_nothing(
         )
     ).json()
     secrets |= {tokens["access_token"], tokens["refresh_token"]}
-    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
     rotated = (
         await call("POST", "/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     ).json()

@@ -18,7 +18,7 @@ from mainsail.core.errors import Conflict, Forbidden, NotFound, Unauthorized, Un
 from mainsail.core.pagination import Page, PageParams
 from mainsail.core.principal import Principal, Role, Scope, scopes_for_role
 from mainsail.identity import repository as repo
-from mainsail.identity.models import ApiKey, User
+from mainsail.identity.models import ApiKey, AuthSession, User
 from mainsail.identity.passwords import Passwords
 from mainsail.identity.schemas import (
     ApiKeyCreate,
@@ -158,14 +158,7 @@ async def _open_session(session: AsyncSession, kit: IdentityKit, user: User) -> 
         user_id=user.id,
         expires_at=now + timedelta(seconds=kit.settings.session_max_age_s),
     )
-    return await _issue_pair(
-        session,
-        kit,
-        user=user,
-        session_id=auth_session.id,
-        session_expires_at=auth_session.expires_at,
-        now=now,
-    )
+    return await _issue_pair(session, kit, user=user, auth_session=auth_session, now=now)
 
 
 async def _issue_pair(
@@ -173,22 +166,22 @@ async def _issue_pair(
     kit: IdentityKit,
     *,
     user: User,
-    session_id: uuid.UUID,
-    session_expires_at: datetime,
+    auth_session: AuthSession,
     now: datetime,
 ) -> TokenPair:
+    """A new access token and a new refresh token in ``auth_session``'s family."""
     refresh_token = new_refresh_token()
     refresh_expires_at = min(
-        now + timedelta(seconds=kit.settings.refresh_token_ttl_s), session_expires_at
+        now + timedelta(seconds=kit.settings.refresh_token_ttl_s), auth_session.expires_at
     )
     await repo.add_refresh_token(
         session,
-        session_id=session_id,
+        session_id=auth_session.id,
         token_hash=sha256_hex(refresh_token),
         expires_at=refresh_expires_at,
     )
     access_token = kit.codec.issue(
-        user_id=user.id, session_id=session_id, role=Role(user.role), now=now
+        user_id=user.id, session_id=auth_session.id, role=Role(user.role), now=now
     )
     return TokenPair(
         access_token=access_token,
@@ -223,14 +216,7 @@ async def refresh(session: AsyncSession, kit: IdentityKit, *, refresh_token: str
     auth_session, user = found
     if auth_session.revoked_at is not None or auth_session.expires_at <= now or user.disabled:
         raise InvalidCredentials("The session has ended; sign in again.")
-    return await _issue_pair(
-        session,
-        kit,
-        user=user,
-        session_id=auth_session.id,
-        session_expires_at=auth_session.expires_at,
-        now=now,
-    )
+    return await _issue_pair(session, kit, user=user, auth_session=auth_session, now=now)
 
 
 async def logout(
@@ -417,6 +403,27 @@ async def create_user(
         user = await repo.add_user(session, email=email, password_hash=password_hash, role=role)
     except repo.EmailTaken:
         raise Conflict("A user with that email already exists.") from None
+    return UserOut.model_validate(user)
+
+
+async def set_password(
+    session: AsyncSession,
+    passwords: Passwords,
+    settings: AuthSettings,
+    user_id: uuid.UUID,
+    *,
+    password: str,
+    now: datetime,
+) -> UserOut:
+    """An operator's reset: new password, and every session of the account ends."""
+    user = await repo.get_user(session, user_id)
+    if user is None:
+        raise NotFound("User not found.")
+    check_password_policy(settings, password, "password")
+    user.password_hash = await passwords.hash(password)
+    user.password_changed_at = user.updated_at = now
+    await repo.revoke_user_sessions(session, user.id, reason="password_reset", now=now)
+    await session.flush()
     return UserOut.model_validate(user)
 
 
