@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.logs",
     "tests.fixtures.identity",
+    "tests.fixtures.fake_provider",
 ]

@@ -72,7 +72,7 @@ class AuthSettings(BaseModel):
     argon2_memory_kib: int = Field(default=65_536, ge=256, le=4_194_304)
     argon2_parallelism: int = Field(default=4, ge=1, le=64)
     login_max_failures_per_account: int = Field(default=5, ge=1)
-    login_max_failures_per_ip: int = Field(default=30, ge=1)
+    login_max_attempts_per_ip: int = Field(default=60, ge=1)
     login_failure_window_s: int = Field(default=900, ge=1)
     api_key_touch_interval_s: int = Field(default=60, ge=0)
     # What may be read without credentials. Unset: health and ready, plus docs in development.

@@ -107,7 +107,7 @@ async def test_repeated_failures_for_one_account_are_throttled(
 async def test_repeated_failures_from_one_address_are_throttled(
     database_url: URL,
 ) -> None:
-    settings = make_settings(database_url, auth={"login_max_failures_per_ip": 3})
+    settings = make_settings(database_url, auth={"login_max_attempts_per_ip": 3})
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
@@ -132,7 +132,7 @@ async def costly_hash_client(database_url: URL) -> AsyncIterator[tuple[FastAPI, 
             "argon2_memory_kib": 19_456,
             "argon2_parallelism": 1,
             "login_max_failures_per_account": 1000,
-            "login_max_failures_per_ip": 1000,
+            "login_max_attempts_per_ip": 1000,
         },
     )
     application = create_app(settings)

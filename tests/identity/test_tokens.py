@@ -77,9 +77,10 @@ FORGERIES: dict[str, Callable[[str], str]] = {
     "wrong issuer": lambda t: resign(t, iss="https://evil.example"),
     "expired": lambda t: resign(t, exp=int((NOW - timedelta(hours=1)).timestamp())),
     "not yet valid": lambda t: resign(t, nbf=int((NOW + timedelta(hours=1)).timestamp())),
-    "no expiry": missing_claim("exp"),
-    "no session id": missing_claim("sid"),
-    "no audience": missing_claim("aud"),
+    **{
+        f"no {claim}": missing_claim(claim)
+        for claim in ("exp", "iat", "nbf", "sub", "jti", "iss", "aud", "sid", "role")
+    },
     "unknown session": lambda t: resign(t, sid="00000000-0000-7000-8000-000000000000"),
     "session of another user": lambda t: resign(t, sub="00000000-0000-7000-8000-000000000001"),
     "garbage": lambda t: "not.a.jwt",

@@ -69,6 +69,8 @@ class Database:
             pool_timeout=settings.pool_timeout_s,
             pool_pre_ping=True,
             pool_recycle=1800,
+            # Statement parameters (password hashes, emails) never reach error messages or logs.
+            hide_parameters=True,
             connect_args={
                 "timeout": settings.connect_timeout_s,
                 "command_timeout": max(settings.statement_timeout_ms / 1000, 1) + 5,

@@ -69,7 +69,8 @@ def configure_logging(settings: LogSettings, *, stream: Any = None) -> None:
         redact_secrets,
     ]
     renderer: Any = (
-        structlog.dev.ConsoleRenderer()
+        # Plain tracebacks: rich ones print local variables, and locals hold passwords.
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
         if use_console
         else structlog.processors.JSONRenderer(sort_keys=False)
     )

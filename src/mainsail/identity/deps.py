@@ -74,8 +74,15 @@ def require_admin(principal: CurrentPrincipal) -> Principal:
     return principal
 
 
+def require_admin_session(principal: Annotated[Principal, Depends(require_session)]) -> Principal:
+    """Changing accounts (creating admins, say) needs a signed-in admin: a leaked admin key
+    must not be able to mint an admin account with a password its holder knows."""
+    return require_admin(principal)
+
+
 SessionPrincipal = Annotated[Principal, Depends(require_session)]
 AdminPrincipal = Annotated[Principal, Depends(require_admin)]
+AdminSessionPrincipal = Annotated[Principal, Depends(require_admin_session)]
 
 
 def require_scope(scope: Scope) -> Any:

@@ -44,11 +44,14 @@ async def add_user(session: AsyncSession, *, email: str, password_hash: str, rol
     return user
 
 
-async def email_in_use(session: AsyncSession, email: str, *, by_other_than: uuid.UUID) -> bool:
-    found = await session.scalar(
-        select(User.id).where(User.email == email, User.id != by_other_than)
-    )
-    return found is not None
+async def change_email(session: AsyncSession, user: User, email: str) -> None:
+    """The unique index decides, so two users racing for one address get one 409, no 500."""
+    user.email = email
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise EmailTaken(email) from None
 
 
 async def list_users(session: AsyncSession, *, limit: int, offset: int) -> tuple[list[User], int]:
@@ -195,11 +198,15 @@ async def touch_api_key(
 ) -> None:
     """Record use, at most once per interval: a hot key must not write on every request."""
     stale_before = now - timedelta(seconds=interval_s)
-    await session.execute(
-        update(ApiKey)
+    # SKIP LOCKED: if another request holds the row (it is touching it too), skip rather than
+    # wait for that request's whole transaction, which may be a long model call.
+    stale = (
+        select(ApiKey.id)
         .where(
             ApiKey.id == key_id,
             (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < stale_before),
         )
-        .values(last_used_at=now)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
+    await session.execute(update(ApiKey).where(ApiKey.id == stale).values(last_used_at=now))

@@ -12,6 +12,7 @@ from mainsail.core.pagination import Page, PageParams
 from mainsail.identity import service
 from mainsail.identity.deps import (
     AdminPrincipal,
+    AdminSessionPrincipal,
     CurrentPrincipal,
     IdentityDep,
     SessionPrincipal,
@@ -129,7 +130,7 @@ async def list_users(
 
 @admin_router.post("", status_code=status.HTTP_201_CREATED, summary="Create a user")
 async def create_user(
-    body: UserCreate, _: AdminPrincipal, session: SessionDep, kit: IdentityDep
+    body: UserCreate, _: AdminSessionPrincipal, session: SessionDep, kit: IdentityDep
 ) -> UserOut:
     return await service.create_user(
         session,
@@ -150,7 +151,7 @@ async def read_user(user_id: uuid.UUID, _: AdminPrincipal, session: SessionDep) 
 async def administer_user(
     user_id: uuid.UUID,
     body: UserAdminUpdate,
-    _: AdminPrincipal,
+    _: AdminSessionPrincipal,
     session: SessionDep,
     kit: IdentityDep,
 ) -> UserOut:

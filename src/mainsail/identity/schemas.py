@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, Field, StringConstraints
 
 from mainsail.core.principal import Role, Scope
 from mainsail.core.schemas import OutModel, StrictModel
@@ -71,7 +71,9 @@ class UserAdminUpdate(StrictModel):
 class ApiKeyCreate(StrictModel):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope))] | None = None
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="With a timezone, e.g. 2030-01-01T00:00:00Z"
+    )
 
 
 class ApiKeyOut(OutModel):

@@ -141,13 +141,16 @@ async def login(
 ) -> TokenPair:
     """Same answer, after the same work, for an unknown email, a wrong password or a
     disabled account."""
-    await kit.throttle.check(email=email, ip=client_ip)
+    await kit.throttle.attempt(email=email, ip=client_ip)
     user = await repo.get_user_by_email(session, email)
-    matches = await kit.passwords.verify(password, user.password_hash if user else None)
+    matches, rehashed = await kit.passwords.verify_and_update(
+        password, user.password_hash if user else None
+    )
     if user is None or not matches or user.disabled:
-        await kit.throttle.record_failure(email=email, ip=client_ip)
         raise InvalidCredentials("Invalid email or password.")
-    await kit.throttle.record_success(email=email)
+    await kit.throttle.succeeded(email=email)
+    if rehashed is not None:  # the Argon2 costs were raised since this hash was made
+        user.password_hash = rehashed
     return await _open_session(session, kit, user)
 
 
@@ -309,15 +312,17 @@ async def update_me(
     user = await repo.get_user(session, principal.user_id)
     if user is None:
         raise NotFound("User not found.")
-    await kit.throttle.check(email=user.email, ip="self-service")
+    # Counted against this account only: one user's typos must not throttle anyone else.
+    await kit.throttle.attempt(email=user.email, ip=None)
     if not await kit.passwords.verify(changes.current_password, user.password_hash):
-        await kit.throttle.record_failure(email=user.email, ip="self-service")
         raise InvalidField("current_password", "does not match")
+    await kit.throttle.succeeded(email=user.email)
     now = kit.clock()
     if changes.email is not None and changes.email != user.email:
-        if await repo.email_in_use(session, changes.email, by_other_than=user.id):
-            raise Conflict("That email address is already in use.")
-        user.email = changes.email
+        try:
+            await repo.change_email(session, user, changes.email)
+        except repo.EmailTaken:
+            raise Conflict("That email address is already in use.") from None
     if changes.password is not None:
         check_password_policy(kit.settings, changes.password, "password")
         user.password_hash = await kit.passwords.hash(changes.password)
@@ -454,10 +459,10 @@ async def find_user_by_email(session: AsyncSession, email: str) -> UserOut:
 async def administer_user(
     session: AsyncSession, user_id: uuid.UUID, *, changes: UserAdminUpdate, now: datetime
 ) -> UserOut:
+    await repo.serialize_admin_changes(session)  # two admins demoting each other: one waits
     user = await repo.get_user(session, user_id)
     if user is None:
         raise NotFound("User not found.")
-    await repo.serialize_admin_changes(session)  # two admins demoting each other: one waits
     was_active_admin = user.role == Role.ADMIN and not user.disabled
     updates: dict[str, Any] = changes.model_dump(exclude_none=True)
     if "role" in updates:

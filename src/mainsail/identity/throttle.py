@@ -1,4 +1,9 @@
-"""Slows down password guessing: failed logins counted per account and per client address."""
+"""Slows down password guessing: sign-in attempts counted per account and per client address.
+
+An attempt is counted *before* the password is checked, in the same atomic step that tests
+the limit, so a burst of concurrent guesses cannot all slip past a check-then-count gap.
+A successful sign-in clears the account's counter; the address counter counts every attempt.
+"""
 
 from __future__ import annotations
 
@@ -13,31 +18,30 @@ class LoginThrottle:
         self.limiter = limiter
         window = settings.login_failure_window_s
         self.per_account = Window(settings.login_max_failures_per_account, window)
-        self.per_ip = Window(settings.login_max_failures_per_ip, window)
+        self.per_ip = Window(settings.login_max_attempts_per_ip, window)
 
-    def _keys(self, email: str, ip: str) -> tuple[str, str]:
+    @staticmethod
+    def _account_key(email: str) -> str:
         # Hashed: the counter store (Redis, in the scaled shape) never holds addresses.
-        return f"login:account:{sha256_hex(email)[:32]}", f"login:ip:{ip}"
+        return f"login:account:{sha256_hex(email)[:32]}"
 
-    async def check(self, *, email: str, ip: str) -> None:
-        """Raise 429 while either counter is exhausted (same answer for unknown accounts)."""
-        account, address = self._keys(email, ip)
-        waits = [
-            await self.limiter.retry_after(self.per_account, account),
-            await self.limiter.retry_after(self.per_ip, address),
-        ]
-        wait = max((w for w in waits if w is not None), default=None)
-        if wait is not None:
+    async def attempt(self, *, email: str, ip: str | None) -> None:
+        """Count one attempt for the account (and the address, if given); 429 past a limit.
+
+        The same answer whether or not the account exists, so the throttle is no oracle.
+        """
+        counters = [(self.per_account, self._account_key(email))]
+        if ip is not None:
+            counters.append((self.per_ip, f"login:ip:{ip}"))
+        waits = []
+        for window, key in counters:
+            if not await self.limiter.hit(window, key):
+                waits.append(await self.limiter.retry_after(window, key) or 1)
+        if waits:
             raise TooManyRequests(
-                "Too many failed sign-in attempts; try again later.",
-                headers={"Retry-After": str(wait)},
+                "Too many sign-in attempts; try again later.",
+                headers={"Retry-After": str(max(waits))},
             )
 
-    async def record_failure(self, *, email: str, ip: str) -> None:
-        account, address = self._keys(email, ip)
-        await self.limiter.hit(self.per_account, account)
-        await self.limiter.hit(self.per_ip, address)
-
-    async def record_success(self, *, email: str) -> None:
-        account, _ = self._keys(email, "")
-        await self.limiter.clear(self.per_account, account)
+    async def succeeded(self, *, email: str) -> None:
+        await self.limiter.clear(self.per_account, self._account_key(email))
