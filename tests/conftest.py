@@ -3,5 +3,6 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.logs",
     "tests.fixtures.identity",
+    "tests.fixtures.gateway",
     "tests.fixtures.fake_provider",
 ]

@@ -7,11 +7,17 @@ from fastapi import APIRouter
 from mainsail.apidocs.router import router as apidocs_router
 from mainsail.health.router import router as health_router
 from mainsail.identity.router import admin_router, auth_router, me_router
+from mainsail.openai_compat.router import router as openai_router
+from mainsail.quotas.router import router as quotas_router
+from mainsail.usage.router import router as usage_router
 
 ROUTERS: list[APIRouter] = [
     health_router,
     apidocs_router,
     auth_router,
     me_router,
+    usage_router,
     admin_router,
+    quotas_router,
+    openai_router,
 ]

@@ -23,7 +23,11 @@ from mainsail.identity.passwords import Passwords
 from mainsail.identity.service import IdentityKit
 from mainsail.identity.throttle import LoginThrottle
 from mainsail.identity.tokens import TokenCodec
+from mainsail.llm.factory import build_gateway
+from mainsail.llm.tokens import warm_up as warm_up_tokenizer
+from mainsail.quotas.service import DbQuota
 from mainsail.settings import Settings, SettingsError, load_settings
+from mainsail.usage.writer import UsageWriter
 
 log = get_logger(__name__)
 
@@ -48,6 +52,24 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.db = db
             app.state.readiness = readiness
             app.state.identity = await asyncio.to_thread(build_identity_kit, settings)
+            usage = UsageWriter(
+                db,
+                spill_dir=settings.data_dir / "spill",
+                flush_interval_s=settings.usage.flush_interval_s,
+                batch_size=settings.usage.batch_size,
+                retention_days=settings.usage.raw_retention_days,
+            )
+            await usage.start()
+            stack.push_async_callback(usage.stop)  # after the quota drain: runs last
+            quota = DbQuota(db, settings.quota)
+            stack.push_async_callback(quota.drain)
+            gateway, adapters = build_gateway(settings.llm, usage=usage, quota=quota)
+            for adapter in adapters:
+                stack.push_async_callback(adapter.aclose)
+            await asyncio.to_thread(warm_up_tokenizer)
+            app.state.usage = usage
+            app.state.quota = quota
+            app.state.gateway = gateway
             log.info("started", version=__version__, environment=settings.environment)
             yield
             log.info("stopping")

@@ -7,6 +7,7 @@ Every value comes from the environment (prefix ``MAINSAIL_``, nested sections jo
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -109,6 +110,49 @@ _PLACEHOLDERS = frozenset(
 )
 
 
+class LLMSettings(BaseModel):
+    """Providers, the catalogue, and the resilience every model call gets."""
+
+    # TOML or YAML merged over the shipped catalogue (models, prices, fallbacks, providers).
+    catalogue_file: FilePath | None = None
+    # Read OPENAI_API_KEY, OPENAI_BASE_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, AWS_REGION.
+    use_standard_env: bool = True
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    aws_region: str | None = None
+    # auto: on when a region and AWS credentials are in the environment or ~/.aws.
+    bedrock: Literal["auto", "on", "off"] = "auto"
+    scripted_file: FilePath | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    read_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    stream_timeout_s: float = Field(default=600.0, gt=0, le=7200)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    retry_base_delay_s: float = Field(default=0.25, ge=0, le=60)
+    retry_max_delay_s: float = Field(default=8.0, ge=0, le=300)
+    max_retry_after_s: float = Field(default=20.0, ge=0, le=600)
+    breaker_failures: int = Field(default=5, ge=1, le=1000)
+    breaker_reset_s: float = Field(default=30.0, gt=0, le=3600)
+    max_concurrency_per_provider: int = Field(default=64, ge=1, le=10_000)
+
+
+class QuotaSettings(BaseModel):
+    """Monthly budgets per role (unset: unlimited); admins may override them per user."""
+
+    user_monthly_tokens: int | None = Field(default=None, ge=0)
+    user_monthly_cost_usd: Decimal | None = Field(default=Decimal("25"), ge=0)
+    admin_monthly_tokens: int | None = Field(default=None, ge=0)
+    admin_monthly_cost_usd: Decimal | None = Field(default=None, ge=0)
+
+
+class UsageSettings(BaseModel):
+    flush_interval_s: float = Field(default=0.5, gt=0, le=60)
+    batch_size: int = Field(default=500, ge=1, le=50_000)
+    raw_retention_days: int = Field(default=30, ge=1, le=3650)
+
+
 class RateLimitSettings(BaseModel):
     # memory:// for one process; redis://host:6379/0 to share limits across replicas.
     storage_url: str = "memory://"
@@ -142,6 +186,9 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
 
     @model_validator(mode="after")
     def _production_guard(self) -> Settings:

@@ -63,6 +63,15 @@ ISOLATED_ROUTES = [
         body={"disabled": True},
         expected=403,
     ),
+    IsolatedRoute("GET", "/admin/users/{id}/quota", the_user, account_still_active, expected=403),
+    IsolatedRoute(
+        "PUT",
+        "/admin/users/{id}/quota",
+        the_user,
+        account_still_active,
+        body={"monthly_tokens": 0},
+        expected=403,
+    ),
 ]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, Request
 
-from mainsail.core.deps import SessionDep, get_database, get_settings
+from mainsail.core.deps import get_database, get_settings
 from mainsail.core.principal import Principal, Scope
 from mainsail.identity import service
 from mainsail.identity.service import (
@@ -41,15 +41,19 @@ def presented_credentials(request: Request) -> tuple[str, str] | None:
     return ("api_key", key) if key else None
 
 
-async def get_principal(request: Request, session: SessionDep, kit: IdentityDep) -> Principal:
+async def get_principal(request: Request, kit: IdentityDep) -> Principal:
+    """Authenticates in a short transaction of its own, committed and returned to the pool
+    before the endpoint runs: a route that then waits a minute on a model must not hold a
+    database connection for the caller's identity all that time."""
     presented = presented_credentials(request)
     if presented is None:
         raise NotAuthenticated()
     kind, value = presented
-    if kind == "api_key":
-        principal = await service.principal_from_api_key(session, kit, value)
-    else:
-        principal = await service.principal_from_access_token(session, kit, value)
+    async with get_database(request).unit_of_work() as session:
+        if kind == "api_key":
+            principal = await service.principal_from_api_key(session, kit, value)
+        else:
+            principal = await service.principal_from_access_token(session, kit, value)
     request.state.principal = principal
     structlog.contextvars.bind_contextvars(user_id=str(principal.user_id), auth=principal.via)
     return principal
@@ -103,8 +107,7 @@ def anonymous_unless(area: str) -> Any:
     async def check(request: Request) -> Principal | None:
         if area in get_settings(request).anonymous_read:
             return None
-        async with get_database(request).unit_of_work() as session:
-            return await get_principal(request, session, get_identity(request))
+        return await get_principal(request, get_identity(request))
 
     dependency: Callable[[Request], Coroutine[Any, Any, Principal | None]] = check
     return Depends(dependency)

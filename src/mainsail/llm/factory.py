@@ -1,0 +1,187 @@
+"""Builds the gateway from settings: which providers are configured, and the resilience stack
+around each catalogue model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from mainsail.llm.catalogue import Catalogue, ModelEntry, ProviderSpec, load_catalogue
+from mainsail.llm.gateway import Gateway, QuotaGuard, UsageSink
+from mainsail.llm.providers.base import ProviderAdapter, Timeouts
+from mainsail.llm.resilience import (
+    Bounded,
+    Breaker,
+    Deadline,
+    Fallback,
+    ModelClient,
+    ProviderModel,
+    Retrying,
+)
+from mainsail.settings import LLMSettings
+
+_AWS_CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+
+
+class Providers:
+    """Turns provider specs into adapters, or says which settings would switch one on."""
+
+    def __init__(self, settings: LLMSettings, environ: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.env = environ if settings.use_standard_env else {}
+        self.timeouts = Timeouts(
+            connect_s=settings.connect_timeout_s, read_s=settings.read_timeout_s
+        )
+
+    def _secret(self, value: object, env_name: str) -> str | None:
+        configured = getattr(value, "get_secret_value", lambda: None)()
+        return configured or self.env.get(env_name) or None
+
+    def build(self, spec: ProviderSpec) -> ProviderAdapter | list[str]:
+        """An adapter, or the list of settings that would configure this provider."""
+        s = self.settings
+        connections = s.max_concurrency_per_provider
+        if spec.kind == "extractive":
+            from mainsail.llm.providers.extractive import ExtractiveAdapter
+
+            return ExtractiveAdapter()
+        if spec.kind == "scripted":
+            from mainsail.llm.providers.scripted import ScriptedAdapter
+
+            if s.scripted_file is not None:
+                return ScriptedAdapter.from_file(s.scripted_file)
+            return ScriptedAdapter(name=spec.name)
+        if spec.kind == "openai":
+            if spec.name == "openai":
+                key = self._secret(s.openai_api_key, "OPENAI_API_KEY")
+                base = s.openai_base_url or self.env.get("OPENAI_BASE_URL")
+                missing = ["OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)"]
+            else:
+                key = self.env.get(spec.api_key_env) if spec.api_key_env else None
+                base = spec.base_url
+                missing = [spec.api_key_env or f"providers.{spec.name}.base_url"]
+            if not key and not base:
+                return missing
+            from mainsail.llm.providers.openai import OpenAIAdapter
+
+            return OpenAIAdapter(
+                name=spec.name,
+                api_key=key or "not-needed",  # local compatible servers take any key
+                base_url=base,
+                timeouts=self.timeouts,
+                max_connections=connections,
+            )
+        if spec.kind == "anthropic":
+            key = self._secret(s.anthropic_api_key, "ANTHROPIC_API_KEY")
+            if spec.name != "anthropic" and spec.api_key_env:
+                key = self.env.get(spec.api_key_env)
+            if not key:
+                return ["ANTHROPIC_API_KEY"]
+            from mainsail.llm.providers.anthropic import AnthropicAdapter
+
+            return AnthropicAdapter(
+                name=spec.name,
+                api_key=key,
+                base_url=spec.base_url
+                or s.anthropic_base_url
+                or self.env.get("ANTHROPIC_BASE_URL"),
+                timeouts=self.timeouts,
+                max_connections=connections,
+            )
+        # bedrock, the only kind left
+        region = s.aws_region or self.env.get("AWS_REGION") or self.env.get("AWS_DEFAULT_REGION")
+        if s.bedrock == "off" or not region:
+            return ["AWS_REGION", "AWS credentials (environment, profile or role)"]
+        if s.bedrock == "auto" and not self._aws_credentials_visible():
+            return ["AWS credentials (environment, profile or role)"]
+        from mainsail.llm.providers.bedrock import BedrockAdapter
+
+        return BedrockAdapter(
+            name=spec.name,
+            region=region,
+            timeouts=self.timeouts,
+            max_connections=connections,
+            endpoint_url=spec.base_url,
+        )
+
+    def _aws_credentials_visible(self) -> bool:
+        """Without touching the network (no instance-metadata probe): env vars or ~/.aws."""
+        if any(self.env.get(name) for name in _AWS_CREDENTIAL_ENV):
+            return True
+        home = Path(self.env.get("HOME", "~")).expanduser()
+        return (home / ".aws" / "credentials").exists() or (home / ".aws" / "config").exists()
+
+
+def build_gateway(
+    settings: LLMSettings,
+    *,
+    usage: UsageSink | None = None,
+    quota: QuotaGuard | None = None,
+    catalogue: Catalogue | None = None,
+    environ: Mapping[str, str] | None = None,
+    adapters: dict[str, ProviderAdapter] | None = None,
+) -> tuple[Gateway, list[ProviderAdapter]]:
+    """The gateway and the adapters it owns (close them at shutdown).
+
+    ``adapters`` replaces the adapter built for a provider name (tests, evals).
+    """
+    catalogue = catalogue or load_catalogue(settings.catalogue_file)
+    providers = Providers(settings, os.environ if environ is None else environ)
+    built: dict[str, ProviderAdapter] = dict(adapters or {})
+    unconfigured: dict[str, list[str]] = {}
+    for name in {entry.provider for entry in catalogue.models.values()}:
+        if name in built:
+            continue
+        result = providers.build(catalogue.provider(name))
+        if isinstance(result, list):
+            unconfigured[name] = result
+        else:
+            built[name] = result
+    slots = {name: asyncio.Semaphore(settings.max_concurrency_per_provider) for name in built}
+    single: dict[str, ModelClient] = {}
+    for entry in catalogue.models.values():
+        if entry.provider in built:
+            single[entry.name] = _resilient(entry, built[entry.provider], slots, settings)
+    clients: dict[str, ModelClient] = {}
+    for name in single:
+        chain = [single[e.name] for e in catalogue.chain(name) if e.name in single]
+        clients[name] = chain[0] if len(chain) == 1 else Fallback(chain)
+    gateway = Gateway(
+        catalogue=catalogue, clients=clients, unconfigured=unconfigured, usage=usage, quota=quota
+    )
+    return gateway, list(built.values())
+
+
+def _resilient(
+    entry: ModelEntry,
+    adapter: ProviderAdapter,
+    slots: dict[str, asyncio.Semaphore],
+    settings: LLMSettings,
+) -> ModelClient:
+    client: ModelClient = ProviderModel(adapter, entry)
+    if entry.provider in ("extractive", "scripted"):
+        return client  # local and deterministic: nothing to retry or break
+    client = Bounded(client, slots[entry.provider])
+    client = Deadline(
+        client,
+        total_s=entry.timeout_s or settings.timeout_s,
+        stream_total_s=settings.stream_timeout_s,
+    )
+    client = Breaker(
+        client, failure_threshold=settings.breaker_failures, reset_after_s=settings.breaker_reset_s
+    )
+    return Retrying(
+        client,
+        attempts=settings.max_attempts,
+        base_delay_s=settings.retry_base_delay_s,
+        max_delay_s=settings.retry_max_delay_s,
+        max_retry_after_s=settings.max_retry_after_s,
+    )

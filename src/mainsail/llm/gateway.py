@@ -1,0 +1,373 @@
+"""The gateway: every model call in the system goes through ``Gateway.complete`` or ``.stream``.
+
+It resolves the model, refuses what cannot work before any upstream call (unknown model,
+unconfigured provider, too long for the context window, invalid tool schemas), reserves budget,
+calls through the resilience stack, then settles the budget to the real usage, writes one usage
+event and one log line. Quota and the usage ledger are protocols: the database implementations
+live outside ``llm``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Protocol
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from mainsail.core.logging import get_logger
+from mainsail.llm.catalogue import Catalogue, ModelEntry
+from mainsail.llm.errors import (
+    InvalidChatRequest,
+    LLMError,
+    ModelNotFound,
+    ProviderNotConfigured,
+    StreamInterrupted,
+)
+from mainsail.llm.resilience import ModelClient
+from mainsail.llm.tokens import count_message_tokens, count_tokens
+from mainsail.llm.types import (
+    ChatRequest,
+    ChatResponse,
+    StreamEnd,
+    StreamEvent,
+    StreamStart,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+log = get_logger("mainsail.llm")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who is calling and why; recorded with the usage."""
+
+    user_id: uuid.UUID | None = None
+    api_key_id: uuid.UUID | None = None
+    request_id: str | None = None
+    kind: str = "chat"
+    role: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    request_id: str | None
+    user_id: uuid.UUID | None
+    api_key_id: uuid.UUID | None
+    kind: str
+    requested_model: str
+    model: str
+    provider: str
+    status: str  # ok | error | interrupted | cancelled
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cached_tokens_in: int = 0
+    cache_write_tokens: int = 0
+    estimated: bool = False
+    cost_usd: Decimal = Decimal(0)
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    error_code: str | None = None
+    fallback_used: bool = False
+    cache_hit: bool = False
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class UsageSink(Protocol):
+    def record(self, event: UsageEvent) -> None:
+        """Accept an event without blocking the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    user_id: uuid.UUID | None
+    tokens: int
+    cost: Decimal
+    handle: object = None
+
+
+class QuotaGuard(Protocol):
+    async def reserve(self, ctx: CallContext, *, tokens: int, cost: Decimal) -> Reservation:
+        """Hold budget for a call's worst case, or raise if it would overspend."""
+
+    async def settle(self, reservation: Reservation, *, tokens: int, cost: Decimal) -> None:
+        """Replace the hold with what the call really used."""
+
+
+class NullUsageSink:
+    def record(self, event: UsageEvent) -> None:
+        return None
+
+
+class NoQuota:
+    async def reserve(self, ctx: CallContext, *, tokens: int, cost: Decimal) -> Reservation:
+        return Reservation(user_id=ctx.user_id, tokens=tokens, cost=cost)
+
+    async def settle(self, reservation: Reservation, *, tokens: int, cost: Decimal) -> None:
+        return None
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        catalogue: Catalogue,
+        clients: dict[str, ModelClient],
+        unconfigured: dict[str, list[str]],
+        usage: UsageSink | None = None,
+        quota: QuotaGuard | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.catalogue = catalogue
+        self.clients = clients
+        self.unconfigured = unconfigured  # provider -> the settings that would switch it on
+        self.usage = usage or NullUsageSink()
+        self.quota = quota or NoQuota()
+        self.clock = clock
+
+    # --- catalogue ------------------------------------------------------------------------
+
+    def available_models(self, kind: str = "chat") -> list[ModelEntry]:
+        return [
+            self.catalogue.models[name]
+            for name in self.clients
+            if self.catalogue.models[name].kind == kind
+        ]
+
+    def resolve(self, name: str) -> ModelEntry:
+        entry = self.catalogue.get(name)
+        if entry is None or entry.kind != "chat":
+            raise ModelNotFound(name, sorted(m.name for m in self.available_models()))
+        if name not in self.clients:
+            raise ProviderNotConfigured(
+                name, entry.provider, self.unconfigured.get(entry.provider, [])
+            )
+        return entry
+
+    def has_generative_model(self) -> bool:
+        return any(m.provider != "extractive" for m in self.available_models())
+
+    # --- checks before any upstream call --------------------------------------------------
+
+    def check(self, request: ChatRequest, entry: ModelEntry) -> tuple[ChatRequest, int]:
+        """Validate; fill in ``max_tokens`` with the model's limit. Returns (request, input
+        token estimate)."""
+        for tool in request.tools:
+            if not _TOOL_NAME.fullmatch(tool.name):
+                raise InvalidChatRequest(
+                    f"Tool name {tool.name!r} must be 1-64 letters, digits, '_' or '-'.",
+                    param="tools",
+                )
+            _check_schema(tool.parameters, param="tools", what=f"tool {tool.name!r}")
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_schema":
+            if fmt.schema is None:
+                raise InvalidChatRequest("json_schema needs a schema.", param="response_format")
+            _check_schema(fmt.schema, param="response_format", what="response_format")
+        max_tokens = request.params.max_tokens
+        if max_tokens is not None and max_tokens > entry.max_output_tokens:
+            raise InvalidChatRequest(
+                f"max_tokens is {max_tokens}; {entry.name} writes at most "
+                f"{entry.max_output_tokens}.",
+                param="max_tokens",
+            )
+        output = max_tokens or entry.max_output_tokens
+        prompt = count_message_tokens(request.messages) + sum(
+            count_tokens(p.text) for p in request.context
+        )
+        prompt += sum(count_tokens(str(t.parameters)) + count_tokens(t.name) for t in request.tools)
+        if prompt + (max_tokens or 0) > entry.context_window:
+            raise InvalidChatRequest(
+                f"The messages take about {prompt} tokens"
+                + (f" and max_tokens asks for {max_tokens}" if max_tokens else "")
+                + f"; {entry.name} holds {entry.context_window}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if max_tokens is None:
+            output = min(output, max(entry.context_window - prompt, 1))
+            request = replace(request, params=replace(request.params, max_tokens=output))
+        return request, prompt
+
+    def _worst_case_cost(self, entry: ModelEntry, prompt: int, output: int) -> Decimal:
+        worst = Usage(input_tokens=prompt, output_tokens=output)
+        return max(e.cost_usd(worst) for e in self.catalogue.chain(entry.name))
+
+    # --- calls ----------------------------------------------------------------------------
+
+    async def complete(self, request: ChatRequest, ctx: CallContext) -> ChatResponse:
+        entry = self.resolve(request.model)
+        request, prompt = self.check(request, entry)
+        output = request.params.max_tokens or 0
+        reservation = await self.quota.reserve(
+            ctx, tokens=prompt + output, cost=self._worst_case_cost(entry, prompt, output)
+        )
+        started = self.clock()
+        try:
+            response = await self.clients[entry.name].complete(request)
+        except LLMError as exc:
+            await self.quota.settle(reservation, tokens=0, cost=Decimal(0))
+            self._record(ctx, entry, started=started, status="error", error=exc)
+            raise
+        except BaseException:
+            await self.quota.settle(reservation, tokens=0, cost=Decimal(0))
+            raise
+        usage = response.usage
+        if usage.estimated:
+            usage = _estimate(prompt, response.message.content or "", usage)
+            response = replace(response, usage=usage)
+        served = self.catalogue.models[response.model]
+        cost = served.cost_usd(usage)
+        await self.quota.settle(reservation, tokens=usage.total_tokens, cost=cost)
+        self._record(
+            ctx, entry, started=started, status="ok", served=served, usage=usage, cost=cost
+        )
+        return response
+
+    async def stream(self, request: ChatRequest, ctx: CallContext) -> AsyncIterator[StreamEvent]:
+        """Events of one answer. Failures before the first event raise (and fall back);
+        later ones raise ``StreamInterrupted`` after what was already sent."""
+        entry = self.resolve(request.model)
+        request, prompt = self.check(request, entry)
+        output = request.params.max_tokens or 0
+        reservation = await self.quota.reserve(
+            ctx, tokens=prompt + output, cost=self._worst_case_cost(entry, prompt, output)
+        )
+        started = self.clock()
+        first_token: float | None = None
+        served = entry
+        written: list[str] = []
+        usage: Usage | None = None
+        status: str = "cancelled"
+        error: LLMError | None = None
+        try:
+            async for event in self.clients[entry.name].stream(request):
+                if isinstance(event, StreamStart):
+                    served = self.catalogue.models.get(event.model, entry)
+                elif isinstance(event, TextDelta | ToolCallDelta):
+                    if first_token is None:
+                        first_token = self.clock()
+                    written.append(event.text if isinstance(event, TextDelta) else event.arguments)
+                elif isinstance(event, StreamEnd):
+                    usage = event.usage
+                    if usage.estimated:
+                        usage = _estimate(prompt, "".join(written), usage)
+                        event = replace(event, usage=usage)
+                    status = "ok"
+                yield event
+        except StreamInterrupted as exc:
+            status, error = "interrupted", exc
+            raise
+        except LLMError as exc:
+            if first_token is None:
+                status, error = "error", exc
+                raise
+            # Tokens already went out: whatever broke, the caller must learn the answer is cut.
+            status = "interrupted"
+            error = StreamInterrupted(
+                f"The answer broke off after it had started ({exc.code}).",
+                provider=exc.provider,
+                model=exc.model,
+            )
+            raise error from exc
+        finally:
+            if usage is None and first_token is not None:
+                # Cut short (by the provider or the caller): the tokens sent were still paid for.
+                usage = _estimate(prompt, "".join(written), Usage(estimated=True))
+            cost = served.cost_usd(usage) if usage else Decimal(0)
+            await self.quota.settle(
+                reservation, tokens=usage.total_tokens if usage else 0, cost=cost
+            )
+            ttft = None if first_token is None else int((first_token - started) * 1000)
+            self._record(
+                ctx,
+                entry,
+                started=started,
+                status=status,
+                served=served,
+                usage=usage,
+                cost=cost,
+                error=error,
+                ttft_ms=ttft,
+            )
+
+    def _record(
+        self,
+        ctx: CallContext,
+        entry: ModelEntry,
+        *,
+        started: float,
+        status: str,
+        served: ModelEntry | None = None,
+        usage: Usage | None = None,
+        cost: Decimal = Decimal(0),
+        error: LLMError | None = None,
+        ttft_ms: int | None = None,
+    ) -> None:
+        served = served or entry
+        usage = usage or Usage()
+        latency_ms = int((self.clock() - started) * 1000)
+        event = UsageEvent(
+            request_id=ctx.request_id,
+            user_id=ctx.user_id,
+            api_key_id=ctx.api_key_id,
+            kind=ctx.kind,
+            requested_model=entry.name,
+            model=served.name,
+            provider=served.provider,
+            status=status,
+            tokens_in=usage.input_tokens,
+            tokens_out=usage.output_tokens,
+            cached_tokens_in=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            estimated=usage.estimated,
+            cost_usd=cost,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            error_code=error.code if error else None,
+            fallback_used=served.name != entry.name,
+        )
+        self.usage.record(event)
+        log.info(
+            "llm_call",
+            request_id=ctx.request_id,
+            user_id=str(ctx.user_id) if ctx.user_id else None,
+            model=served.name,
+            requested_model=entry.name,
+            provider=served.provider,
+            status=status,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            tokens_in=usage.input_tokens,
+            tokens_out=usage.output_tokens,
+            estimated_cost=float(cost),
+            error=error.code if error else None,
+        )
+
+
+def _estimate(prompt: int, text: str, reported: Usage) -> Usage:
+    return Usage(
+        input_tokens=reported.input_tokens or prompt,
+        output_tokens=reported.output_tokens or count_tokens(text),
+        estimated=True,
+    )
+
+
+def _check_schema(schema: object, *, param: str, what: str) -> None:
+    if not isinstance(schema, dict):
+        raise InvalidChatRequest(f"The schema of {what} must be a JSON object.", param=param)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise InvalidChatRequest(
+            f"The schema of {what} is not valid JSON Schema: {exc.message}", param=param
+        ) from None

@@ -1,0 +1,297 @@
+"""Anthropic Messages API: system prompt, tool_use / tool_result blocks, streaming events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+
+from mainsail.llm.catalogue import ModelEntry
+from mainsail.llm.errors import (
+    LLMError,
+    UpstreamBadResponse,
+    UpstreamMisconfigured,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from mainsail.llm.providers.base import (
+    Timeouts,
+    new_response_id,
+    parse_arguments,
+    transport_error,
+)
+from mainsail.llm.providers.openai import retry_after
+from mainsail.llm.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Message,
+    StreamEnd,
+    StreamEvent,
+    StreamStart,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# A JSON-schema answer is asked for as a forced call of this tool; its input is the answer.
+STRUCTURED_TOOL = "structured_answer"
+
+
+class AnthropicAdapter:
+    def __init__(
+        self,
+        *,
+        name: str,
+        api_key: str,
+        base_url: str | None,
+        timeouts: Timeouts,
+        max_connections: int,
+    ) -> None:
+        import httpx2
+
+        self.name = name
+        timeout = httpx2.Timeout(timeouts.read_s, connect=timeouts.connect_s)
+        self.client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout,
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
+                timeout=timeout,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
+        structured = _wants_structured(request)
+        try:
+            message = await self.client.messages.create(**_arguments(request, entry))
+            blocks = list(message.content)
+        except anthropic.AnthropicError as exc:
+            raise map_anthropic_error(exc, provider=self.name, model=entry.name) from None
+        except (AttributeError, TypeError, ValueError):
+            raise UpstreamBadResponse(
+                f"{self.name} sent an answer we could not read.",
+                provider=self.name,
+                model=entry.name,
+            ) from None
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for block in blocks:
+            if block.type == "text":
+                texts.append(block.text)
+            elif block.type == "tool_use":
+                calls.append(
+                    ToolCall(id=block.id, name=block.name, arguments=json.dumps(block.input))
+                )
+        finish = _FINISH.get(message.stop_reason or "end_turn", "stop")
+        if structured and calls and calls[0].name == STRUCTURED_TOOL:
+            texts, calls, finish = [calls[0].arguments], [], "stop"
+        return ChatResponse(
+            id=message.id or new_response_id("msg"),
+            model=entry.name,
+            provider=self.name,
+            message=Message(
+                role="assistant", content="".join(texts) or None, tool_calls=tuple(calls)
+            ),
+            finish_reason=finish,
+            usage=_usage(message.usage),
+        )
+
+    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]:
+        structured = _wants_structured(request)
+        input_usage: Any = None
+        output_tokens = 0
+        finish: FinishReason | None = None
+        tool_index = -1
+        block_is_tool: dict[int, bool] = {}
+        try:
+            events = await self.client.messages.create(**_arguments(request, entry), stream=True)
+            async for event in events:
+                kind = event.type
+                if kind == "message_start":
+                    input_usage = event.message.usage
+                    output_tokens = getattr(input_usage, "output_tokens", 0) or 0
+                    yield StreamStart(
+                        id=event.message.id or new_response_id("msg"),
+                        model=entry.name,
+                        provider=self.name,
+                    )
+                elif kind == "content_block_start":
+                    block = event.content_block
+                    is_tool = block.type == "tool_use"
+                    block_is_tool[event.index] = is_tool
+                    if is_tool and not structured:
+                        tool_index += 1
+                        yield ToolCallDelta(index=tool_index, id=block.id, name=block.name)
+                elif kind == "content_block_delta":
+                    delta = event.delta
+                    if delta.type == "text_delta":
+                        yield TextDelta(delta.text)
+                    elif delta.type == "input_json_delta" and block_is_tool.get(event.index):
+                        if structured:  # the forced tool's input is the answer's text
+                            yield TextDelta(delta.partial_json)
+                        else:
+                            yield ToolCallDelta(index=tool_index, arguments=delta.partial_json)
+                elif kind == "message_delta":
+                    finish = _FINISH.get(event.delta.stop_reason or "end_turn", "stop")
+                    output_tokens = event.usage.output_tokens or output_tokens
+        except anthropic.AnthropicError as exc:
+            raise map_anthropic_error(exc, provider=self.name, model=entry.name) from None
+        except Exception as exc:
+            raise transport_error(exc, provider=self.name, model=entry.name) or exc from None
+        if finish is None:
+            raise UpstreamUnavailable(
+                f"{self.name}'s stream ended before the answer was complete.",
+                provider=self.name,
+                model=entry.name,
+            )
+        if structured and finish == "tool_calls":
+            finish = "stop"
+        usage = _usage(input_usage, output_tokens=output_tokens)
+        yield StreamEnd(finish_reason=finish, usage=usage)
+
+
+def _wants_structured(request: ChatRequest) -> bool:
+    fmt = request.response_format
+    return fmt is not None and fmt.type == "json_schema" and fmt.schema is not None
+
+
+def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
+    params = request.params
+    system = "\n\n".join(m.content or "" for m in request.messages if m.role == "system")
+    arguments: dict[str, Any] = {
+        "model": entry.model,
+        "messages": _messages(request.messages),
+        "max_tokens": params.max_tokens or min(entry.max_output_tokens, 4096),
+    }
+    if system:
+        arguments["system"] = system
+    if params.stop:
+        arguments["stop_sequences"] = list(params.stop)
+    sampling = {"temperature": params.temperature, "top_p": params.top_p}
+    extra = {k: v for k, v in sampling.items() if v is not None}
+    if extra:
+        arguments["extra_body"] = extra
+    tools = [
+        {
+            "name": tool.name,
+            "input_schema": tool.parameters,
+            **({"description": tool.description} if tool.description else {}),
+        }
+        for tool in request.tools
+    ]
+    choice = request.tool_choice
+    if _wants_structured(request):
+        fmt = request.response_format
+        schema = fmt.schema if fmt is not None and fmt.schema is not None else {}
+        tools = [
+            {
+                "name": STRUCTURED_TOOL,
+                "description": "Give the answer as this tool's input.",
+                "input_schema": schema,
+            }
+        ]
+        arguments["tool_choice"] = {"type": "tool", "name": STRUCTURED_TOOL}
+    elif choice is not None:
+        arguments["tool_choice"] = (
+            {"type": "tool", "name": choice.name}
+            if choice.mode == "tool"
+            else {"type": {"required": "any"}.get(choice.mode, choice.mode)}
+        )
+    if tools:
+        arguments["tools"] = tools
+    return arguments
+
+
+def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """Anthropic's turns: no system role, tool results ride in a user turn, and consecutive
+    turns of the same role are merged (the API wants them alternating)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        if message.role == "tool":
+            role = "user"
+            blocks: list[dict[str, Any]] = [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": message.tool_call_id or "",
+                    "content": message.content or "",
+                }
+            ]
+        else:
+            role = message.role
+            blocks = [{"type": "text", "text": message.content}] if message.content else []
+            blocks += [
+                {
+                    "type": "tool_use",
+                    "id": c.id,
+                    "name": c.name,
+                    "input": parse_arguments(c.arguments),
+                }
+                for c in message.tool_calls
+            ]
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return out
+
+
+def _usage(usage: Any, *, output_tokens: int | None = None) -> Usage:
+    if usage is None:
+        return Usage(estimated=True)
+    cached = getattr(usage, "cache_read_input_tokens", None) or 0
+    written = getattr(usage, "cache_creation_input_tokens", None) or 0
+    # Anthropic's input_tokens leaves out what was read from or written to the cache.
+    return Usage(
+        input_tokens=(usage.input_tokens or 0) + cached + written,
+        output_tokens=output_tokens if output_tokens is not None else usage.output_tokens or 0,
+        cached_input_tokens=cached,
+        cache_write_tokens=written,
+    )
+
+
+def map_anthropic_error(exc: anthropic.AnthropicError, *, provider: str, model: str) -> LLMError:
+    where = {"provider": provider, "model": model}
+    if isinstance(exc, anthropic.APITimeoutError):
+        return UpstreamTimeout(f"{provider} did not answer in time.", **where)
+    if isinstance(exc, anthropic.APIConnectionError):
+        return UpstreamUnavailable(f"{provider} could not be reached.", **where)
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        if status == 429:
+            return UpstreamRateLimited(
+                f"{provider} is rate limiting us.", retry_after=retry_after(exc.response), **where
+            )
+        if status in (401, 403, 404):
+            return UpstreamMisconfigured(
+                f"{provider} refused our credentials or does not serve this model (HTTP {status}).",
+                **where,
+            )
+        if status in (408, 409, 425) or status >= 500:  # 529: overloaded
+            return UpstreamUnavailable(f"{provider} failed (HTTP {status}).", **where)
+        return UpstreamRejected(
+            f"{provider} rejected the request (HTTP {status}).", status=status, **where
+        )
+    return UpstreamBadResponse(f"{provider} sent an answer we could not read.", **where)

@@ -1,0 +1,69 @@
+"""The one small interface every provider adapter implements."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mainsail.llm.catalogue import ModelEntry
+from mainsail.llm.errors import LLMError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from mainsail.llm.types import ChatRequest, ChatResponse, Message, StreamEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 5.0
+    read_s: float = 60.0  # between bytes: also bounds the wait for each stream chunk
+
+
+class ProviderAdapter(Protocol):
+    """Maps normalized requests to one provider's API and its answers and errors back.
+
+    ``complete`` and ``stream`` raise only ``mainsail.llm.errors.LLMError`` subclasses.
+    A stream yields ``StreamStart`` first and ends with ``StreamEnd``.
+    """
+
+    name: str
+
+    async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse: ...
+
+    def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def last_user_text(messages: tuple[Message, ...]) -> str:
+    for message in reversed(messages):
+        if message.role == "user" and message.content:
+            return message.content
+    return ""
+
+
+def new_response_id(prefix: str = "chatcmpl") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def parse_arguments(arguments: str) -> Any:
+    """Tool-call arguments as JSON; a model's malformed arguments become an empty object."""
+    try:
+        return json.loads(arguments) if arguments else {}
+    except ValueError:
+        return {}
+
+
+def transport_error(exc: Exception, *, provider: str, model: str) -> LLMError | None:
+    """Exceptions the SDKs let through unwrapped: a body that is not JSON (``ValueError``), a
+    connection cut mid-stream (``httpx2`` protocol errors). None for anything else."""
+    import httpx2
+
+    where = {"provider": provider, "model": model}
+    if isinstance(exc, httpx2.TimeoutException):
+        return UpstreamTimeout(f"{provider} did not answer in time.", **where)
+    if isinstance(exc, httpx2.HTTPError):
+        return UpstreamUnavailable(f"{provider} broke off the connection.", **where)
+    if isinstance(exc, ValueError):
+        return UpstreamBadResponse(f"{provider} sent an answer we could not read.", **where)
+    return None

@@ -1,0 +1,366 @@
+"""AWS Bedrock through the Converse / ConverseStream API (boto3, standard credential chain).
+
+boto3 is synchronous: calls run in worker threads, and a stream is read in a thread that hands
+events to the event loop through a queue, so the loop never blocks on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mainsail.llm.catalogue import ModelEntry
+from mainsail.llm.errors import (
+    LLMError,
+    UpstreamBadResponse,
+    UpstreamMisconfigured,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from mainsail.llm.providers.base import Timeouts, new_response_id, parse_arguments
+from mainsail.llm.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Message,
+    StreamEnd,
+    StreamEvent,
+    StreamStart,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+STRUCTURED_TOOL = "structured_answer"
+_THROTTLED = {"ThrottlingException", "TooManyRequestsException"}
+_UNAVAILABLE = {
+    "ServiceUnavailableException",
+    "InternalServerException",
+    "ModelNotReadyException",
+    "ModelStreamErrorException",
+}
+_MISCONFIGURED = {
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "ResourceNotFoundException",
+    "ExpiredTokenException",
+}
+
+
+class BedrockAdapter:
+    def __init__(
+        self,
+        *,
+        name: str,
+        region: str,
+        timeouts: Timeouts,
+        max_connections: int,
+        endpoint_url: str | None = None,
+        client: Any = None,
+    ) -> None:
+        self.name = name
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.client(
+                "bedrock-runtime",
+                region_name=region,
+                endpoint_url=endpoint_url,
+                config=Config(
+                    connect_timeout=timeouts.connect_s,
+                    read_timeout=timeouts.read_s,
+                    retries={"max_attempts": 1, "mode": "standard"},  # the gateway retries
+                    max_pool_connections=max_connections,
+                ),
+            )
+        self.client = client
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.client.close)
+
+    async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
+        structured = _wants_structured(request)
+        try:
+            response = await asyncio.to_thread(self.client.converse, **_arguments(request, entry))
+            blocks = response["output"]["message"]["content"]
+        except (KeyError, TypeError):
+            raise UpstreamBadResponse(
+                f"{self.name} sent an answer we could not read.",
+                provider=self.name,
+                model=entry.name,
+            ) from None
+        except Exception as exc:
+            raise map_bedrock_error(exc, provider=self.name, model=entry.name) from None
+        texts = [block["text"] for block in blocks if "text" in block]
+        calls = [
+            ToolCall(
+                id=block["toolUse"]["toolUseId"],
+                name=block["toolUse"]["name"],
+                arguments=json.dumps(block["toolUse"].get("input", {})),
+            )
+            for block in blocks
+            if "toolUse" in block
+        ]
+        finish = _FINISH.get(response.get("stopReason", "end_turn"), "stop")
+        if structured and calls and calls[0].name == STRUCTURED_TOOL:
+            texts, calls, finish = [calls[0].arguments], [], "stop"
+        return ChatResponse(
+            id=response.get("ResponseMetadata", {}).get("RequestId") or new_response_id(),
+            model=entry.name,
+            provider=self.name,
+            message=Message(
+                role="assistant", content="".join(texts) or None, tool_calls=tuple(calls)
+            ),
+            finish_reason=finish,
+            usage=_usage(response.get("usage")),
+        )
+
+    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]:
+        structured = _wants_structured(request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=256)
+        stop = threading.Event()
+
+        def pump() -> None:
+            """Reads the event stream in a worker thread; ends with ('end', None)."""
+
+            def put(item: tuple[str, Any]) -> None:
+                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+
+            try:
+                response = self.client.converse_stream(**_arguments(request, entry))
+                for event in response["stream"]:
+                    if stop.is_set():
+                        break
+                    put(("event", event))
+                put(("end", None))
+            except Exception as exc:  # handed to the loop and mapped there
+                if not stop.is_set():
+                    put(("error", exc))
+
+        worker = loop.run_in_executor(None, pump)
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        tool_index = -1
+        tool_blocks: set[int] = set()
+        try:
+            yield StreamStart(id=new_response_id(), model=entry.name, provider=self.name)
+            while True:
+                kind, payload = await queue.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise map_bedrock_error(payload, provider=self.name, model=entry.name)
+                if "contentBlockStart" in payload:
+                    block = payload["contentBlockStart"]
+                    tool = block.get("start", {}).get("toolUse")
+                    if tool is not None:
+                        tool_blocks.add(block.get("contentBlockIndex", 0))
+                        if not structured:
+                            tool_index += 1
+                            yield ToolCallDelta(
+                                index=tool_index, id=tool["toolUseId"], name=tool["name"]
+                            )
+                elif "contentBlockDelta" in payload:
+                    block = payload["contentBlockDelta"]
+                    delta = block.get("delta", {})
+                    if "text" in delta:
+                        yield TextDelta(delta["text"])
+                    elif "toolUse" in delta and block.get("contentBlockIndex", 0) in tool_blocks:
+                        piece = delta["toolUse"].get("input", "")
+                        if structured:
+                            yield TextDelta(piece)
+                        else:
+                            yield ToolCallDelta(index=tool_index, arguments=piece)
+                elif "messageStop" in payload:
+                    finish = _FINISH.get(
+                        payload["messageStop"].get("stopReason", "end_turn"), "stop"
+                    )
+                elif "metadata" in payload:
+                    usage = _usage(payload["metadata"].get("usage"))
+                else:
+                    for key in (
+                        "throttlingException",
+                        "modelStreamErrorException",
+                        "internalServerException",
+                        "serviceUnavailableException",
+                        "validationException",
+                    ):
+                        if key in payload:
+                            raise map_bedrock_code(key[0].upper() + key[1:], self.name, entry.name)
+        finally:
+            stop.set()
+            while not queue.empty():  # unblock a worker waiting to put
+                queue.get_nowait()
+            await asyncio.shield(worker)
+        if finish is None:
+            raise UpstreamUnavailable(
+                f"{self.name}'s stream ended before the answer was complete.",
+                provider=self.name,
+                model=entry.name,
+            )
+        if structured and finish == "tool_calls":
+            finish = "stop"
+        yield StreamEnd(finish_reason=finish, usage=usage or Usage(estimated=True))
+
+
+def _wants_structured(request: ChatRequest) -> bool:
+    fmt = request.response_format
+    return fmt is not None and fmt.type == "json_schema" and fmt.schema is not None
+
+
+def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
+    params = request.params
+    arguments: dict[str, Any] = {"modelId": entry.model, "messages": _messages(request.messages)}
+    system = [{"text": m.content} for m in request.messages if m.role == "system" and m.content]
+    if system:
+        arguments["system"] = system
+    inference: dict[str, Any] = {
+        "maxTokens": params.max_tokens or min(entry.max_output_tokens, 4096)
+    }
+    if params.temperature is not None:
+        inference["temperature"] = params.temperature
+    if params.top_p is not None:
+        inference["topP"] = params.top_p
+    if params.stop:
+        inference["stopSequences"] = list(params.stop)
+    arguments["inferenceConfig"] = inference
+    tools = [
+        {
+            "toolSpec": {
+                "name": tool.name,
+                "description": tool.description or tool.name,
+                "inputSchema": {"json": tool.parameters},
+            }
+        }
+        for tool in request.tools
+    ]
+    choice: dict[str, Any] | None = None
+    fmt = request.response_format
+    if _wants_structured(request) and fmt is not None:
+        tools = [
+            {
+                "toolSpec": {
+                    "name": STRUCTURED_TOOL,
+                    "description": "Give the answer as this tool's input.",
+                    "inputSchema": {"json": fmt.schema},
+                }
+            }
+        ]
+        choice = {"tool": {"name": STRUCTURED_TOOL}}
+    elif request.tool_choice is not None and request.tool_choice.mode != "none":
+        mode = request.tool_choice
+        choice = (
+            {"tool": {"name": mode.name}}
+            if mode.mode == "tool"
+            else ({"any": {}} if mode.mode == "required" else {"auto": {}})
+        )
+    if tools and not (request.tool_choice is not None and request.tool_choice.mode == "none"):
+        arguments["toolConfig"] = {"tools": tools, **({"toolChoice": choice} if choice else {})}
+    return arguments
+
+
+def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        if message.role == "tool":
+            role = "user"
+            blocks: list[dict[str, Any]] = [
+                {
+                    "toolResult": {
+                        "toolUseId": message.tool_call_id or "",
+                        "content": [{"text": message.content or ""}],
+                    }
+                }
+            ]
+        else:
+            role = message.role
+            blocks = [{"text": message.content}] if message.content else []
+            blocks += [
+                {
+                    "toolUse": {
+                        "toolUseId": c.id,
+                        "name": c.name,
+                        "input": parse_arguments(c.arguments),
+                    }
+                }
+                for c in message.tool_calls
+            ]
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return out
+
+
+def _usage(usage: dict[str, Any] | None) -> Usage:
+    if not usage:
+        return Usage(estimated=True)
+    cached = usage.get("cacheReadInputTokens", 0) or 0
+    written = usage.get("cacheWriteInputTokens", 0) or 0
+    return Usage(
+        input_tokens=(usage.get("inputTokens", 0) or 0) + cached + written,
+        output_tokens=usage.get("outputTokens", 0) or 0,
+        cached_input_tokens=cached,
+        cache_write_tokens=written,
+    )
+
+
+def map_bedrock_code(code: str, provider: str, model: str) -> LLMError:
+    if code in _THROTTLED:
+        return UpstreamRateLimited(f"{provider} is throttling us.", provider=provider, model=model)
+    if code == "ModelTimeoutException":
+        return UpstreamTimeout(
+            f"{provider} did not answer in time.", provider=provider, model=model
+        )
+    if code in _UNAVAILABLE:
+        return UpstreamUnavailable(f"{provider} failed ({code}).", provider=provider, model=model)
+    if code in _MISCONFIGURED:
+        return UpstreamMisconfigured(
+            f"{provider} refused our credentials or does not serve this model ({code}).",
+            provider=provider,
+            model=model,
+        )
+    return UpstreamRejected(
+        f"{provider} rejected the request ({code}).", provider=provider, model=model
+    )
+
+
+def map_bedrock_error(exc: Exception, *, provider: str, model: str) -> LLMError:
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        ConnectTimeoutError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    where = {"provider": provider, "model": model}
+    if isinstance(exc, LLMError):
+        return exc
+    if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+        return UpstreamTimeout(f"{provider} did not answer in time.", **where)
+    if isinstance(exc, ConnectionError):
+        return UpstreamUnavailable(f"{provider} could not be reached.", **where)
+    if isinstance(exc, NoCredentialsError):
+        return UpstreamMisconfigured(f"{provider}: no AWS credentials were found.", **where)
+    if isinstance(exc, ClientError):
+        return map_bedrock_code(exc.response.get("Error", {}).get("Code", ""), provider, model)
+    return UpstreamBadResponse(f"{provider} failed unexpectedly ({type(exc).__name__}).", **where)

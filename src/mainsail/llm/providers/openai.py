@@ -1,0 +1,286 @@
+"""OpenAI and every OpenAI-compatible server (Ollama, vLLM, LM Studio, Azure OpenAI)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+
+from mainsail.llm.catalogue import ModelEntry
+from mainsail.llm.errors import (
+    LLMError,
+    UpstreamBadResponse,
+    UpstreamMisconfigured,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from mainsail.llm.providers.base import Timeouts, new_response_id, transport_error
+from mainsail.llm.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Message,
+    StreamEnd,
+    StreamEvent,
+    StreamStart,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+class OpenAIAdapter:
+    def __init__(
+        self,
+        *,
+        name: str,
+        api_key: str,
+        base_url: str | None,
+        timeouts: Timeouts,
+        max_connections: int,
+    ) -> None:
+        self.name = name
+        # The official API wants max_completion_tokens; compatible servers know max_tokens.
+        self._official = base_url is None
+        http_client = openai.DefaultAsyncHttpx2Client(
+            limits=_limits(max_connections), timeout=_timeout(timeouts)
+        )
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,  # the gateway retries, once, for every provider alike
+            timeout=_timeout(timeouts),
+            http_client=http_client,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
+        try:
+            completion = await self.client.chat.completions.create(
+                **self._arguments(request, entry, stream=False)
+            )
+            choice = completion.choices[0]
+        except openai.OpenAIError as exc:
+            raise self._error(exc, entry) from None
+        except (IndexError, AttributeError, TypeError):
+            raise UpstreamBadResponse(
+                "The provider's answer had no choices.", provider=self.name, model=entry.name
+            ) from None
+        except Exception as exc:
+            raise _transport(exc, self.name, entry) from None
+        message = choice.message
+        calls = tuple(
+            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")
+            for call in (message.tool_calls or ())
+            if getattr(call, "function", None) is not None
+        )
+        return ChatResponse(
+            id=completion.id or new_response_id(),
+            model=entry.name,
+            provider=self.name,
+            message=Message(role="assistant", content=message.content, tool_calls=calls),
+            finish_reason=_FINISH.get(choice.finish_reason or "stop", "stop"),
+            usage=_usage(completion.usage),
+        )
+
+    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]:
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        started = False
+        try:
+            chunks = await self.client.chat.completions.create(
+                **self._arguments(request, entry, stream=True)
+            )
+            async for chunk in chunks:
+                if not started:
+                    started = True
+                    yield StreamStart(
+                        id=chunk.id or new_response_id(), model=entry.name, provider=self.name
+                    )
+                if chunk.usage is not None:
+                    usage = _usage(chunk.usage)
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    if delta is not None and delta.content:
+                        yield TextDelta(delta.content)
+                    for call in (delta.tool_calls if delta is not None else None) or ():
+                        function = call.function
+                        yield ToolCallDelta(
+                            index=call.index,
+                            id=call.id,
+                            name=function.name if function else None,
+                            arguments=(function.arguments or "") if function else "",
+                        )
+                    if choice.finish_reason:
+                        finish = _FINISH.get(choice.finish_reason, "stop")
+        except openai.OpenAIError as exc:
+            raise self._error(exc, entry) from None
+        except Exception as exc:
+            raise _transport(exc, self.name, entry) from None
+        if finish is None:
+            raise UpstreamUnavailable(
+                "The provider's stream ended before the answer was complete.",
+                provider=self.name,
+                model=entry.name,
+            )
+        if not started:  # pragma: no cover - a finish implies a chunk
+            yield StreamStart(id=new_response_id(), model=entry.name, provider=self.name)
+        yield StreamEnd(finish_reason=finish, usage=usage or Usage(estimated=True))
+
+    def _arguments(
+        self, request: ChatRequest, entry: ModelEntry, *, stream: bool
+    ) -> dict[str, Any]:
+        params = request.params
+        arguments: dict[str, Any] = {
+            "model": entry.model,
+            "messages": [_message(m) for m in request.messages],
+        }
+        optional = {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+            "presence_penalty": params.presence_penalty,
+            "frequency_penalty": params.frequency_penalty,
+            "stop": list(params.stop) or None,
+        }
+        arguments.update({k: v for k, v in optional.items() if v is not None})
+        if params.max_tokens is not None:
+            key = "max_completion_tokens" if self._official else "max_tokens"
+            arguments[key] = params.max_tokens
+        if request.tools:
+            arguments["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        "parameters": tool.parameters,
+                        **({"description": tool.description} if tool.description else {}),
+                    },
+                }
+                for tool in request.tools
+            ]
+        if request.tool_choice is not None:
+            choice = request.tool_choice
+            arguments["tool_choice"] = (
+                {"type": "function", "function": {"name": choice.name}}
+                if choice.mode == "tool"
+                else choice.mode
+            )
+        response_format = request.response_format
+        if response_format is not None and response_format.type == "json_schema":
+            arguments["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": response_format.name or "response",
+                    "schema": response_format.schema or {},
+                    "strict": response_format.strict,
+                },
+            }
+        elif response_format is not None and response_format.type == "json_object":
+            arguments["response_format"] = {"type": "json_object"}
+        if stream:
+            arguments["stream"] = True
+            arguments["stream_options"] = {"include_usage": True}
+        return arguments
+
+    def _error(self, exc: openai.OpenAIError, entry: ModelEntry) -> LLMError:
+        return map_openai_error(exc, provider=self.name, model=entry.name)
+
+
+def map_openai_error(exc: openai.OpenAIError, *, provider: str, model: str) -> LLMError:
+    """One place for every SDK error. Upstream messages are not passed on: they can quote
+    our request or a masked key; the status and the class are enough for the caller."""
+    where = {"provider": provider, "model": model}
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeout(f"{provider} did not answer in time.", **where)
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamUnavailable(f"{provider} could not be reached.", **where)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status == 429:
+            return UpstreamRateLimited(
+                f"{provider} is rate limiting us.", retry_after=retry_after(exc.response), **where
+            )
+        if status in (401, 403, 404):
+            return UpstreamMisconfigured(
+                f"{provider} refused our credentials or does not serve this model (HTTP {status}).",
+                **where,
+            )
+        if status in (408, 409, 425) or status >= 500:
+            return UpstreamUnavailable(f"{provider} failed (HTTP {status}).", **where)
+        return UpstreamRejected(
+            f"{provider} rejected the request (HTTP {status}).", status=status, **where
+        )
+    return UpstreamBadResponse(f"{provider} sent an answer we could not read.", **where)
+
+
+def _transport(exc: Exception, provider: str, entry: ModelEntry) -> Exception:
+    return transport_error(exc, provider=provider, model=entry.name) or exc
+
+
+def retry_after(response: Any) -> float | None:
+    """Seconds from ``Retry-After`` (or OpenAI's ``retry-after-ms``), if the response has one."""
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(float(value) / scale, 0.0)
+        except ValueError:
+            continue
+    return None
+
+
+def _usage(usage: Any) -> Usage:
+    if usage is None:
+        return Usage(estimated=True)
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) or 0
+    return Usage(
+        input_tokens=usage.prompt_tokens or 0,
+        output_tokens=usage.completion_tokens or 0,
+        cached_input_tokens=cached,
+    )
+
+
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _timeout(timeouts: Timeouts) -> Any:
+    import httpx2
+
+    return httpx2.Timeout(timeouts.read_s, connect=timeouts.connect_s)
+
+
+def _limits(max_connections: int) -> Any:
+    import httpx2
+
+    return httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)

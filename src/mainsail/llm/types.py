@@ -1,0 +1,141 @@
+"""Normalized chat types. Providers map to and from these; nothing above ``llm`` sees an SDK type.
+
+Plain dataclasses (slots): they are built on every request on the gateway's hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, exactly as the model produced it
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message. ``content`` is the text; several text parts are joined with newlines."""
+
+    role: Role
+    content: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None  # on role "tool": the call this answers
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDefinition:
+    name: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """``auto``, ``none``, ``required``, or one named tool (mode ``tool``)."""
+
+    mode: Literal["auto", "none", "required", "tool"] = "auto"
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A piece of supplied context (retrieval results), for models that answer from sources."""
+
+    id: str
+    text: str
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: tuple[Message, ...]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    tools: tuple[ToolDefinition, ...] = ()
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    context: tuple[Passage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0  # part of input_tokens read from the provider's prompt cache
+    cache_write_tokens: int = 0  # part of input_tokens written to the provider's prompt cache
+    estimated: bool = False  # counted by us because the provider reported nothing
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResponse:
+    id: str
+    model: str  # the public name of the model that answered (after any fallback)
+    provider: str
+    message: Message
+    finish_reason: FinishReason
+    usage: Usage
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """First event of every stream: which model is answering (after any fallback)."""
+
+    id: str
+    model: str
+    provider: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    finish_reason: FinishReason
+    usage: Usage
+
+
+StreamEvent = StreamStart | TextDelta | ToolCallDelta | StreamEnd

@@ -1,0 +1,28 @@
+"""The gateway and the call context as FastAPI dependencies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from mainsail.core.principal import Principal
+from mainsail.llm.gateway import CallContext, Gateway
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def call_context(request: Request, principal: Principal, *, kind: str) -> CallContext:
+    return CallContext(
+        user_id=principal.user_id,
+        api_key_id=principal.api_key_id,
+        request_id=getattr(request.state, "request_id", None),
+        kind=kind,
+        role=principal.role.value,
+    )

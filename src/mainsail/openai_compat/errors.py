@@ -1,0 +1,118 @@
+"""Errors on the /v1 surface take OpenAI's shape, so the official SDKs raise the right class:
+``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from mainsail.core.errors import AppError
+from mainsail.llm.errors import (
+    CircuitOpen,
+    GenerationUnavailable,
+    InvalidChatRequest,
+    LLMError,
+    ModelNotFound,
+    ProviderNotConfigured,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
+) -> JSONResponse:
+    error_type = _TYPES.get(status, "api_error")
+    if code == "quota_exceeded":
+        error_type = "insufficient_quota"
+    body: dict[str, Any] = {
+        "error": {"message": message, "type": error_type, "param": param, "code": code}
+    }
+    response = JSONResponse(body, status_code=status, headers=headers)
+    if request_id:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def llm_error_status(exc: LLMError) -> int:
+    if isinstance(exc, ModelNotFound):
+        return 404
+    if isinstance(exc, InvalidChatRequest | UpstreamRejected):
+        return 400
+    if isinstance(exc, ProviderNotConfigured | GenerationUnavailable | CircuitOpen):
+        return 503
+    if isinstance(exc, UpstreamRateLimited):
+        return 429
+    if isinstance(exc, UpstreamTimeout):
+        return 504
+    return 502
+
+
+def to_openai_error(exc: Exception, request_id: str | None) -> JSONResponse | None:
+    """The OpenAI-shaped answer for ``exc``, or None if it is not ours to shape."""
+    if isinstance(exc, LLMError):
+        message = exc.message
+        param = None
+        headers: dict[str, str] = {}
+        code = exc.code
+        if isinstance(exc, ModelNotFound):
+            message += f" Available models: {', '.join(exc.available) or 'none'}."
+            param = "model"
+        if isinstance(exc, InvalidChatRequest):
+            param, code = exc.param, exc.error_code
+        if isinstance(exc, UpstreamRateLimited) and exc.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return openai_error(
+            llm_error_status(exc),
+            message,
+            code=code,
+            param=param,
+            headers=headers,
+            request_id=request_id,
+        )
+    if isinstance(exc, AppError):
+        return openai_error(
+            exc.status, exc.detail, code=exc.code, headers=dict(exc.headers), request_id=request_id
+        )
+    if isinstance(exc, RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        message = f"Invalid request: {'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}"
+        return openai_error(
+            400,
+            message,
+            code="invalid_request",
+            param=".".join(loc) or None,
+            request_id=request_id,
+        )
+    if isinstance(exc, HTTPException):
+        return openai_error(
+            exc.status_code,
+            str(exc.detail),
+            code=None,
+            headers=dict(exc.headers or {}),
+            request_id=request_id,
+        )
+    return None

@@ -1,0 +1,153 @@
+"""OpenAI-compatible API: point an OpenAI SDK (or LangChain, or a browser app) at
+``http://host:8000/v1`` and keep working, with the provider keys kept on the server."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+
+from mainsail.core.deps import JsonBody
+from mainsail.core.logging import get_logger
+from mainsail.core.principal import Scope
+from mainsail.identity.deps import CurrentPrincipal, require_scope
+from mainsail.llm.errors import LLMError
+from mainsail.llm.types import StreamEnd, StreamEvent, StreamStart, TextDelta, ToolCallDelta
+from mainsail.openai_compat.deps import GatewayDep, call_context
+from mainsail.openai_compat.errors import llm_error_status, to_openai_error
+from mainsail.openai_compat.schemas import ChatCompletionRequest, chunk_json, completion_json
+
+log = get_logger(__name__)
+
+
+class OpenAIRoute(APIRoute):
+    """Every failure on this surface, authentication included, in OpenAI's error shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                shaped = to_openai_error(exc, getattr(request.state, "request_id", None))
+                if shaped is None:
+                    raise
+                return shaped
+
+        return handle
+
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["openai-compatible"],
+    route_class=OpenAIRoute,
+    dependencies=[JsonBody, require_scope(Scope.CHAT)],
+)
+
+
+@router.get("/models", summary="Models this server can answer with")
+async def list_models(gateway: GatewayDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"id": entry.name, "object": "model", "created": 0, "owned_by": entry.provider}
+            for entry in gateway.available_models()
+        ],
+    }
+
+
+@router.post("/chat/completions", summary="Chat completion (JSON, or SSE with stream: true)")
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    chat = body.to_request()
+    ctx = call_context(request, principal, kind="v1.chat")
+    created = int(time.time())
+    if not body.stream:
+        response = await gateway.complete(chat, ctx)
+        return JSONResponse(completion_json(response, created=created))
+    events = aiter(gateway.stream(chat, ctx))
+    # Wait for the answer to start before sending a status: a failure before the first token
+    # (after every retry and fallback) is an ordinary HTTP error, not a stream.
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:  # pragma: no cover - a stream always starts
+        raise LLMError("The model produced no answer.") from None
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        _sse(first, events, created=created, include_usage=include_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _data(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _sse(
+    first: StreamEvent,
+    events: AsyncIterator[StreamEvent],
+    *,
+    created: int,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """Chunks in OpenAI's format. Every stream ends with a finish chunk (+ usage) and
+    ``[DONE]``, or with an explicit error event: never a silent cut."""
+    start = first if isinstance(first, StreamStart) else StreamStart("chatcmpl", "unknown", "")
+    chunk_id, model = start.id, start.model
+    yield _data(chunk_json(chunk_id, model, created, delta={"role": "assistant", "content": ""}))
+    pending: list[StreamEvent] = [] if isinstance(first, StreamStart) else [first]
+    try:
+        async for event in _chain(pending, events):
+            if isinstance(event, TextDelta):
+                yield _data(chunk_json(chunk_id, model, created, delta={"content": event.text}))
+            elif isinstance(event, ToolCallDelta):
+                call: dict[str, Any] = {
+                    "index": event.index,
+                    "function": {"arguments": event.arguments},
+                }
+                if event.id is not None:
+                    call["id"], call["type"] = event.id, "function"
+                if event.name is not None:
+                    call["function"]["name"] = event.name
+                yield _data(chunk_json(chunk_id, model, created, delta={"tool_calls": [call]}))
+            elif isinstance(event, StreamEnd):
+                yield _data(
+                    chunk_json(
+                        chunk_id, model, created, delta={}, finish_reason=event.finish_reason
+                    )
+                )
+                if include_usage:
+                    yield _data(chunk_json(chunk_id, model, created, usage=event.usage))
+        yield b"data: [DONE]\n\n"
+    except LLMError as exc:
+        log.warning("stream_failed", code=exc.code, model=model)
+        yield _data(
+            {
+                "error": {
+                    "message": exc.message,
+                    "type": "api_error",
+                    "param": None,
+                    "code": exc.code,
+                    "status": llm_error_status(exc),
+                }
+            }
+        )
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]  # runs the gateway's metering
+
+
+async def _chain(
+    first: list[StreamEvent], rest: AsyncIterator[StreamEvent]
+) -> AsyncIterator[StreamEvent]:
+    for event in first:
+        yield event
+    async for event in rest:
+        yield event

@@ -1,0 +1,52 @@
+"""Admins read and override a user's monthly budget."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from mainsail.core.db import utcnow
+from mainsail.core.deps import JsonBody, SessionDep, SettingsDep
+from mainsail.core.schemas import StrictModel
+from mainsail.identity.deps import AdminPrincipal, AdminSessionPrincipal
+from mainsail.quotas import service
+
+router = APIRouter(prefix="/admin/users", tags=["admin"], dependencies=[JsonBody])
+
+
+class QuotaUpdate(StrictModel):
+    """null restores the role's default."""
+
+    monthly_tokens: Annotated[int, Field(ge=0)] | None = None
+    monthly_cost_usd: Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)] | None = (
+        None
+    )
+
+
+@router.get("/{user_id}/quota", summary="A user's monthly budget and this month's use")
+async def read_quota(
+    user_id: uuid.UUID, _: AdminPrincipal, session: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
+    return await service.user_budget(session, settings.quota, user_id, now=utcnow())
+
+
+@router.put("/{user_id}/quota", summary="Override a user's monthly budget")
+async def override_quota(
+    user_id: uuid.UUID,
+    body: QuotaUpdate,
+    _: AdminSessionPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> dict[str, Any]:
+    return await service.override_budget(
+        session,
+        settings.quota,
+        user_id,
+        monthly_tokens=body.monthly_tokens,
+        monthly_cost_usd=body.monthly_cost_usd,
+        now=utcnow(),
+    )

@@ -1,0 +1,174 @@
+"""What the gateway refuses before any upstream call, and what it switches on from env."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from mainsail.llm.catalogue import CatalogueError, ModelEntry, load_catalogue
+from mainsail.llm.errors import InvalidChatRequest, ModelNotFound, ProviderNotConfigured
+from mainsail.llm.factory import build_gateway
+from mainsail.llm.gateway import CallContext
+from mainsail.llm.types import ChatRequest, Message, SamplingParams, ToolDefinition, Usage
+from mainsail.settings import LLMSettings
+from tests.fakes.provider_server import FakeProviderServer
+from tests.llm.conftest import MakeGateway
+
+CTX = CallContext()
+
+
+def ask(model: str = "fake-gpt", text: str = "hi", **kwargs: object) -> ChatRequest:
+    return ChatRequest(model=model, messages=(Message(role="user", content=text),), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_unknown_model_lists_the_available_ones(make_gateway: MakeGateway) -> None:
+    gateway, _ = await make_gateway()
+    with pytest.raises(ModelNotFound) as caught:
+        await gateway.complete(ask("gpt-7"), CTX)
+    assert "fake-gpt" in caught.value.available
+    assert "extractive" in caught.value.available
+
+
+def test_catalogue_models_are_off_until_their_provider_is_configured() -> None:
+    gateway, _ = build_gateway(LLMSettings(use_standard_env=False), environ={})
+    names = {m.name for m in gateway.available_models()}
+    assert names == {"extractive"}
+    with pytest.raises(ProviderNotConfigured) as caught:
+        gateway.resolve("gpt-4o-mini")
+    assert "OPENAI_API_KEY" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("environ", "model"),
+    [
+        ({"OPENAI_API_KEY": "sk-test"}, "gpt-4o-mini"),
+        ({"OPENAI_BASE_URL": "http://127.0.0.1:11434/v1"}, "gpt-4o-mini"),
+        ({"ANTHROPIC_API_KEY": "sk-ant-test"}, "claude-haiku-4-5"),
+        (
+            {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "x"},
+            "bedrock-nova-micro",
+        ),
+    ],
+)
+def test_standard_environment_variables_switch_providers_on(
+    environ: dict[str, str], model: str
+) -> None:
+    gateway, _ = build_gateway(LLMSettings(), environ=environ)
+    assert gateway.resolve(model).name == model
+    assert model in {m.name for m in gateway.available_models()}
+
+
+def test_bedrock_stays_off_without_visible_credentials(tmp_path: Path) -> None:
+    gateway, _ = build_gateway(
+        LLMSettings(), environ={"AWS_REGION": "us-east-1", "HOME": str(tmp_path)}
+    )
+    with pytest.raises(ProviderNotConfigured):
+        gateway.resolve("bedrock-nova-micro")
+
+
+async def test_too_long_for_the_context_window_is_refused_before_any_call(
+    make_gateway: MakeGateway, fake_provider: FakeProviderServer
+) -> None:
+    gateway, _ = await make_gateway()
+    with pytest.raises(InvalidChatRequest) as caught:
+        await gateway.complete(ask(text="word " * 5000), CTX)
+    assert caught.value.error_code == "context_length_exceeded"
+    assert caught.value.param == "messages"
+    assert fake_provider.count() == 0
+
+
+async def test_max_tokens_beyond_the_model_is_refused(
+    make_gateway: MakeGateway, fake_provider: FakeProviderServer
+) -> None:
+    gateway, _ = await make_gateway()
+    with pytest.raises(InvalidChatRequest) as caught:
+        await gateway.complete(ask(params=SamplingParams(max_tokens=5000)), CTX)
+    assert caught.value.param == "max_tokens"
+    assert fake_provider.count() == 0
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        ToolDefinition(name="bad name!", parameters={"type": "object"}),
+        ToolDefinition(name="t", parameters={"type": "not-a-type"}),
+        ToolDefinition(name="t", parameters={"properties": {"a": {"minimum": "zero"}}}),
+    ],
+)
+async def test_invalid_tools_are_refused_before_any_call(
+    make_gateway: MakeGateway, fake_provider: FakeProviderServer, tool: ToolDefinition
+) -> None:
+    gateway, _ = await make_gateway()
+    with pytest.raises(InvalidChatRequest) as caught:
+        await gateway.complete(ask(tools=(tool,)), CTX)
+    assert caught.value.param == "tools"
+    assert fake_provider.count() == 0
+
+
+async def test_missing_max_tokens_is_filled_with_the_models_limit(
+    make_gateway: MakeGateway, fake_provider: FakeProviderServer
+) -> None:
+    gateway, _ = await make_gateway()
+    await gateway.complete(ask(), CTX)
+    assert fake_provider.calls[-1].body["max_tokens"] == 1000
+
+
+def test_cost_prices_cached_and_cache_write_tokens_separately() -> None:
+    entry = ModelEntry(
+        name="m",
+        provider="p",
+        model="m",
+        input_per_mtok=Decimal("3"),
+        output_per_mtok=Decimal("15"),
+        cached_input_per_mtok=Decimal("0.3"),
+        cache_write_per_mtok=Decimal("3.75"),
+    )
+    usage = Usage(
+        input_tokens=1000, output_tokens=100, cached_input_tokens=600, cache_write_tokens=300
+    )
+    # 100 plain at $3, 600 cached at $0.30, 300 written at $3.75, 100 out at $15 (per million)
+    expected = (100 * 3 + 600 * Decimal("0.3") + 300 * Decimal("3.75") + 100 * 15) / Decimal(10**6)
+    assert entry.cost_usd(usage) == expected
+
+
+def test_shipped_catalogue_has_current_models_with_prices() -> None:
+    catalogue = load_catalogue()
+    mini = catalogue.models["gpt-4o-mini"]
+    assert (mini.input_per_mtok, mini.output_per_mtok) == (Decimal("0.15"), Decimal("0.60"))
+    assert {"claude-haiku-4-5", "bedrock-nova-micro", "extractive"} <= set(catalogue.models)
+    assert all(e.provider in catalogue.providers for e in catalogue.models.values())
+
+
+def test_user_catalogue_overrides_adds_and_removes(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "providers:\n  ollama: {kind: openai, base_url: 'http://127.0.0.1:11434/v1'}\n"
+        "models:\n"
+        "  llama: {provider: ollama, model: 'llama3.1:8b', context_window: 131072}\n"
+        "  gpt-4o: {enabled: false}\n"
+        "  gpt-4o-mini: {provider: openai, model: gpt-4o-mini, input_per_mtok: 0.1,"
+        " output_per_mtok: 0.4}\n"
+    )
+    catalogue = load_catalogue(path)
+    assert catalogue.models["llama"].provider == "ollama"
+    assert "gpt-4o" not in catalogue.models
+    assert catalogue.models["gpt-4o-mini"].input_per_mtok == Decimal("0.1")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[models.x]\nprovider = "nowhere"\n', "unknown provider"),
+        ('[models.x]\nprovider = "openai"\nfallbacks = ["y"]\n', "unknown fallback"),
+        ('[models.x]\nprovider = "openai"\ninput_per_mtok = -1\n', "negative"),
+        ('[models.x]\nprovider = "openai"\ncolour = "red"\n', "unknown fields"),
+        ('[providers.p]\nkind = "telepathy"\n', "kind must be one of"),
+    ],
+)
+def test_invalid_catalogues_name_the_entry(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(CatalogueError, match=message):
+        load_catalogue(path)

@@ -1,0 +1,130 @@
+"""Budgets: reserved before the call, settled after, never overspent under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from mainsail.llm.tokens import count_message_tokens
+from mainsail.llm.types import Message
+from tests.fakes.provider_server import FakeProviderServer, Reply
+from tests.fixtures.identity import Account, create_api_key
+
+ASK = {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+ESTIMATE = count_message_tokens((Message(role="user", content="hi"),)) + 50
+
+
+async def counter(app: FastAPI, user_id: object) -> dict[str, object]:
+    async with app.state.db.engine.connect() as connection:
+        row = (
+            (
+                await connection.execute(
+                    text("SELECT * FROM quota_counters WHERE user_id = :u"), {"u": user_id}
+                )
+            )
+            .mappings()
+            .one()
+        )
+    return dict(row)
+
+
+async def test_concurrent_calls_cannot_overspend_a_token_budget(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    alice: Account,
+    admin: Account,
+    fake_provider: FakeProviderServer,
+) -> None:
+    limit = ESTIMATE * 5 + ESTIMATE // 2  # room for five worst cases at once
+    set_budget = await client.put(
+        f"/admin/users/{alice.id}/quota", json={"monthly_tokens": limit}, headers=admin.headers
+    )
+    assert set_budget.status_code == 200
+    # Each answer uses 40 output tokens; slow, so the twenty calls overlap.
+    fake_provider.script(*[Reply(text="x", input_tokens=5, output_tokens=40, delay_s=0.2)] * 20)
+    key = (await create_api_key(client, alice))["key"]
+    responses = await asyncio.gather(
+        *(
+            client.post("/v1/chat/completions", json=ASK, headers={"X-API-Key": key})
+            for _ in range(20)
+        )
+    )
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) >= 5
+    assert set(statuses) <= {200, 429}
+    refused = [r.json() for r in responses if r.status_code == 429]
+    assert all(body["error"]["code"] == "quota_exceeded" for body in refused)
+    await app.state.quota.drain()
+    final = await counter(app, alice.id)
+    assert final["tokens_reserved"] == 0  # every hold was settled or released
+    assert final["tokens_used"] == 45 * statuses.count(200)  # the real use, not the estimate
+    assert final["tokens_used"] <= limit
+
+
+async def test_failed_calls_release_their_hold(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, fake_provider: FakeProviderServer
+) -> None:
+    from tests.fakes.provider_server import Fault
+
+    fake_provider.script(*[Fault("bad_request")])
+    response = await client.post("/v1/chat/completions", json=ASK, headers=alice.headers)
+    assert response.status_code == 400
+    await app.state.quota.drain()
+    final = await counter(app, alice.id)
+    assert (final["tokens_reserved"], final["tokens_used"]) == (0, 0)
+    assert final["cost_reserved"] == Decimal(0)
+
+
+async def test_cost_budget_refuses_with_reset_time_and_figures(
+    client: httpx.AsyncClient, alice: Account, admin: Account, fake_provider: FakeProviderServer
+) -> None:
+    await client.put(
+        f"/admin/users/{alice.id}/quota",
+        json={"monthly_cost_usd": "0.00001"},
+        headers=admin.headers,
+    )
+    response = await client.post("/v1/chat/completions", json=ASK, headers=alice.headers)
+    assert response.status_code == 429
+    assert response.json()["error"]["type"] == "insufficient_quota"
+    assert int(response.headers["retry-after"]) > 0
+    assert fake_provider.count() == 0
+
+
+async def test_role_default_applies_until_an_admin_overrides_it(
+    client: httpx.AsyncClient, alice: Account, admin: Account
+) -> None:
+    shown = (await client.get(f"/admin/users/{alice.id}/quota", headers=admin.headers)).json()
+    assert shown["monthly_cost_usd"] == "25.000000"  # the user role's default
+    assert shown["override"] == {"monthly_tokens": None, "monthly_cost_usd": None}
+    changed = await client.put(
+        f"/admin/users/{alice.id}/quota",
+        json={"monthly_tokens": 1000, "monthly_cost_usd": "2.5"},
+        headers=admin.headers,
+    )
+    body = changed.json()
+    assert (body["monthly_tokens"], body["monthly_cost_usd"]) == (1000, "2.500000")
+    restored = await client.put(
+        f"/admin/users/{alice.id}/quota", json={"monthly_tokens": None}, headers=admin.headers
+    )
+    assert restored.json()["monthly_tokens"] is None
+    assert restored.json()["monthly_cost_usd"] == "25.000000"
+
+
+async def test_quota_admin_routes_validate_and_know_their_users(
+    client: httpx.AsyncClient, admin: Account, alice: Account
+) -> None:
+    missing = "00000000-0000-7000-8000-000000000000"
+    assert (
+        await client.get(f"/admin/users/{missing}/quota", headers=admin.headers)
+    ).status_code == 404
+    negative = await client.put(
+        f"/admin/users/{alice.id}/quota", json={"monthly_tokens": -1}, headers=admin.headers
+    )
+    assert negative.status_code == 422
+    assert negative.json()["errors"][0]["field"] == "body.monthly_tokens"
+    as_user = await client.get(f"/admin/users/{alice.id}/quota", headers=alice.headers)
+    assert as_user.status_code == 403
