@@ -48,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -265,7 +265,11 @@ def serve_mock(port: int) -> None:
 
 
 class StartError(Exception):
-    """A server or tool could not be prepared; the message says why in a line or two."""
+    """A server or tool could not be prepared: a one-line message, and details (a log tail)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass
@@ -284,11 +288,15 @@ class Server:
             return int(self.companion_pidfile.read_text().split()[0])
         return None
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
             text = self.log_path.read_text(errors="replace").splitlines()
             return "\n".join(text[-lines:])
         return ""
+
+    def last_log_line(self) -> str:
+        lines = [line.strip() for line in self.log_tail().splitlines() if line.strip()]
+        return lines[-1][:200] if lines else "(no output)"
 
     def stop(self, grace_s: float = 25.0) -> None:
         """SIGTERM to the main process (orderly shutdown), then SIGKILL to what is left."""
@@ -360,14 +368,17 @@ def wait_until_up(server: Server, port: int, path: str, *, timeout_s: float) -> 
     while True:
         if server.proc.poll() is not None:
             raise StartError(
-                f"{server.name} exited with status {server.proc.returncode}:\n{server.log_tail()}"
+                f"{server.name} exited with status {server.proc.returncode}: "
+                f"{server.last_log_line()}",
+                server.log_tail(),
             )
         with contextlib.suppress(OSError, http.client.HTTPException):
             if http_request(port, "GET", path, timeout_s=2.0)[0] == 200:
                 return
         if time.monotonic() > deadline:
             raise StartError(
-                f"{server.name} not ready after {timeout_s:.0f} s:\n{server.log_tail()}"
+                f"{server.name} not ready after {timeout_s:.0f} s: {server.last_log_line()}",
+                server.log_tail(),
             )
         time.sleep(0.25)
 
@@ -416,8 +427,8 @@ def make_mainsail_home(work_dir: Path, mock_port: int) -> MainsailHome:
     home.mkdir()
     catalogue = home / "catalogue.toml"
     catalogue.write_text(
-        f"[providers.mock]\nkind = \"openai\"\nbase_url = \"http://{HOST}:{mock_port}/v1\"\n\n"
-        f"[models.{MODEL}]\nprovider = \"mock\"\nmodel = \"{MODEL}\"\n"
+        f'[providers.mock]\nkind = "openai"\nbase_url = "http://{HOST}:{mock_port}/v1"\n\n'
+        f'[models.{MODEL}]\nprovider = "mock"\nmodel = "{MODEL}"\n'
         "input_per_mtok = 0.15\noutput_per_mtok = 0.60\n"
         "context_window = 16000\nmax_output_tokens = 256\n"
     )
@@ -443,7 +454,9 @@ def start_mainsail(home: MainsailHome, workers: int) -> tuple[Server, int]:
     port = free_port()
     argv = [MAINSAIL_BIN, "serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
     log_path = home.path / f"serve-w{workers}.log"
-    server = start_process(f"mainsail (w={workers})", argv, cwd=home.path, env=home.env, log_path=log_path)
+    server = start_process(
+        f"mainsail (w={workers})", argv, cwd=home.path, env=home.env, log_path=log_path
+    )
     server.companion_pidfile = home.pg_dir / "postmaster.pid"
     try:
         wait_until_up(server, port, "/ready", timeout_s=180)
@@ -528,7 +541,12 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _unsatisfiable(pip_output: str) -> str | None:
     match = re.search(r"No matching distribution found for ([A-Za-z0-9_.\-]+)", pip_output)
-    return match.group(1).lower() if match else None
+    return _requirement_name(match.group(1)) if match else None
+
+
+def _requirement_name(requirement: str) -> str:
+    """``httpx[http2]>=0.28`` -> ``httpx`` (lower case, ``_`` as ``-``)."""
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
 def _install_relaxed() -> list[str]:
@@ -554,32 +572,33 @@ def _install_relaxed() -> list[str]:
             break
         relaxed.append(name)
         requirements = [
-            re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0]
-            if re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower().replace("_", "-")
-            == name.replace("_", "-")
-            else req
+            _requirement_name(req) if _requirement_name(req) == name else req
             for req in requirements
         ]
     raise StartError(f"pip could not install LiteLLM's dependencies: {result.stderr[-500:]}")
 
 
 def ensure_litellm() -> str:
-    """Install LiteLLM into its own venv if missing; returns a note on how it was installed."""
-    if litellm_version() == LITELLM_VERSION and litellm_bin("litellm").exists():
-        return "already installed"
+    """Install LiteLLM into its own venv unless a complete install is there; returns a note
+    on how it was installed (the marker file is written only after pip succeeded)."""
+    marker = LITELLM_VENV / ".bench-installed"
+    if marker.exists() and litellm_version() == LITELLM_VERSION:
+        return marker.read_text().strip()
     python311 = shutil.which("python3.11") or sys.executable
     log(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} (a few minutes)")
     if not litellm_bin("python").exists():
         subprocess.run([python311, "-m", "venv", str(LITELLM_VENV)], check=True)
     result = _pip(f"litellm[proxy]=={LITELLM_VERSION}")
-    if result.returncode == 0:
-        return "installed"
-    missing = _unsatisfiable(result.stderr)
-    if missing is None:
-        raise StartError(f"pip install failed: {result.stderr.strip()[-500:]}")
-    log(f"pip: no distribution for {missing}; retrying with unsatisfiable pins relaxed")
-    relaxed = _install_relaxed()
-    return "installed with relaxed pins (not in the package index): " + ", ".join(relaxed)
+    note = "pip install litellm[proxy]"
+    if result.returncode != 0:
+        missing = _unsatisfiable(result.stderr)
+        if missing is None:
+            raise StartError(f"pip install failed: {result.stderr.strip()[-500:]}")
+        log(f"pip: no distribution for {missing}; retrying with unsatisfiable pins relaxed")
+        relaxed = _install_relaxed()
+        note = "pip install with pins the package index cannot meet relaxed: " + ", ".join(relaxed)
+    marker.write_text(note + "\n")
+    return note
 
 
 def litellm_env() -> dict[str, str]:
@@ -735,7 +754,9 @@ def request_body(mode: str) -> dict[str, Any]:
 
 
 def write_lua(work_dir: Path, target: Target, mode: str) -> Path:
-    auth = "" if target.token is None else f'wrk.headers["Authorization"] = "Bearer {target.token}"\n'
+    auth = (
+        "" if target.token is None else f'wrk.headers["Authorization"] = "Bearer {target.token}"\n'
+    )
     script = LUA_TEMPLATE.replace("@BODY@", json.dumps(request_body(mode))).replace("@AUTH@", auth)
     path = work_dir / f"{target.name}-{mode}.lua"
     path.write_text(script)
@@ -877,7 +898,11 @@ def ensure_wrk() -> str:
         return found
     log("wrk not found; trying apt-get install -y wrk")
     apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
+    for argv in (
+        ["apt-get", "install", "-y", "wrk"],
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "wrk"],
+    ):
         subprocess.run(argv, env=apt_env, capture_output=True, check=False)
         found = shutil.which("wrk")
         if found:
@@ -958,10 +983,16 @@ class Run:
         return cell
 
     def skip(self, target: str, mode: str | None, workers: int | None, reason: str) -> None:
-        reason = " ".join(reason.split())[:300]
+        reason = "not measured: " + " ".join(reason.split())[:300]
         for each in self.config.modes if mode is None else (mode,):
             for concurrency in self.config.concurrency:
                 self.cells.append(Cell(target, each, concurrency, workers, note=reason))
+
+    def start_failed(self, target: str, workers: int, exc: StartError) -> None:
+        log(f"{target} (w={workers}) not measured: {exc}")
+        self.skip(target, None, workers, str(exc))
+        if exc.detail:
+            self.server_errors[f"{target} (w={workers}) start"] = exc.detail.splitlines()
 
     def keep_server_errors(self, server: Server) -> None:
         lines = error_lines(server)
@@ -974,12 +1005,13 @@ def bench_mainsail(run: Run, home: MainsailHome, workers: int) -> None:
     try:
         server, port = start_mainsail(home, workers)
     except StartError as exc:
-        run.skip("mainsail", None, workers, str(exc))
+        run.start_failed("mainsail", workers, exc)
         return
     with running(server):
         try:
             key = ensure_api_key(home, port)
         except (StartError, OSError, http.client.HTTPException) as exc:
+            log(f"mainsail (w={workers}) not measured: {exc}")
             run.skip("mainsail", None, workers, str(exc))
             return
         run.measure(Target("mainsail", port, key, server), workers)
@@ -988,14 +1020,14 @@ def bench_mainsail(run: Run, home: MainsailHome, workers: int) -> None:
 
 def bench_litellm(run: Run, config: Path | None, workers: int) -> None:
     if config is None:
-        run.skip("litellm", None, workers, f"not measured: {run.litellm_note}")
+        run.skip("litellm", None, workers, run.litellm_note)
         return
     log(f"starting litellm with {workers} worker(s)")
     master_key = json.loads(config.read_text())["general_settings"]["master_key"]
     try:
         server, port = start_litellm(config, workers, run.work_dir)
     except StartError as exc:
-        run.skip("litellm", None, workers, f"not measured: {exc}")
+        run.start_failed("litellm", workers, exc)
         return
     with running(server):
         run.measure(Target("litellm", port, master_key, server), workers)
@@ -1025,7 +1057,6 @@ def execute(run: Run) -> None:
         for workers in run.config.workers:
             bench_mainsail(run, home, workers)
             bench_litellm(run, litellm_config, workers)
-        run.notes.append(f"PostgreSQL data: {home.pg_dir} (removed at the end)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1040,7 +1071,9 @@ TABLE_HEAD = (
 )
 
 
-def find_cell(cells: list[Cell], target: str, mode: str, c: int, workers: int | None) -> Cell | None:
+def find_cell(
+    cells: list[Cell], target: str, mode: str, c: int, workers: int | None
+) -> Cell | None:
     for cell in cells:
         if (cell.target, cell.mode, cell.concurrency) == (target, mode, c) and (
             target == "direct" or cell.workers == workers
@@ -1049,9 +1082,15 @@ def find_cell(cells: list[Cell], target: str, mode: str, c: int, workers: int | 
     return None
 
 
+def _ms(value: float, *, signed: bool = False) -> str:
+    """Milliseconds with 3 decimals below 1 ms, else 2."""
+    sign = "+" if signed else ""
+    return f"{value:{sign}.3f}" if abs(value) < 1 else f"{value:{sign}.2f}"
+
+
 def _rss_text(result: LoadResult) -> str:
     if result.peak_rss_mib is None:
-        return "–"
+        return "-"
     text = f"{result.peak_rss_mib:,.0f}"
     if result.companion_rss_mib:
         text += f" (+PG {result.companion_rss_mib:,.0f})"
@@ -1062,12 +1101,14 @@ def table_row(cell: Cell, direct: Cell | None) -> str:
     name = cell.target if cell.workers is None else f"{cell.target} (w={cell.workers})"
     r = cell.result
     if r is None:
-        return f"| {name} | {cell.concurrency} | {cell.note or 'not measured'} | – | – | – | – | – |"
-    overhead = "–"
+        return (
+            f"| {name} | {cell.concurrency} | {cell.note or 'not measured'} | - | - | - | - | - |"
+        )
+    overhead = "-"
     if cell.target != "direct" and direct is not None and direct.result is not None:
-        overhead = f"{r.p50_ms - direct.result.p50_ms:+.2f}"
+        overhead = _ms(r.p50_ms - direct.result.p50_ms, signed=True)
     return (
-        f"| {name} | {cell.concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+        f"| {name} | {cell.concurrency} | {r.rps:,.0f} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} "
         f"| {r.errors} | {overhead} | {_rss_text(r)} |"
     )
 
@@ -1129,6 +1170,9 @@ def render_summary(run: Run) -> str:
     return "\n".join(["## Targets", "", head, *rows])
 
 
+BACKTICK, QUOTE = "`", "'"
+
+
 def render_errors(run: Run) -> str:
     lines = [
         f"- {cell.target} w={cell.workers or '-'} {cell.mode} c={cell.concurrency}: "
@@ -1138,7 +1182,7 @@ def render_errors(run: Run) -> str:
     ]
     for name, log_lines in run.server_errors.items():
         lines.append(f"- {name} log (warnings/errors, distinct, first {len(log_lines)}):")
-        lines += [f"    - `{line.replace('`', "'")}`" for line in log_lines]
+        lines += [f"    - `{line.replace(BACKTICK, QUOTE)}`" for line in log_lines]
     return "\n".join(["## Errors", "", *(lines or ["none"])])
 
 
@@ -1149,11 +1193,13 @@ def machine_facts(run: Run) -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    wrk_version = subprocess.run(
-        [run.wrk, "-v"], capture_output=True, text=True, check=False
-    ).stdout.split("[")[0].strip()
+    wrk_version = (
+        subprocess.run([run.wrk, "-v"], capture_output=True, text=True, check=False)
+        .stdout.split("[")[0]
+        .strip()
+    )
     facts = {
-        "CPU": f"{cpu}; {os.cpu_count()} logical cores ({psutil.cpu_count(logical=False)} physical)",
+        "CPU": f"{cpu}; {os.cpu_count()} logical cores, {psutil.cpu_count(logical=False)} physical",
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
         "OS": platform.platform(),
         "Python": sys.version.split()[0],
@@ -1188,7 +1234,8 @@ NOTES = [
 
 def render_report(run: Run, started: dt.datetime, interrupted: bool) -> str:
     parts = [
-        f"# Gateway benchmark, {started:%Y-%m-%d %H:%M}" + (" (interrupted)" if interrupted else ""),
+        f"# Gateway benchmark, {started:%Y-%m-%d %H:%M}"
+        + (" (interrupted)" if interrupted else ""),
         "",
         "## Machine",
         "",

@@ -8,6 +8,7 @@ from mainsail.apidocs.router import router as apidocs_router
 from mainsail.health.router import router as health_router
 from mainsail.identity.router import admin_router, auth_router, me_router
 from mainsail.openai_compat.router import router as openai_router
+from mainsail.openai_compat.websocket import router as openai_ws_router
 from mainsail.quotas.router import router as quotas_router
 from mainsail.usage.router import router as usage_router
 
@@ -20,4 +21,5 @@ ROUTERS: list[APIRouter] = [
     admin_router,
     quotas_router,
     openai_router,
+    openai_ws_router,
 ]

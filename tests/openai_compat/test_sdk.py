@@ -225,3 +225,22 @@ async def test_quota_exhaustion_is_a_429_insufficient_quota(
     assert caught.value.code == "quota_exceeded"
     assert int(caught.value.response.headers["retry-after"]) > 0
     assert fake_provider.count() == 0
+
+
+async def test_provider_keys_and_upstream_bodies_never_reach_clients_or_logs(
+    live: LiveMainsail, fake_provider: FakeProviderServer, logs: object
+) -> None:
+    provider_key = live.settings.llm.anthropic_api_key.get_secret_value()  # type: ignore[union-attr]
+    fake_provider.script(*[Fault("server_error")] * 3, Fault("bad_request"), Fault("rate_limit"))
+    failures = []
+    for model in ("fake-claude", "fake-claude", "fake-gpt"):
+        try:
+            await client(live).chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}]
+            )
+        except openai.APIError as exc:
+            failures.append(json.dumps(exc.body))
+    assert len(failures) == 3
+    for text_out in [*failures, logs.text]:  # type: ignore[attr-defined]
+        assert provider_key not in text_out
+        assert "rate_limit_exceeded" not in text_out  # the fake's own error code

@@ -7,8 +7,10 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
-from mainsail.core.deps import get_database, get_settings
+from mainsail.core.db import Database
+from mainsail.core.deps import get_settings
 from mainsail.core.principal import Principal, Scope
 from mainsail.identity import service
 from mainsail.identity.service import (
@@ -28,7 +30,7 @@ def get_identity(request: Request) -> IdentityKit:
 IdentityDep = Annotated[IdentityKit, Depends(get_identity)]
 
 
-def presented_credentials(request: Request) -> tuple[str, str] | None:
+def presented_credentials(request: HTTPConnection) -> tuple[str, str] | None:
     """("api_key" | "jwt", value) from ``Authorization: Bearer`` or ``X-API-Key``."""
     header = request.headers.get("authorization")
     if header is not None:
@@ -36,9 +38,13 @@ def presented_credentials(request: Request) -> tuple[str, str] | None:
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
             raise InvalidCredentials("The Authorization header must be 'Bearer <token>'.")
-        return ("api_key" if value.startswith(API_KEY_PREFIX) else "jwt", value)
+        return credential_kind(value)
     key = request.headers.get("x-api-key", "").strip()
     return ("api_key", key) if key else None
+
+
+def credential_kind(value: str) -> tuple[str, str]:
+    return ("api_key" if value.startswith(API_KEY_PREFIX) else "jwt", value)
 
 
 async def get_principal(request: Request, kit: IdentityDep) -> Principal:
@@ -48,13 +54,21 @@ async def get_principal(request: Request, kit: IdentityDep) -> Principal:
     presented = presented_credentials(request)
     if presented is None:
         raise NotAuthenticated()
+    return await authenticate(request, kit, presented)
+
+
+async def authenticate(
+    connection: HTTPConnection, kit: IdentityKit, presented: tuple[str, str]
+) -> Principal:
+    """The principal behind a credential; works for HTTP requests and WebSockets alike."""
     kind, value = presented
-    async with get_database(request).unit_of_work() as session:
+    db: Database = connection.app.state.db
+    async with db.unit_of_work() as session:
         if kind == "api_key":
             principal = await service.principal_from_api_key(session, kit, value)
         else:
             principal = await service.principal_from_access_token(session, kit, value)
-    request.state.principal = principal
+    connection.state.principal = principal
     structlog.contextvars.bind_contextvars(user_id=str(principal.user_id), auth=principal.via)
     return principal
 

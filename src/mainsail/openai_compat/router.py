@@ -91,6 +91,48 @@ def _data(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
+async def openai_chunks(
+    first: StreamEvent,
+    events: AsyncIterator[StreamEvent],
+    *,
+    created: int,
+    include_usage: bool,
+) -> AsyncIterator[dict[str, Any]]:
+    """The answer as OpenAI chunk objects: a role chunk, deltas, a finish chunk, and a usage
+    chunk if asked for. Raises ``LLMError`` if the answer breaks off."""
+    start = first if isinstance(first, StreamStart) else StreamStart("chatcmpl", "unknown", "")
+    chunk_id, model = start.id, start.model
+    yield chunk_json(chunk_id, model, created, delta={"role": "assistant", "content": ""})
+    pending: list[StreamEvent] = [] if isinstance(first, StreamStart) else [first]
+    async for event in _chain(pending, events):
+        if isinstance(event, TextDelta):
+            yield chunk_json(chunk_id, model, created, delta={"content": event.text})
+        elif isinstance(event, ToolCallDelta):
+            call: dict[str, Any] = {
+                "index": event.index,
+                "function": {"arguments": event.arguments},
+            }
+            if event.id is not None:
+                call["id"], call["type"] = event.id, "function"
+            if event.name is not None:
+                call["function"]["name"] = event.name
+            yield chunk_json(chunk_id, model, created, delta={"tool_calls": [call]})
+        elif isinstance(event, StreamEnd):
+            yield chunk_json(chunk_id, model, created, delta={}, finish_reason=event.finish_reason)
+            if include_usage:
+                yield chunk_json(chunk_id, model, created, usage=event.usage)
+
+
+def stream_error(exc: LLMError) -> dict[str, Any]:
+    return {
+        "message": exc.message,
+        "type": "api_error",
+        "param": None,
+        "code": exc.code,
+        "status": llm_error_status(exc),
+    }
+
+
 async def _sse(
     first: StreamEvent,
     events: AsyncIterator[StreamEvent],
@@ -98,48 +140,17 @@ async def _sse(
     created: int,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """Chunks in OpenAI's format. Every stream ends with a finish chunk (+ usage) and
-    ``[DONE]``, or with an explicit error event: never a silent cut."""
-    start = first if isinstance(first, StreamStart) else StreamStart("chatcmpl", "unknown", "")
-    chunk_id, model = start.id, start.model
-    yield _data(chunk_json(chunk_id, model, created, delta={"role": "assistant", "content": ""}))
-    pending: list[StreamEvent] = [] if isinstance(first, StreamStart) else [first]
+    """Every stream ends with a finish chunk (+ usage) and ``[DONE]``, or with an explicit
+    error event: never a silent cut."""
     try:
-        async for event in _chain(pending, events):
-            if isinstance(event, TextDelta):
-                yield _data(chunk_json(chunk_id, model, created, delta={"content": event.text}))
-            elif isinstance(event, ToolCallDelta):
-                call: dict[str, Any] = {
-                    "index": event.index,
-                    "function": {"arguments": event.arguments},
-                }
-                if event.id is not None:
-                    call["id"], call["type"] = event.id, "function"
-                if event.name is not None:
-                    call["function"]["name"] = event.name
-                yield _data(chunk_json(chunk_id, model, created, delta={"tool_calls": [call]}))
-            elif isinstance(event, StreamEnd):
-                yield _data(
-                    chunk_json(
-                        chunk_id, model, created, delta={}, finish_reason=event.finish_reason
-                    )
-                )
-                if include_usage:
-                    yield _data(chunk_json(chunk_id, model, created, usage=event.usage))
+        async for chunk in openai_chunks(
+            first, events, created=created, include_usage=include_usage
+        ):
+            yield _data(chunk)
         yield b"data: [DONE]\n\n"
     except LLMError as exc:
-        log.warning("stream_failed", code=exc.code, model=model)
-        yield _data(
-            {
-                "error": {
-                    "message": exc.message,
-                    "type": "api_error",
-                    "param": None,
-                    "code": exc.code,
-                    "status": llm_error_status(exc),
-                }
-            }
-        )
+        log.warning("stream_failed", code=exc.code)
+        yield _data({"error": stream_error(exc)})
     finally:
         await events.aclose()  # type: ignore[attr-defined]  # runs the gateway's metering
 

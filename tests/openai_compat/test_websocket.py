@@ -1,0 +1,98 @@
+"""/v1/ws/chat: the same answer events as SSE, over a WebSocket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.fakes.provider_server import FakeProviderServer, Fault, Reply
+from tests.openai_compat.conftest import LiveMainsail
+
+
+def ws_url(live: LiveMainsail) -> str:
+    return live.base_url.replace("http://", "ws://") + "/v1/ws/chat"
+
+
+async def receive(socket: ClientConnection) -> dict[str, Any]:
+    return json.loads(await socket.recv(decode=True))  # type: ignore[no-any-return]
+
+
+async def answer(socket: ClientConnection, ident: str) -> list[dict[str, Any]]:
+    messages = []
+    while True:
+        message = await receive(socket)
+        assert message.get("id") == ident
+        messages.append(message)
+        if message["type"] in ("done", "error"):
+            return messages
+
+
+ASK = {
+    "model": "fake-gpt",
+    "messages": [{"role": "user", "content": "hi"}],
+    "stream_options": {"include_usage": True},
+}
+
+
+async def test_streams_chunks_after_first_message_auth(
+    live: LiveMainsail, fake_provider: FakeProviderServer
+) -> None:
+    fake_provider.script(Reply(text="over the socket", input_tokens=5, output_tokens=3))
+    async with connect(ws_url(live)) as socket:
+        await socket.send(json.dumps({"type": "auth", "token": live.api_key}))
+        assert (await receive(socket))["type"] == "ready"
+        await socket.send(json.dumps({"type": "chat", "id": "q1", "request": ASK}))
+        messages = await answer(socket, "q1")
+    chunks = [m["data"] for m in messages if m["type"] == "chunk"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "over the socket"
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    assert messages[-1]["type"] == "done"
+
+
+async def test_header_auth_and_several_questions_on_one_socket(
+    live: LiveMainsail, fake_provider: FakeProviderServer
+) -> None:
+    fake_provider.script(Reply(text="first"), Reply(text="second"))
+    async with connect(ws_url(live), additional_headers={"X-API-Key": live.api_key}) as socket:
+        assert (await receive(socket))["type"] == "ready"
+        for ident, expected in (("a", "first"), ("b", "second")):
+            await socket.send(json.dumps({"type": "chat", "id": ident, "request": ASK}))
+            messages = await answer(socket, ident)
+            text = "".join(
+                m["data"]["choices"][0]["delta"].get("content") or ""
+                for m in messages
+                if m["type"] == "chunk" and m["data"]["choices"]
+            )
+            assert text == expected
+
+
+async def test_bad_credentials_close_the_socket(live: LiveMainsail) -> None:
+    async with connect(ws_url(live)) as socket:
+        await socket.send(json.dumps({"type": "auth", "token": "msk_000000000000_nope"}))
+        message = await receive(socket)
+        assert message["type"] == "error"
+        assert message["error"]["type"] == "authentication_error"
+        await socket.wait_closed()
+    assert socket.close_code == 1008
+
+
+async def test_bad_requests_and_upstream_failures_are_error_messages_not_hangs(
+    live: LiveMainsail, fake_provider: FakeProviderServer
+) -> None:
+    fake_provider.script(*[Fault("server_error")] * 3)
+    async with connect(ws_url(live), additional_headers={"X-API-Key": live.api_key}) as socket:
+        await receive(socket)
+        await socket.send(json.dumps({"type": "chat", "id": "bad", "request": {"model": "x"}}))
+        (invalid,) = await answer(socket, "bad")
+        assert invalid["error"]["code"] == "invalid_request"
+        await socket.send(json.dumps({"type": "chat", "id": "up", "request": ASK}))
+        (failed,) = await answer(socket, "up")
+        assert failed["error"]["code"] == "upstream_unavailable"
+        await socket.send(
+            json.dumps({"type": "chat", "id": "nm", "request": {**ASK, "model": "nope"}})
+        )
+        (unknown,) = await answer(socket, "nm")
+        assert unknown["error"]["code"] == "model_not_found"
