@@ -11,7 +11,14 @@ from mainsail.llm.catalogue import CatalogueError, ModelEntry, load_catalogue
 from mainsail.llm.errors import InvalidChatRequest, ModelNotFound, ProviderNotConfigured
 from mainsail.llm.factory import build_gateway
 from mainsail.llm.gateway import CallContext
-from mainsail.llm.types import ChatRequest, Message, SamplingParams, ToolDefinition, Usage
+from mainsail.llm.types import (
+    ChatRequest,
+    Message,
+    SamplingParams,
+    ToolChoice,
+    ToolDefinition,
+    Usage,
+)
 from mainsail.settings import LLMSettings
 from tests.fakes.provider_server import FakeProviderServer
 from tests.llm.conftest import MakeGateway
@@ -172,3 +179,79 @@ def test_invalid_catalogues_name_the_entry(tmp_path: Path, body: str, message: s
     path.write_text(body)
     with pytest.raises(CatalogueError, match=message):
         load_catalogue(path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"tools": (ToolDefinition(name="t", parameters={"type": "object"}),) * 2}, "tools"),
+        (
+            {
+                "tools": (ToolDefinition(name="t", parameters={"type": "object"}),),
+                "tool_choice": ToolChoice(mode="tool", name="other"),
+            },
+            "tool_choice",
+        ),
+        ({"tools": (ToolDefinition(name="t", parameters={"type": "array"}),)}, "tools"),
+    ],
+)
+async def test_inconsistent_tool_requests_are_refused_locally(
+    make_gateway: MakeGateway,
+    fake_provider: FakeProviderServer,
+    kwargs: dict[str, object],
+    param: str,
+) -> None:
+    gateway, _ = await make_gateway()
+    with pytest.raises(InvalidChatRequest) as caught:
+        await gateway.complete(ask(**kwargs), CTX)
+    assert caught.value.param == param
+    assert fake_provider.count() == 0
+
+
+def test_an_anthropic_error_event_inside_a_stream_is_the_providers_failure() -> None:
+    import anthropic
+    import httpx2
+
+    from mainsail.llm.errors import UpstreamRateLimited, UpstreamUnavailable
+    from mainsail.llm.providers.anthropic import map_anthropic_error
+
+    response = httpx2.Response(200, request=httpx2.Request("POST", "http://127.0.0.1/v1/messages"))
+
+    def in_stream(kind: str) -> anthropic.APIStatusError:
+        body = {"type": "error", "error": {"type": kind, "message": "secret upstream text"}}
+        return anthropic.APIStatusError("x", response=response, body=body)
+
+    overloaded = map_anthropic_error(in_stream("overloaded_error"), provider="a", model="m")
+    assert isinstance(overloaded, UpstreamUnavailable)
+    assert overloaded.retryable
+    assert "secret upstream text" not in overloaded.message
+    limited = map_anthropic_error(in_stream("rate_limit_error"), provider="a", model="m")
+    assert isinstance(limited, UpstreamRateLimited)
+
+
+def test_retry_after_in_http_date_form_is_understood() -> None:
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    import httpx2
+
+    from mainsail.llm.providers.openai import retry_after
+
+    when = datetime.now(UTC) + timedelta(seconds=30)
+    headers = {"retry-after": format_datetime(when, usegmt=True)}
+    waited = retry_after(httpx2.Response(429, headers=headers))
+    assert waited is not None
+    assert 25 <= waited <= 31
+
+
+def test_a_custom_anthropic_endpoint_never_gets_the_real_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[providers.proxy]\nkind = "anthropic"\nbase_url = "http://127.0.0.1:9/"\n'
+        '[models.via-proxy]\nprovider = "proxy"\nmodel = "claude"\n'
+    )
+    gateway, _ = build_gateway(
+        LLMSettings(catalogue_file=path), environ={"ANTHROPIC_API_KEY": "sk-ant-real"}
+    )
+    with pytest.raises(ProviderNotConfigured):
+        gateway.resolve("via-proxy")

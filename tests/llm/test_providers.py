@@ -65,7 +65,7 @@ def question(text: str = "hello there", **kwargs: object) -> ChatRequest:
 async def adapter(
     request: pytest.FixtureRequest, fake_provider: FakeProviderServer
 ) -> AsyncIterator[OpenAIAdapter | AnthropicAdapter]:
-    timeouts = Timeouts(connect_s=1, read_s=0.5)
+    timeouts = Timeouts(connect_s=1, read_s=0.5, total_s=0.5)
     built: OpenAIAdapter | AnthropicAdapter
     if request.param == "openai":
         built = OpenAIAdapter(
@@ -257,3 +257,23 @@ async def test_a_broken_stream_raises_instead_of_ending_quietly(
         async for event in adapter.stream(question("tell me a long story please"), ENTRY):
             seen.append(event)
     assert not any(isinstance(e, StreamEnd) for e in seen)
+
+
+async def test_a_slow_complete_answer_gets_the_total_time_not_the_per_byte_limit(
+    fake_provider: FakeProviderServer,
+) -> None:
+    """No byte of a non-streaming answer arrives before it is done: the read limit must
+    stretch to the answer's total time, or a 300 s model would time out at 60 s."""
+    adapter = OpenAIAdapter(
+        name="p",
+        api_key="k",
+        base_url=fake_provider.openai_base_url,
+        timeouts=Timeouts(connect_s=1, read_s=0.2, total_s=3),
+        max_connections=2,
+    )
+    fake_provider.script(Reply(text="worth the wait", delay_s=0.6))
+    try:
+        response = await adapter.complete(question(), ENTRY)
+    finally:
+        await adapter.aclose()
+    assert response.message.content == "worth the wait"

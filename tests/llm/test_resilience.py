@@ -163,8 +163,9 @@ async def test_a_hanging_provider_times_out_per_attempt(
     with pytest.raises(UpstreamTimeout):
         await gateway.complete(ask(), CTX)
     elapsed = time.perf_counter() - started
-    assert 0.6 <= elapsed < 2.5
-    assert fake_provider.count() == 2
+    assert 0.6 <= elapsed < 2.5  # two attempts of 0.3 s each
+    # Under load the second attempt may time out before its request reaches the fake.
+    assert 1 <= fake_provider.count() <= 2
 
 
 async def test_concurrency_per_provider_is_bounded(
@@ -207,3 +208,68 @@ async def test_a_stream_cut_after_tokens_is_reported_not_retried(
     assert event.status == "interrupted"
     assert event.tokens_out > 0  # what was streamed is still metered
     assert event.estimated is True
+
+
+async def test_a_cancelled_probe_does_not_keep_the_breaker_open(
+    make_gateway: MakeGateway, fake_provider: FakeProviderServer
+) -> None:
+    gateway, _ = await make_gateway(max_attempts=1, breaker_failures=1, breaker_reset_s=0.2)
+    fake_provider.script(Fault("server_error"), Reply(text="slow", delay_s=2))
+    with pytest.raises(UpstreamUnavailable):
+        await gateway.complete(ask(), CTX)
+    await asyncio.sleep(0.25)
+    probe = asyncio.create_task(gateway.complete(ask(), CTX))
+    await asyncio.sleep(0.1)
+    probe.cancel()  # the caller went away in the middle of the probe
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    fake_provider.script(Reply(text="healthy"))
+    assert (await gateway.complete(ask(), CTX)).message.content == "healthy"
+
+
+async def test_waiting_for_a_slot_is_not_a_provider_timeout(
+    make_gateway: MakeGateway, fake_provider: FakeProviderServer
+) -> None:
+    gateway, _ = await make_gateway(
+        max_concurrency_per_provider=1, timeout_s=0.35, max_attempts=1, breaker_failures=2
+    )
+    fake_provider.script(*[Reply(text="ok", delay_s=0.15)] * 4)
+    responses = await asyncio.gather(*(gateway.complete(ask(), CTX) for _ in range(4)))
+    assert [r.message.content for r in responses] == ["ok"] * 4
+
+
+async def test_a_slow_consumer_never_gets_a_silent_cancel(
+    make_gateway: MakeGateway, fake_provider: FakeProviderServer
+) -> None:
+    """The stream deadline bounds waits on the provider. A consumer slower than the deadline
+    gets either the whole answer (it had all arrived) or ``StreamInterrupted``; never a raw
+    cancellation that would end the HTTP stream without an error event."""
+    gateway, _ = await make_gateway(stream_timeout_s=0.3)
+    fake_provider.script(Reply(text="one two three four five six"))
+    events = []
+    try:
+        async for event in gateway.stream(ask(), CTX):
+            events.append(event)
+            await asyncio.sleep(0.2)  # the consumer, not the provider, is slow
+    except StreamInterrupted:
+        pass
+    else:
+        assert isinstance(events[-1], StreamEnd)
+    assert events
+    assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]
+
+
+async def test_closing_a_stream_early_gives_the_connection_back(
+    make_gateway: MakeGateway, fake_provider: FakeProviderServer
+) -> None:
+    gateway, _ = await make_gateway(max_concurrency_per_provider=1, timeout_s=1)
+    fake_provider.script(
+        Reply(text="a long answer that nobody reads to the end"), Reply(text="next")
+    )
+    stream = gateway.stream(ask(), CTX)
+    async for event in stream:
+        if isinstance(event, TextDelta):
+            break  # the caller leaves after the first token
+    await stream.aclose()
+    response = await gateway.complete(ask(), CTX)
+    assert response.message.content == "next"

@@ -142,3 +142,34 @@ async def test_record_never_waits_for_the_database(tmp_path: Path) -> None:
     assert writer.pending == 10_000
     writer._spill()
     assert json.loads(next(tmp_path.glob("*.jsonl")).read_text().splitlines()[0])["tokens_out"] == 4
+
+
+async def test_stop_during_a_slow_flush_loses_nothing(tmp_path: Path, database_url: URL) -> None:
+    db = Database(database_url, DatabaseSettings())
+    writer = UsageWriter(db, spill_dir=tmp_path, flush_interval_s=0.01)
+    async with db.engine.connect() as blocker:
+        # Hold the rollup table so the writer's flush blocks half-way through its transaction.
+        await blocker.execute(text("LOCK TABLE usage_rollups IN ACCESS EXCLUSIVE MODE"))
+        await writer.start()
+        for n in range(10):
+            writer.record(event(request_id=f"slow{n}"))
+        await asyncio.sleep(0.2)  # the flush has begun and is waiting on the lock
+        stopping = asyncio.create_task(writer.stop(timeout_s=5))
+        await asyncio.sleep(0.2)
+        await blocker.rollback()  # releases the lock: the flush may finish
+        await stopping
+    async with db.engine.connect() as connection:
+        ids = (
+            (
+                await connection.execute(
+                    text("SELECT request_id FROM usage_events WHERE request_id LIKE 'slow%'")
+                )
+            )
+            .scalars()
+            .all()
+        )
+        await connection.execute(text("TRUNCATE usage_events, usage_rollups"))
+        await connection.commit()
+    await db.dispose()
+    assert sorted(ids) == sorted(f"slow{n}" for n in range(10))
+    assert not list(tmp_path.glob("usage-spill-*"))

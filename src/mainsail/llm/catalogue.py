@@ -7,7 +7,7 @@ user file may also declare extra OpenAI-compatible providers (Ollama, vLLM, LM S
     [providers.ollama]
     kind = "openai"
     base_url = "http://127.0.0.1:11434/v1"
-    api_key_env = "OLLAMA_API_KEY"   # optional
+    api_key_env = "OLLAMA_API_KEY"   # optional; or api_key = "..." inline
 
     [models."llama3.1"]
     provider = "ollama"
@@ -46,6 +46,7 @@ class ProviderSpec:
     kind: ProviderKind
     base_url: str | None = None
     api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # prefer api_key_env
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +166,15 @@ def _provider(name: str, spec: dict[str, Any]) -> ProviderSpec:
     if kind not in BUILTIN_PROVIDERS.values():
         raise CatalogueError(f"provider {name!r}: kind must be one of {sorted(BUILTIN_PROVIDERS)}")
     kind = cast(ProviderKind, kind)
+    unknown = set(spec) - {"kind", "base_url", "api_key_env", "api_key"}
+    if unknown:
+        raise CatalogueError(f"provider {name!r}: unknown fields {sorted(unknown)}")
     return ProviderSpec(
-        name=name, kind=kind, base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env")
+        name=name,
+        kind=kind,
+        base_url=spec.get("base_url"),
+        api_key_env=spec.get("api_key_env"),
+        api_key=spec.get("api_key"),
     )
 
 

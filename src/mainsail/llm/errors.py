@@ -72,6 +72,12 @@ class StreamInterrupted(LLMError):
     code = "stream_interrupted"
 
 
+class InternalError(LLMError):
+    """Something unforeseen broke a call; the class name goes to the logs, not the caller."""
+
+    code = "internal_error"
+
+
 class ModelNotFound(LLMError):
     code = "model_not_found"
 

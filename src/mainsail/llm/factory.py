@@ -36,9 +36,12 @@ class Providers:
 
     def __init__(self, settings: LLMSettings, environ: Mapping[str, str]) -> None:
         self.settings = settings
+        self.environ = environ  # variables a catalogue provider names itself are always read
         self.env = environ if settings.use_standard_env else {}
         self.timeouts = Timeouts(
-            connect_s=settings.connect_timeout_s, read_s=settings.read_timeout_s
+            connect_s=settings.connect_timeout_s,
+            read_s=settings.read_timeout_s,
+            total_s=settings.timeout_s,
         )
 
     def _secret(self, value: object, env_name: str) -> str | None:
@@ -65,7 +68,7 @@ class Providers:
                 base = s.openai_base_url or self.env.get("OPENAI_BASE_URL")
                 missing = ["OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)"]
             else:
-                key = self.env.get(spec.api_key_env) if spec.api_key_env else None
+                key = self._own_key(spec)
                 base = spec.base_url
                 missing = [spec.api_key_env or f"providers.{spec.name}.base_url"]
             if not key and not base:
@@ -80,11 +83,14 @@ class Providers:
                 max_connections=connections,
             )
         if spec.kind == "anthropic":
-            key = self._secret(s.anthropic_api_key, "ANTHROPIC_API_KEY")
-            if spec.name != "anthropic" and spec.api_key_env:
-                key = self.env.get(spec.api_key_env)
+            if spec.name == "anthropic":
+                key = self._secret(s.anthropic_api_key, "ANTHROPIC_API_KEY")
+                missing = ["ANTHROPIC_API_KEY"]
+            else:  # never send the real Anthropic key to some other endpoint
+                key = self._own_key(spec)
+                missing = [spec.api_key_env or f"providers.{spec.name}.api_key_env"]
             if not key:
-                return ["ANTHROPIC_API_KEY"]
+                return missing
             from mainsail.llm.providers.anthropic import AnthropicAdapter
 
             return AnthropicAdapter(
@@ -111,6 +117,11 @@ class Providers:
             max_connections=connections,
             endpoint_url=spec.base_url,
         )
+
+    def _own_key(self, spec: ProviderSpec) -> str | None:
+        if spec.api_key_env:
+            return self.environ.get(spec.api_key_env) or None
+        return spec.api_key
 
     def _aws_credentials_visible(self) -> bool:
         """Without touching the network (no instance-metadata probe): env vars or ~/.aws."""
@@ -169,12 +180,14 @@ def _resilient(
     client: ModelClient = ProviderModel(adapter, entry)
     if entry.provider in ("extractive", "scripted"):
         return client  # local and deterministic: nothing to retry or break
-    client = Bounded(client, slots[entry.provider])
+    # The deadline starts once a slot is held: waiting in the queue is not the provider's
+    # fault, and must not trip its breaker.
     client = Deadline(
         client,
         total_s=entry.timeout_s or settings.timeout_s,
         stream_total_s=settings.stream_timeout_s,
     )
+    client = Bounded(client, slots[entry.provider])
     client = Breaker(
         client, failure_threshold=settings.breaker_failures, reset_after_s=settings.breaker_reset_s
     )

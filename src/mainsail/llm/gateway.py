@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +24,7 @@ from jsonschema.exceptions import SchemaError
 from mainsail.core.logging import get_logger
 from mainsail.llm.catalogue import Catalogue, ModelEntry
 from mainsail.llm.errors import (
+    InternalError,
     InvalidChatRequest,
     LLMError,
     ModelNotFound,
@@ -35,8 +36,8 @@ from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EventStream,
     StreamEnd,
-    StreamEvent,
     StreamStart,
     TextDelta,
     ToolCallDelta,
@@ -161,7 +162,21 @@ class Gateway:
     def check(self, request: ChatRequest, entry: ModelEntry) -> tuple[ChatRequest, int]:
         """Validate; fill in ``max_tokens`` with the model's limit. Returns (request, input
         token estimate)."""
+        names = [tool.name for tool in request.tools]
+        if len(set(names)) != len(names):
+            raise InvalidChatRequest("Tool names must be unique.", param="tools")
+        choice = request.tool_choice
+        if choice is not None and choice.mode == "tool" and choice.name not in names:
+            raise InvalidChatRequest(
+                f"tool_choice names {choice.name!r}, which is not among the tools.",
+                param="tool_choice",
+            )
         for tool in request.tools:
+            if tool.parameters.get("type", "object") != "object":
+                raise InvalidChatRequest(
+                    f"The parameters of tool {tool.name!r} must be an object schema.",
+                    param="tools",
+                )
             if not _TOOL_NAME.fullmatch(tool.name):
                 raise InvalidChatRequest(
                     f"Tool name {tool.name!r} must be 1-64 letters, digits, '_' or '-'.",
@@ -214,12 +229,13 @@ class Gateway:
         started = self.clock()
         try:
             response = await self.clients[entry.name].complete(request)
-        except LLMError as exc:
+        except BaseException as exc:
+            # Every call is metered, also one that was cancelled or broke unexpectedly.
             await self.quota.settle(reservation, tokens=0, cost=Decimal(0))
-            self._record(ctx, entry, started=started, status="error", error=exc)
-            raise
-        except BaseException:
-            await self.quota.settle(reservation, tokens=0, cost=Decimal(0))
+            if isinstance(exc, Exception):
+                self._record(ctx, entry, started=started, status="error", error=_as_llm_error(exc))
+            else:  # cancelled: the caller went away
+                self._record(ctx, entry, started=started, status="cancelled")
             raise
         usage = response.usage
         if usage.estimated:
@@ -233,7 +249,7 @@ class Gateway:
         )
         return response
 
-    async def stream(self, request: ChatRequest, ctx: CallContext) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest, ctx: CallContext) -> EventStream:
         """Events of one answer. Failures before the first event raise (and fall back);
         later ones raise ``StreamInterrupted`` after what was already sent."""
         entry = self.resolve(request.model)
@@ -267,16 +283,17 @@ class Gateway:
         except StreamInterrupted as exc:
             status, error = "interrupted", exc
             raise
-        except LLMError as exc:
+        except Exception as exc:
             if first_token is None:
-                status, error = "error", exc
+                status, error = "error", _as_llm_error(exc)
                 raise
             # Tokens already went out: whatever broke, the caller must learn the answer is cut.
             status = "interrupted"
+            cause = _as_llm_error(exc)
             error = StreamInterrupted(
-                f"The answer broke off after it had started ({exc.code}).",
-                provider=exc.provider,
-                model=exc.model,
+                f"The answer broke off after it had started ({cause.code}).",
+                provider=cause.provider,
+                model=cause.model,
             )
             raise error from exc
         finally:
@@ -352,6 +369,13 @@ class Gateway:
             estimated_cost=float(cost),
             error=error.code if error else None,
         )
+
+
+def _as_llm_error(exc: Exception) -> LLMError:
+    """Our error for the ledger: LLM errors as they are, anything else as an internal one."""
+    if isinstance(exc, LLMError):
+        return exc
+    return InternalError(f"Unexpected {type(exc).__name__}.")
 
 
 def _estimate(prompt: int, text: str, reported: Usage) -> Usage:

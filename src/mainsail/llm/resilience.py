@@ -1,6 +1,6 @@
 """Resilience as wrappers around a model client, stacked by the gateway:
 
-    Fallback([Retrying(Breaker(Deadline(Bounded(ProviderModel(adapter, entry))))), ...])
+    Fallback([Retrying(Breaker(Bounded(Deadline(ProviderModel(adapter, entry))))), ...])
 
 Each wrapper does one thing and has the same interface as what it wraps. Streams are retried
 and fall back only before their first event; once a token has gone out, a failure is reported
@@ -10,9 +10,10 @@ as ``StreamInterrupted``, never hidden by a silent second attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from mainsail.llm.catalogue import ModelEntry
@@ -24,24 +25,25 @@ from mainsail.llm.errors import (
     UpstreamTimeout,
 )
 from mainsail.llm.providers.base import ProviderAdapter
-from mainsail.llm.types import ChatRequest, ChatResponse, StreamEvent, StreamStart
+from mainsail.llm.types import ChatRequest, ChatResponse, EventStream, StreamStart
 
 
-async def held_start(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+async def held_start(events: EventStream) -> EventStream:
     """Passes events through, holding ``StreamStart`` back until the first content event.
 
     Some providers announce a stream before they have answered anything; until content
     arrives the stream has not really started, and may still be retried or fall back.
     """
     pending: StreamStart | None = None
-    async for event in events:
-        if isinstance(event, StreamStart):
-            pending = event
-            continue
-        if pending is not None:
-            yield pending
-            pending = None
-        yield event
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, StreamStart):
+                pending = event
+                continue
+            if pending is not None:
+                yield pending
+                pending = None
+            yield event
 
 
 class ModelClient(Protocol):
@@ -49,7 +51,7 @@ class ModelClient(Protocol):
 
     async def complete(self, request: ChatRequest) -> ChatResponse: ...
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]: ...
+    def stream(self, request: ChatRequest) -> EventStream: ...
 
 
 class ProviderModel:
@@ -62,7 +64,7 @@ class ProviderModel:
     async def complete(self, request: ChatRequest) -> ChatResponse:
         return await self.adapter.complete(request, self.entry)
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest) -> EventStream:
         return self.adapter.stream(request, self.entry)
 
 
@@ -77,9 +79,9 @@ class Bounded:
         async with self.slots:
             return await self.inner.complete(request)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        async with self.slots:
-            async for event in self.inner.stream(request):
+    async def stream(self, request: ChatRequest) -> EventStream:
+        async with self.slots, contextlib.aclosing(self.inner.stream(request)) as events:
+            async for event in events:
                 yield event
 
 
@@ -108,29 +110,30 @@ class Deadline:
         except TimeoutError:
             raise self._timeout() from None
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        events = aiter(held_start(self.inner.stream(request)))
-        try:
-            try:
-                async with asyncio.timeout(self.total_s):
-                    first = await anext(events)
-            except TimeoutError:
-                raise self._timeout() from None
-            except StopAsyncIteration:
-                return
-            yield first
-            try:
-                async with asyncio.timeout(self.stream_total_s):
-                    async for event in events:
-                        yield event
-            except TimeoutError:
-                raise StreamInterrupted(
-                    f"The stream ran past {self.stream_total_s:g}s.",
-                    provider=self.entry.provider,
-                    model=self.entry.name,
-                ) from None
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
+    async def stream(self, request: ChatRequest) -> EventStream:
+        loop = asyncio.get_running_loop()
+        first_by = loop.time() + self.total_s
+        all_by = loop.time() + self.stream_total_s
+        started = False
+        async with contextlib.aclosing(held_start(self.inner.stream(request))) as events:
+            while True:
+                # Each wait has its own deadline and nothing is yielded inside one: a timer
+                # must never fire while the consumer, not the provider, is the slow one.
+                try:
+                    async with asyncio.timeout_at(all_by if started else first_by):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if not started:
+                        raise self._timeout() from None
+                    raise StreamInterrupted(
+                        f"The stream ran past {self.stream_total_s:g}s.",
+                        provider=self.entry.provider,
+                        model=self.entry.name,
+                    ) from None
+                started = True
+                yield event
 
 
 class Breaker:
@@ -202,18 +205,23 @@ class Breaker:
         except LLMError as exc:
             self._failed(exc, probe)
             raise
+        except BaseException:
+            if probe:  # a cancelled probe proves nothing: let the next call probe
+                self.probing = False
+            raise
         self._succeeded()
         return response
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> EventStream:
         probe = self._admit()
         alive = False
         try:
-            async for event in held_start(self.inner.stream(request)):
-                if not alive:
-                    alive = True
-                    self._succeeded()
-                yield event
+            async with contextlib.aclosing(held_start(self.inner.stream(request))) as events:
+                async for event in events:
+                    if not alive:
+                        alive = True
+                        self._succeeded()
+                    yield event
         except LLMError as exc:
             self._failed(exc, probe and not alive)
             raise
@@ -270,14 +278,15 @@ class Retrying:
             await self.sleep(delay)
             attempt += 1
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> EventStream:
         attempt = 0
         while True:
             started = False
             try:
-                async for event in held_start(self.inner.stream(request)):
-                    started = True
-                    yield event
+                async with contextlib.aclosing(held_start(self.inner.stream(request))) as events:
+                    async for event in events:
+                        started = True
+                        yield event
                 return
             except LLMError as exc:
                 delay = None if started else self._delay(exc, attempt)
@@ -309,14 +318,15 @@ class Fallback:
             raise RuntimeError("empty fallback chain")
         raise last
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> EventStream:
         last: LLMError | None = None
         for client in self.chain:
             started = False
             try:
-                async for event in held_start(client.stream(request)):
-                    started = True
-                    yield event
+                async with contextlib.aclosing(held_start(client.stream(request))) as events:
+                    async for event in events:
+                        started = True
+                        yield event
                 return
             except StreamInterrupted:
                 raise

@@ -5,6 +5,7 @@ Plain dataclasses (slots): they are built on every request on the gateway's hot 
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -139,3 +140,5 @@ class StreamEnd:
 
 
 StreamEvent = StreamStart | TextDelta | ToolCallDelta | StreamEnd
+# What every stream method returns: an async generator, so callers can close it early.
+EventStream = AsyncGenerator[StreamEvent, None]

@@ -16,7 +16,7 @@ from mainsail.core.deps import JsonBody
 from mainsail.core.logging import get_logger
 from mainsail.core.principal import Scope
 from mainsail.identity.deps import CurrentPrincipal, require_scope
-from mainsail.llm.errors import LLMError
+from mainsail.llm.errors import InternalError, LLMError, StreamInterrupted
 from mainsail.llm.types import StreamEnd, StreamEvent, StreamStart, TextDelta, ToolCallDelta
 from mainsail.openai_compat.deps import GatewayDep, call_context
 from mainsail.openai_compat.errors import llm_error_status, to_openai_error
@@ -104,6 +104,7 @@ async def openai_chunks(
     chunk_id, model = start.id, start.model
     yield chunk_json(chunk_id, model, created, delta={"role": "assistant", "content": ""})
     pending: list[StreamEvent] = [] if isinstance(first, StreamStart) else [first]
+    ended = False
     async for event in _chain(pending, events):
         if isinstance(event, TextDelta):
             yield chunk_json(chunk_id, model, created, delta={"content": event.text})
@@ -118,12 +119,19 @@ async def openai_chunks(
                 call["function"]["name"] = event.name
             yield chunk_json(chunk_id, model, created, delta={"tool_calls": [call]})
         elif isinstance(event, StreamEnd):
+            ended = True
             yield chunk_json(chunk_id, model, created, delta={}, finish_reason=event.finish_reason)
             if include_usage:
                 yield chunk_json(chunk_id, model, created, usage=event.usage)
+    if not ended:  # a stream without its end is not an answer, whatever the reason
+        raise StreamInterrupted("The answer ended without finishing.")
 
 
-def stream_error(exc: LLMError) -> dict[str, Any]:
+def stream_error(exc: Exception) -> dict[str, Any]:
+    """The error event that ends a broken stream; never the text of an unexpected error."""
+    if not isinstance(exc, LLMError):
+        log.error("stream_crashed", exc_info=exc)
+        exc = InternalError("The answer failed unexpectedly; the request id identifies it.")
     return {
         "message": exc.message,
         "type": "api_error",
@@ -148,8 +156,8 @@ async def _sse(
         ):
             yield _data(chunk)
         yield b"data: [DONE]\n\n"
-    except LLMError as exc:
-        log.warning("stream_failed", code=exc.code)
+    except Exception as exc:
+        log.warning("stream_failed", code=getattr(exc, "code", type(exc).__name__))
         yield _data({"error": stream_error(exc)})
     finally:
         await events.aclose()  # type: ignore[attr-defined]  # runs the gateway's metering

@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from mainsail.core.errors import AppError
 from mainsail.core.principal import Principal, Scope
 from mainsail.identity.deps import authenticate, credential_kind, presented_credentials
-from mainsail.llm.errors import LLMError
 from mainsail.llm.gateway import CallContext, Gateway
 from mainsail.openai_compat.router import openai_chunks, stream_error
 from mainsail.openai_compat.schemas import ChatCompletionRequest
@@ -39,10 +38,20 @@ async def chat_socket(websocket: WebSocket) -> None:
     if principal is None:
         return
     gateway: Gateway = websocket.app.state.gateway
+    request_id = getattr(websocket.state, "request_id", None) or "ws"
     try:
         while True:
-            message = await websocket.receive_json()
-            await _answer(websocket, gateway, principal, message)
+            try:
+                message = await websocket.receive_json()
+            except ValueError:  # not JSON: say so, keep the socket
+                error = {
+                    "message": "Messages must be JSON.",
+                    "type": "invalid_request_error",
+                    "code": "invalid_request",
+                }
+                await websocket.send_json({"type": "error", "id": None, "error": error})
+                continue
+            await _answer(websocket, gateway, principal, message, request_id=request_id)
     except WebSocketDisconnect:
         return
 
@@ -81,7 +90,12 @@ async def _authenticate(websocket: WebSocket) -> Principal | None:
 
 
 async def _answer(
-    websocket: WebSocket, gateway: Gateway, principal: Principal, message: Any
+    websocket: WebSocket,
+    gateway: Gateway,
+    principal: Principal,
+    message: Any,
+    *,
+    request_id: str,
 ) -> None:
     ident = message.get("id") if isinstance(message, dict) else None
     try:
@@ -96,6 +110,7 @@ async def _answer(
     ctx = CallContext(
         user_id=principal.user_id,
         api_key_id=principal.api_key_id,
+        request_id=f"{request_id}:{ident}" if ident is not None else request_id,
         kind="v1.ws",
         role=principal.role.value,
     )
@@ -108,8 +123,6 @@ async def _answer(
         ):
             await websocket.send_json({"type": "chunk", "id": ident, "data": chunk})
         await websocket.send_json({"type": "done", "id": ident})
-    except LLMError as exc:
-        await websocket.send_json({"type": "error", "id": ident, "error": stream_error(exc)})
     except AppError as exc:  # quota exhausted, for one
         await websocket.send_json(
             {
@@ -123,5 +136,7 @@ async def _answer(
                 },
             }
         )
+    except Exception as exc:  # LLM errors and anything unforeseen: an explicit error, always
+        await websocket.send_json({"type": "error", "id": ident, "error": stream_error(exc)})
     finally:
         await events.aclose()  # type: ignore[attr-defined]

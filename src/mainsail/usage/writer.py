@@ -21,6 +21,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from mainsail.core.db import Database
 from mainsail.core.logging import get_logger
 from mainsail.llm.gateway import UsageEvent as UsageRecord
@@ -48,9 +50,11 @@ class UsageWriter:
         self.retention = timedelta(days=retention_days)
         self._buffer: deque[UsageRecord] = deque()
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._last_purge = 0.0
+        self._replayed: list[Path] = []
         self.written = 0
 
     # --- the request path -----------------------------------------------------------------
@@ -59,6 +63,9 @@ class UsageWriter:
         self._buffer.append(_fit(event))
         if len(self._buffer) >= self.batch_size:
             self._wake.set()
+
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def pending(self) -> int:
@@ -71,10 +78,18 @@ class UsageWriter:
         self._task = asyncio.create_task(self._run(), name="usage-writer")
 
     async def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Let the loop finish its current flush (never cancel one half-way), then flush what
+        is left; spill to disk whatever the database would not take."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         try:
             async with asyncio.timeout(timeout_s):
                 while self._buffer:
@@ -87,11 +102,13 @@ class UsageWriter:
 
     async def _run(self) -> None:
         delay = self.flush_interval_s
-        while True:
+        while not self.stopping():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             self._wake.clear()
+            if self.stopping():
+                return  # stop() does the final flush
             ok = await self.flush()
             # Back off while the database is away; the buffer keeps growing meanwhile.
             delay = self.flush_interval_s if ok else min(delay * 2, 30.0)
@@ -109,13 +126,20 @@ class UsageWriter:
                     async with self.db.unit_of_work() as session:
                         await repo.insert_events(session, batch)
                         await repo.add_to_rollups(session, repo.rollup_rows(batch))
-                except Exception as exc:
+                except BaseException as exc:
+                    # Whatever stopped the write (the database, a cancellation), the batch
+                    # goes back in front of the queue, in order.
                     self._buffer.extendleft(reversed(batch))
+                    if not isinstance(exc, Exception):
+                        raise
                     log.warning(
                         "usage_write_failed", pending=len(self._buffer), error=type(exc).__name__
                     )
                     return False
                 self.written += len(batch)
+            for path in self._replayed:  # their events are in the database now
+                path.unlink(missing_ok=True)
+            self._replayed.clear()
             return True
 
     async def _purge_if_due(self) -> None:
@@ -147,17 +171,26 @@ class UsageWriter:
     def _replay_spills(self) -> None:
         if not self.spill_dir.is_dir():
             return
-        for path in sorted(self.spill_dir.glob("usage-spill-*.jsonl")):
-            claimed = path.with_suffix(".replaying")
+        # Spill files, and claims left by a process that died while replaying one.
+        candidates = sorted(self.spill_dir.glob("usage-spill-*.jsonl")) + [
+            path
+            for path in sorted(self.spill_dir.glob("usage-spill-*.replaying-*"))
+            if not psutil.pid_exists(int(path.name.rsplit("-", 1)[1]))
+        ]
+        for path in candidates:
+            stem = path.name.split(".replaying-")[0]
+            claimed = path.with_name(f"{stem}.replaying-{os.getpid()}")
             try:
-                path.rename(claimed)  # another worker may be replaying the same file
+                path.rename(claimed)  # atomic: of two workers, one gets each file
             except OSError:
                 continue
             with claimed.open() as handle:
                 for line in handle:
                     if line.strip():
                         self._buffer.append(_from_json(json.loads(line)))
-            claimed.unlink()
+            # Deleted once its events are written (see flush): a crash before that leaves the
+            # file to be replayed again rather than lost.
+            self._replayed.append(claimed)
             log.info("usage_spill_replayed", path=str(path))
 
 

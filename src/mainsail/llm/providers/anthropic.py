@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -28,10 +28,10 @@ from mainsail.llm.providers.openai import retry_after
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EventStream,
     FinishReason,
     Message,
     StreamEnd,
-    StreamEvent,
     StreamStart,
     TextDelta,
     ToolCall,
@@ -64,6 +64,7 @@ class AnthropicAdapter:
         import httpx2
 
         self.name = name
+        self.timeouts = timeouts
         timeout = httpx2.Timeout(timeouts.read_s, connect=timeouts.connect_s)
         self.client = anthropic.AsyncAnthropic(
             api_key=api_key,
@@ -84,16 +85,25 @@ class AnthropicAdapter:
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
         structured = _wants_structured(request)
         try:
-            message = await self.client.messages.create(**_arguments(request, entry))
+            import httpx2
+
+            message = await self.client.messages.create(
+                **_arguments(request, entry),
+                timeout=httpx2.Timeout(
+                    self.timeouts.for_answer(entry), connect=self.timeouts.connect_s
+                ),
+            )
             blocks = list(message.content)
         except anthropic.AnthropicError as exc:
             raise map_anthropic_error(exc, provider=self.name, model=entry.name) from None
-        except (AttributeError, TypeError, ValueError):
+        except (AttributeError, TypeError):
             raise UpstreamBadResponse(
                 f"{self.name} sent an answer we could not read.",
                 provider=self.name,
                 model=entry.name,
             ) from None
+        except Exception as exc:
+            raise transport_error(exc, provider=self.name, model=entry.name) from None
         texts: list[str] = []
         calls: list[ToolCall] = []
         for block in blocks:
@@ -117,13 +127,14 @@ class AnthropicAdapter:
             usage=_usage(message.usage),
         )
 
-    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
         structured = _wants_structured(request)
         input_usage: Any = None
         output_tokens = 0
         finish: FinishReason | None = None
         tool_index = -1
         block_is_tool: dict[int, bool] = {}
+        events: Any = None
         try:
             events = await self.client.messages.create(**_arguments(request, entry), stream=True)
             async for event in events:
@@ -158,7 +169,11 @@ class AnthropicAdapter:
         except anthropic.AnthropicError as exc:
             raise map_anthropic_error(exc, provider=self.name, model=entry.name) from None
         except Exception as exc:
-            raise transport_error(exc, provider=self.name, model=entry.name) or exc from None
+            raise transport_error(exc, provider=self.name, model=entry.name) from None
+        finally:
+            if events is not None:  # give the connection back, also when closed early
+                with contextlib.suppress(Exception):
+                    await events.close()
         if finish is None:
             raise UpstreamUnavailable(
                 f"{self.name}'s stream ended before the answer was complete.",
@@ -274,6 +289,16 @@ def _usage(usage: Any, *, output_tokens: int | None = None) -> Usage:
 
 def map_anthropic_error(exc: anthropic.AnthropicError, *, provider: str, model: str) -> LLMError:
     where = {"provider": provider, "model": model}
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code < 400:
+        # An ``event: error`` inside a stream that began with 200: judge it by its type.
+        kind = _error_type(exc.body)
+        if kind == "rate_limit_error":
+            return UpstreamRateLimited(
+                f"{provider} is rate limiting us.", provider=provider, model=model
+            )
+        return UpstreamUnavailable(
+            f"{provider} failed in the middle of its answer ({kind or 'error'}).", **where
+        )
     if isinstance(exc, anthropic.APITimeoutError):
         return UpstreamTimeout(f"{provider} did not answer in time.", **where)
     if isinstance(exc, anthropic.APIConnectionError):
@@ -295,3 +320,12 @@ def map_anthropic_error(exc: anthropic.AnthropicError, *, provider: str, model: 
             f"{provider} rejected the request (HTTP {status}).", status=status, **where
         )
     return UpstreamBadResponse(f"{provider} sent an answer we could not read.", **where)
+
+
+def _error_type(body: object) -> str | None:
+    """``overloaded_error`` from ``{"type": "error", "error": {"type": ...}}`` or its inner part."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("type"), str):
+            return str(inner["type"])
+    return None

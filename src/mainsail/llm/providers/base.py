@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import LLMError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
-from mainsail.llm.types import ChatRequest, ChatResponse, Message, StreamEvent
+from mainsail.llm.types import ChatRequest, ChatResponse, EventStream, Message
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     connect_s: float = 5.0
     read_s: float = 60.0  # between bytes: also bounds the wait for each stream chunk
+    total_s: float = 120.0  # a whole non-streaming answer (catalogue entries may override)
+
+    def for_answer(self, entry: ModelEntry) -> float:
+        """The read limit for a non-streaming call: no byte arrives until the answer is
+        complete, so the per-byte limit must be at least the answer's whole time."""
+        return max(self.read_s, entry.timeout_s or self.total_s)
 
 
 class ProviderAdapter(Protocol):
@@ -30,7 +35,7 @@ class ProviderAdapter(Protocol):
 
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse: ...
 
-    def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]: ...
+    def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream: ...
 
     async def aclose(self) -> None: ...
 
@@ -54,9 +59,10 @@ def parse_arguments(arguments: str) -> Any:
         return {}
 
 
-def transport_error(exc: Exception, *, provider: str, model: str) -> LLMError | None:
+def transport_error(exc: Exception, *, provider: str, model: str) -> LLMError:
     """Exceptions the SDKs let through unwrapped: a body that is not JSON (``ValueError``), a
-    connection cut mid-stream (``httpx2`` protocol errors). None for anything else."""
+    connection cut mid-stream (``httpx2`` protocol errors), and anything unforeseen, which
+    must still reach the caller as an error of ours (a stream may never end silently)."""
     import httpx2
 
     where = {"provider": provider, "model": model}
@@ -66,4 +72,4 @@ def transport_error(exc: Exception, *, provider: str, model: str) -> LLMError | 
         return UpstreamUnavailable(f"{provider} broke off the connection.", **where)
     if isinstance(exc, ValueError):
         return UpstreamBadResponse(f"{provider} sent an answer we could not read.", **where)
-    return None
+    return UpstreamBadResponse(f"{provider} failed unexpectedly ({type(exc).__name__}).", **where)

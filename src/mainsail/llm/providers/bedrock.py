@@ -7,9 +7,10 @@ events to the event loop through a queue, so the loop never blocks on the networ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mainsail.llm.catalogue import ModelEntry
@@ -26,10 +27,10 @@ from mainsail.llm.providers.base import Timeouts, new_response_id, parse_argumen
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EventStream,
     FinishReason,
     Message,
     StreamEnd,
-    StreamEvent,
     StreamStart,
     TextDelta,
     ToolCall,
@@ -73,6 +74,12 @@ class BedrockAdapter:
         client: Any = None,
     ) -> None:
         self.name = name
+        # Our own threads: boto3 blocks, and a stream holds its thread for its whole life; the
+        # shared default pool (password hashing uses it too) must not be the one that starves.
+        self._threads = ThreadPoolExecutor(
+            max_workers=max_connections, thread_name_prefix=f"bedrock-{name}"
+        )
+        self.read_timeout_s = max(timeouts.read_s, timeouts.total_s)
         if client is None:
             import boto3
             from botocore.config import Config
@@ -83,20 +90,27 @@ class BedrockAdapter:
                 endpoint_url=endpoint_url,
                 config=Config(
                     connect_timeout=timeouts.connect_s,
-                    read_timeout=timeouts.read_s,
+                    # One limit for both call kinds (boto has no per-call override): long
+                    # enough for a whole non-streaming answer.
+                    read_timeout=max(timeouts.read_s, timeouts.total_s),
                     retries={"max_attempts": 1, "mode": "standard"},  # the gateway retries
                     max_pool_connections=max_connections,
                 ),
             )
         self.client = client
 
+    async def _in_thread(self, function: Any, /, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, lambda: function(**kwargs))
+
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.client.close)
+        await self._in_thread(self.client.close)
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
         structured = _wants_structured(request)
         try:
-            response = await asyncio.to_thread(self.client.converse, **_arguments(request, entry))
+            response = await self._in_thread(self.client.converse, **_arguments(request, entry))
             blocks = response["output"]["message"]["content"]
         except (KeyError, TypeError):
             raise UpstreamBadResponse(
@@ -130,30 +144,32 @@ class BedrockAdapter:
             usage=_usage(response.get("usage")),
         )
 
-    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
         structured = _wants_structured(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=256)
         stop = threading.Event()
+        opened: list[Any] = []
 
         def pump() -> None:
             """Reads the event stream in a worker thread; ends with ('end', None)."""
 
             def put(item: tuple[str, Any]) -> None:
-                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+                if not stop.is_set():
+                    asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
 
             try:
                 response = self.client.converse_stream(**_arguments(request, entry))
+                opened.append(response["stream"])
                 for event in response["stream"]:
                     if stop.is_set():
                         break
                     put(("event", event))
                 put(("end", None))
             except Exception as exc:  # handed to the loop and mapped there
-                if not stop.is_set():
-                    put(("error", exc))
+                put(("error", exc))
 
-        worker = loop.run_in_executor(None, pump)
+        worker = loop.run_in_executor(self._threads, pump)
         finish: FinishReason | None = None
         usage: Usage | None = None
         tool_index = -1
@@ -205,9 +221,15 @@ class BedrockAdapter:
                             raise map_bedrock_code(key[0].upper() + key[1:], self.name, entry.name)
         finally:
             stop.set()
+            for stream in opened:  # unblocks a read in progress, returns the connection
+                with contextlib.suppress(Exception):
+                    stream.close()
             while not queue.empty():  # unblock a worker waiting to put
                 queue.get_nowait()
-            await asyncio.shield(worker)
+            # Never wait long for the thread: a cancelled caller must get control back.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(worker)
         if finish is None:
             raise UpstreamUnavailable(
                 f"{self.name}'s stream ended before the answer was complete.",

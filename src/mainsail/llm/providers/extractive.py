@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
 
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import GenerationUnavailable
@@ -19,10 +18,10 @@ from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EventStream,
     Message,
     Passage,
     StreamEnd,
-    StreamEvent,
     StreamStart,
     TextDelta,
     Usage,
@@ -183,7 +182,7 @@ class ExtractiveAdapter:
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
         return self._respond(request, entry)
 
-    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
         response = self._respond(request, entry)
         yield StreamStart(id=response.id, model=entry.name, provider=self.name)
         for piece in re.findall(r"\S+\s*", response.message.content or ""):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
@@ -21,10 +23,10 @@ from mainsail.llm.providers.base import Timeouts, new_response_id, transport_err
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EventStream,
     FinishReason,
     Message,
     StreamEnd,
-    StreamEvent,
     StreamStart,
     TextDelta,
     ToolCall,
@@ -52,6 +54,7 @@ class OpenAIAdapter:
         max_connections: int,
     ) -> None:
         self.name = name
+        self.timeouts = timeouts
         # The official API wants max_completion_tokens; compatible servers know max_tokens.
         self._official = base_url is None
         http_client = openai.DefaultAsyncHttpx2Client(
@@ -71,7 +74,8 @@ class OpenAIAdapter:
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
         try:
             completion = await self.client.chat.completions.create(
-                **self._arguments(request, entry, stream=False)
+                **self._arguments(request, entry, stream=False),
+                timeout=_timeout(self.timeouts, read_s=self.timeouts.for_answer(entry)),
             )
             choice = completion.choices[0]
         except openai.OpenAIError as exc:
@@ -97,10 +101,11 @@ class OpenAIAdapter:
             usage=_usage(completion.usage),
         )
 
-    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
         finish: FinishReason | None = None
         usage: Usage | None = None
         started = False
+        chunks: Any = None
         try:
             chunks = await self.client.chat.completions.create(
                 **self._arguments(request, entry, stream=True)
@@ -131,6 +136,10 @@ class OpenAIAdapter:
             raise self._error(exc, entry) from None
         except Exception as exc:
             raise _transport(exc, self.name, entry) from None
+        finally:
+            if chunks is not None:  # give the connection back, also when closed early
+                with contextlib.suppress(Exception):
+                    await chunks.close()
         if finish is None:
             raise UpstreamUnavailable(
                 "The provider's stream ended before the answer was complete.",
@@ -205,6 +214,9 @@ def map_openai_error(exc: openai.OpenAIError, *, provider: str, model: str) -> L
     """One place for every SDK error. Upstream messages are not passed on: they can quote
     our request or a masked key; the status and the class are enough for the caller."""
     where = {"provider": provider, "model": model}
+    if isinstance(exc, openai.APIStatusError) and exc.status_code < 400:
+        # An error event inside a stream that began with 200.
+        return UpstreamUnavailable(f"{provider} failed in the middle of its answer.", **where)
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamTimeout(f"{provider} did not answer in time.", **where)
     if isinstance(exc, openai.APIConnectionError):
@@ -228,8 +240,8 @@ def map_openai_error(exc: openai.OpenAIError, *, provider: str, model: str) -> L
     return UpstreamBadResponse(f"{provider} sent an answer we could not read.", **where)
 
 
-def _transport(exc: Exception, provider: str, entry: ModelEntry) -> Exception:
-    return transport_error(exc, provider=provider, model=entry.name) or exc
+def _transport(exc: Exception, provider: str, entry: ModelEntry) -> LLMError:
+    return transport_error(exc, provider=provider, model=entry.name)
 
 
 def retry_after(response: Any) -> float | None:
@@ -244,7 +256,10 @@ def retry_after(response: Any) -> float | None:
         try:
             return max(float(value) / scale, 0.0)
         except ValueError:
-            continue
+            pass
+        with contextlib.suppress(TypeError, ValueError, IndexError):  # the HTTP-date form
+            when = parsedate_to_datetime(value)
+            return max((when - datetime.now(UTC)).total_seconds(), 0.0)
     return None
 
 
@@ -274,10 +289,10 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
-def _timeout(timeouts: Timeouts) -> Any:
+def _timeout(timeouts: Timeouts, *, read_s: float | None = None) -> Any:
     import httpx2
 
-    return httpx2.Timeout(timeouts.read_s, connect=timeouts.connect_s)
+    return httpx2.Timeout(read_s or timeouts.read_s, connect=timeouts.connect_s)
 
 
 def _limits(max_connections: int) -> Any:

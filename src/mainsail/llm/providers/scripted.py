@@ -19,7 +19,6 @@ import json
 import re
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +36,9 @@ from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EventStream,
     Message,
     StreamEnd,
-    StreamEvent,
     StreamStart,
     TextDelta,
     ToolCall,
@@ -159,7 +158,7 @@ class ScriptedAdapter:
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
         return self._answer(request, entry)
 
-    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
         response = self._answer(request, entry)
         yield StreamStart(id=response.id, model=entry.name, provider=self.name)
         for piece in re.findall(r"\S+\s*", response.message.content or ""):
