@@ -96,3 +96,25 @@ async def test_bad_requests_and_upstream_failures_are_error_messages_not_hangs(
         )
         (unknown,) = await answer(socket, "nm")
         assert unknown["error"]["code"] == "model_not_found"
+
+
+async def test_a_revoked_key_stops_working_on_an_open_socket(
+    live: LiveMainsail, fake_provider: FakeProviderServer
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async with connect(ws_url(live), additional_headers={"X-API-Key": live.api_key}) as socket:
+        assert (await receive(socket))["type"] == "ready"
+        await socket.send(json.dumps({"type": "chat", "id": "before", "request": ASK}))
+        assert (await answer(socket, "before"))[-1]["type"] == "done"
+        engine = create_async_engine(live.settings.async_database_url())  # type: ignore[arg-type]
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE api_keys SET revoked_at = now()"))
+        await engine.dispose()
+        await socket.send(json.dumps({"type": "chat", "id": "after", "request": ASK}))
+        refused = await receive(socket)
+        assert refused["type"] == "error"
+        assert "revoked" in refused["error"]["message"]
+        await socket.wait_closed()
+    assert socket.close_code == 1008

@@ -9,13 +9,15 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from mainsail.llm.gateway import Gateway
 from mainsail.llm.tokens import count_message_tokens
 from mainsail.llm.types import Message
 from tests.fakes.provider_server import FakeProviderServer, Reply
 from tests.fixtures.identity import Account, create_api_key
 
 ASK = {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
-ESTIMATE = count_message_tokens((Message(role="user", content="hi"),)) + 50
+# What the gateway holds for ASK: the prompt with its safety margin, plus max_tokens.
+ESTIMATE = Gateway._hold(count_message_tokens((Message(role="user", content="hi"),))) + 50
 
 
 async def counter(app: FastAPI, user_id: object) -> dict[str, object]:

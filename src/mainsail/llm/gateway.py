@@ -214,8 +214,16 @@ class Gateway:
         return request, prompt
 
     def _worst_case_cost(self, entry: ModelEntry, prompt: int, output: int) -> Decimal:
-        worst = Usage(input_tokens=prompt, output_tokens=output)
+        """Priced as if every input token were written to the provider's cache (the dearest
+        input price), on the dearest model of the fallback chain."""
+        worst = Usage(input_tokens=prompt, output_tokens=output, cache_write_tokens=prompt)
         return max(e.cost_usd(worst) for e in self.catalogue.chain(entry.name))
+
+    @staticmethod
+    def _hold(prompt: int) -> int:
+        """The prompt as held against a budget: our cl100k count can undercount other
+        tokenizers (Claude's, Nova's) by several percent, so hold a margin."""
+        return prompt + prompt // 8 + 16
 
     # --- calls ----------------------------------------------------------------------------
 
@@ -223,8 +231,9 @@ class Gateway:
         entry = self.resolve(request.model)
         request, prompt = self.check(request, entry)
         output = request.params.max_tokens or 0
+        held = self._hold(prompt)
         reservation = await self.quota.reserve(
-            ctx, tokens=prompt + output, cost=self._worst_case_cost(entry, prompt, output)
+            ctx, tokens=held + output, cost=self._worst_case_cost(entry, held, output)
         )
         started = self.clock()
         try:
@@ -255,8 +264,9 @@ class Gateway:
         entry = self.resolve(request.model)
         request, prompt = self.check(request, entry)
         output = request.params.max_tokens or 0
+        held = self._hold(prompt)
         reservation = await self.quota.reserve(
-            ctx, tokens=prompt + output, cost=self._worst_case_cost(entry, prompt, output)
+            ctx, tokens=held + output, cost=self._worst_case_cost(entry, held, output)
         )
         started = self.clock()
         first_token: float | None = None

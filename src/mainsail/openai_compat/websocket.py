@@ -39,6 +39,7 @@ async def chat_socket(websocket: WebSocket) -> None:
         return
     gateway: Gateway = websocket.app.state.gateway
     request_id = getattr(websocket.state, "request_id", None) or "ws"
+    presented = websocket.state.credentials
     try:
         while True:
             try:
@@ -51,6 +52,15 @@ async def chat_socket(websocket: WebSocket) -> None:
                 }
                 await websocket.send_json({"type": "error", "id": None, "error": error})
                 continue
+            # A socket can live for hours: the credential is checked again for every answer,
+            # so a revoked key or an ended session stops working here too.
+            try:
+                principal = await authenticate(websocket, websocket.app.state.identity, presented)
+            except AppError as exc:
+                error = {"message": exc.detail, "type": "authentication_error", "code": exc.code}
+                await websocket.send_json({"type": "error", "id": None, "error": error})
+                await websocket.close(code=POLICY_VIOLATION)
+                return
             await _answer(websocket, gateway, principal, message, request_id=request_id)
     except WebSocketDisconnect:
         return
@@ -85,6 +95,7 @@ async def _authenticate(websocket: WebSocket) -> Principal | None:
             )
             await websocket.close(code=POLICY_VIOLATION)
         return None
+    websocket.state.credentials = presented
     await websocket.send_json({"type": "ready"})
     return principal
 

@@ -30,6 +30,8 @@ from mainsail.usage import repository as repo
 
 log = get_logger(__name__)
 _PURGE_EVERY_S = 3600
+# While the database is away, at most this many events wait in memory; more go to disk.
+MAX_PENDING = 100_000
 _PURGE_BATCH = 10_000
 
 
@@ -61,7 +63,9 @@ class UsageWriter:
 
     def record(self, event: UsageRecord) -> None:
         self._buffer.append(_fit(event))
-        if len(self._buffer) >= self.batch_size:
+        if len(self._buffer) >= MAX_PENDING:
+            self._spill()  # bounded memory; replayed at the next start
+        elif len(self._buffer) >= self.batch_size:
             self._wake.set()
 
     def stopping(self) -> bool:
