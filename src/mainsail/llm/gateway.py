@@ -227,7 +227,10 @@ class Gateway:
 
     # --- calls ----------------------------------------------------------------------------
 
-    async def complete(self, request: ChatRequest, ctx: CallContext) -> ChatResponse:
+    async def _admit(
+        self, request: ChatRequest, ctx: CallContext
+    ) -> tuple[ModelEntry, ChatRequest, int, Reservation]:
+        """Resolve, check and reserve: everything that happens before the upstream call."""
         entry = self.resolve(request.model)
         request, prompt = self.check(request, entry)
         output = request.params.max_tokens or 0
@@ -235,6 +238,10 @@ class Gateway:
         reservation = await self.quota.reserve(
             ctx, tokens=held + output, cost=self._worst_case_cost(entry, held, output)
         )
+        return entry, request, prompt, reservation
+
+    async def complete(self, request: ChatRequest, ctx: CallContext) -> ChatResponse:
+        entry, request, prompt, reservation = await self._admit(request, ctx)
         started = self.clock()
         try:
             response = await self.clients[entry.name].complete(request)
@@ -261,13 +268,7 @@ class Gateway:
     async def stream(self, request: ChatRequest, ctx: CallContext) -> EventStream:
         """Events of one answer. Failures before the first event raise (and fall back);
         later ones raise ``StreamInterrupted`` after what was already sent."""
-        entry = self.resolve(request.model)
-        request, prompt = self.check(request, entry)
-        output = request.params.max_tokens or 0
-        held = self._hold(prompt)
-        reservation = await self.quota.reserve(
-            ctx, tokens=held + output, cost=self._worst_case_cost(entry, held, output)
-        )
+        entry, request, prompt, reservation = await self._admit(request, ctx)
         started = self.clock()
         first_token: float | None = None
         served = entry

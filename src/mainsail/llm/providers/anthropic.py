@@ -23,6 +23,7 @@ from mainsail.llm.providers.base import (
     new_response_id,
     parse_arguments,
     transport_error,
+    wants_structured,
 )
 from mainsail.llm.providers.openai import retry_after
 from mainsail.llm.types import (
@@ -83,7 +84,7 @@ class AnthropicAdapter:
         await self.client.close()
 
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
-        structured = _wants_structured(request)
+        structured = wants_structured(request)
         try:
             import httpx2
 
@@ -128,7 +129,7 @@ class AnthropicAdapter:
         )
 
     async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
-        structured = _wants_structured(request)
+        structured = wants_structured(request)
         input_usage: Any = None
         output_tokens = 0
         finish: FinishReason | None = None
@@ -186,11 +187,6 @@ class AnthropicAdapter:
         yield StreamEnd(finish_reason=finish, usage=usage)
 
 
-def _wants_structured(request: ChatRequest) -> bool:
-    fmt = request.response_format
-    return fmt is not None and fmt.type == "json_schema" and fmt.schema is not None
-
-
 def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
     params = request.params
     system = "\n\n".join(m.content or "" for m in request.messages if m.role == "system")
@@ -216,7 +212,7 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
         for tool in request.tools
     ]
     choice = request.tool_choice
-    if _wants_structured(request):
+    if wants_structured(request):
         fmt = request.response_format
         schema = fmt.schema if fmt is not None and fmt.schema is not None else {}
         tools = [

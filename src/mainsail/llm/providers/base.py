@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import LLMError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
-from mainsail.llm.types import ChatRequest, ChatResponse, EventStream, Message
+from mainsail.llm.types import (
+    ChatRequest,
+    ChatResponse,
+    EventStream,
+    Message,
+    StreamEnd,
+    StreamStart,
+    TextDelta,
+    ToolCallDelta,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +83,19 @@ def transport_error(exc: Exception, *, provider: str, model: str) -> LLMError:
     if isinstance(exc, ValueError):
         return UpstreamBadResponse(f"{provider} sent an answer we could not read.", **where)
     return UpstreamBadResponse(f"{provider} failed unexpectedly ({type(exc).__name__}).", **where)
+
+
+async def replay_as_stream(response: ChatResponse) -> EventStream:
+    """A finished answer as a stream, word by word (local providers that answer at once)."""
+    yield StreamStart(id=response.id, model=response.model, provider=response.provider)
+    for piece in re.findall(r"\S+\s*", response.message.content or ""):
+        yield TextDelta(piece)
+    for index, call in enumerate(response.message.tool_calls):
+        yield ToolCallDelta(index=index, id=call.id, name=call.name, arguments=call.arguments)
+    yield StreamEnd(finish_reason=response.finish_reason, usage=response.usage)
+
+
+def wants_structured(request: ChatRequest) -> bool:
+    """A JSON-schema answer, which Anthropic and Bedrock get through a forced tool call."""
+    fmt = request.response_format
+    return fmt is not None and fmt.type == "json_schema" and fmt.schema is not None

@@ -23,7 +23,12 @@ from mainsail.llm.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from mainsail.llm.providers.base import Timeouts, new_response_id, parse_arguments
+from mainsail.llm.providers.base import (
+    Timeouts,
+    new_response_id,
+    parse_arguments,
+    wants_structured,
+)
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
@@ -108,7 +113,7 @@ class BedrockAdapter:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
-        structured = _wants_structured(request)
+        structured = wants_structured(request)
         try:
             response = await self._in_thread(self.client.converse, **_arguments(request, entry))
             blocks = response["output"]["message"]["content"]
@@ -145,7 +150,7 @@ class BedrockAdapter:
         )
 
     async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
-        structured = _wants_structured(request)
+        structured = wants_structured(request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=256)
         stop = threading.Event()
@@ -241,11 +246,6 @@ class BedrockAdapter:
         yield StreamEnd(finish_reason=finish, usage=usage or Usage(estimated=True))
 
 
-def _wants_structured(request: ChatRequest) -> bool:
-    fmt = request.response_format
-    return fmt is not None and fmt.type == "json_schema" and fmt.schema is not None
-
-
 def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
     params = request.params
     arguments: dict[str, Any] = {"modelId": entry.model, "messages": _messages(request.messages)}
@@ -274,7 +274,7 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
     ]
     choice: dict[str, Any] | None = None
     fmt = request.response_format
-    if _wants_structured(request) and fmt is not None:
+    if wants_structured(request) and fmt is not None:
         tools = [
             {
                 "toolSpec": {

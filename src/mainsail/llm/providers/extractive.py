@@ -13,7 +13,7 @@ from collections import Counter
 
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import GenerationUnavailable
-from mainsail.llm.providers.base import last_user_text, new_response_id
+from mainsail.llm.providers.base import last_user_text, new_response_id, replay_as_stream
 from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
@@ -21,9 +21,6 @@ from mainsail.llm.types import (
     EventStream,
     Message,
     Passage,
-    StreamEnd,
-    StreamStart,
-    TextDelta,
     Usage,
 )
 
@@ -182,9 +179,5 @@ class ExtractiveAdapter:
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
         return self._respond(request, entry)
 
-    async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
-        response = self._respond(request, entry)
-        yield StreamStart(id=response.id, model=entry.name, provider=self.name)
-        for piece in re.findall(r"\S+\s*", response.message.content or ""):
-            yield TextDelta(piece)
-        yield StreamEnd(finish_reason="stop", usage=response.usage)
+    def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
+        return replay_as_stream(self._respond(request, entry))

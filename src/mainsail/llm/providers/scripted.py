@@ -31,18 +31,14 @@ from mainsail.llm.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from mainsail.llm.providers.base import last_user_text, new_response_id
+from mainsail.llm.providers.base import last_user_text, new_response_id, replay_as_stream
 from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
     EventStream,
     Message,
-    StreamEnd,
-    StreamStart,
-    TextDelta,
     ToolCall,
-    ToolCallDelta,
     Usage,
 )
 
@@ -158,11 +154,5 @@ class ScriptedAdapter:
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
         return self._answer(request, entry)
 
-    async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
-        response = self._answer(request, entry)
-        yield StreamStart(id=response.id, model=entry.name, provider=self.name)
-        for piece in re.findall(r"\S+\s*", response.message.content or ""):
-            yield TextDelta(piece)
-        for index, call in enumerate(response.message.tool_calls):
-            yield ToolCallDelta(index=index, id=call.id, name=call.name, arguments=call.arguments)
-        yield StreamEnd(finish_reason=response.finish_reason, usage=response.usage)
+    def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
+        return replay_as_stream(self._answer(request, entry))
