@@ -48,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -779,8 +780,9 @@ def probe(target: Target, mode: str) -> str | None:
     return None
 
 
-def tree_rss(pid: int | None) -> int:
-    """Sum of RSS (bytes) of a process and all its descendants; 0 if it is gone."""
+def tree_memory(pid: int | None, *, pss: bool = False) -> int:
+    """Sum of RSS (or PSS: shared pages split between their users) in bytes of a process and
+    all its descendants; 0 if it is gone."""
     if pid is None:
         return 0
     try:
@@ -791,8 +793,38 @@ def tree_rss(pid: int | None) -> int:
     total = 0
     for process in processes:
         with contextlib.suppress(psutil.Error):
-            total += process.memory_info().rss
+            total += process.memory_full_info().pss if pss else process.memory_info().rss
     return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its descendants."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def wait_until_idle(server: Server | None, *, timeout_s: float = 10.0) -> None:
+    """Let a gateway finish the requests a previous load left queued (wrk closes its
+    connections, the server still works them off) before the next cell starts."""
+    if server is None:
+        return
+    interval_s, deadline = 0.5, time.monotonic() + timeout_s
+    last = tree_cpu_s(server.proc.pid)
+    while time.monotonic() < deadline:
+        time.sleep(interval_s)
+        now = tree_cpu_s(server.proc.pid)
+        if now - last < 0.1 * interval_s:  # under 10 % of a core
+            return
+        last = now
 
 
 class PeakRss:
@@ -809,8 +841,9 @@ class PeakRss:
     def _sample(self) -> None:
         if self.server is None:
             return
-        self.peak = max(self.peak, tree_rss(self.server.proc.pid))
-        self.companion_peak = max(self.companion_peak, tree_rss(self.server.companion_pid()))
+        self.peak = max(self.peak, tree_memory(self.server.proc.pid))
+        companion = tree_memory(self.server.companion_pid(), pss=True)
+        self.companion_peak = max(self.companion_peak, companion)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -947,6 +980,9 @@ class Run:
     notes: list[str] = field(default_factory=list)
     server_errors: dict[str, list[str]] = field(default_factory=dict)
     litellm_note: str = ""
+    load_at_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    completed: Counter[str] = field(default_factory=Counter)  # responses wrk/probes received
+    cut_off: Counter[str] = field(default_factory=Counter)  # requests in flight as wrk stopped
 
     def measure(self, target: Target, workers: int | None) -> None:
         """Warm up, then one wrk run per concurrency, for every mode."""
@@ -956,11 +992,14 @@ class Run:
                 log(f"{target.name} {mode}: not measured: {problem}")
                 self.skip(target.name, mode, workers, problem)
                 continue
+            self.completed[target.name] += 1
             script = write_lua(self.work_dir, target, mode)
             warm_c = max(self.config.concurrency)
             log(f"{target.name} {mode}: warm-up {WARMUP_S:.0f} s at c={warm_c}")
             with contextlib.suppress(StartError, subprocess.TimeoutExpired):
-                run_wrk(self.wrk, target, script, warm_c, WARMUP_S)
+                warm = run_wrk(self.wrk, target, script, warm_c, WARMUP_S)
+                self.completed[target.name] += warm.requests
+                self.cut_off[target.name] += warm_c
             for concurrency in self.config.concurrency:
                 self.cells.append(self.one_cell(target, script, mode, concurrency, workers))
 
@@ -968,6 +1007,7 @@ class Run:
         self, target: Target, script: Path, mode: str, concurrency: int, workers: int | None
     ) -> Cell:
         cell = Cell(target.name, mode, concurrency, workers)
+        wait_until_idle(target.server)
         try:
             cell.result = run_wrk(self.wrk, target, script, concurrency, self.config.duration_s)
         except (StartError, subprocess.TimeoutExpired) as exc:
@@ -975,9 +1015,11 @@ class Run:
             log(f"{target.name} {mode} c={concurrency}: {cell.note}")
             return cell
         r = cell.result
+        self.completed[target.name] += r.requests
+        self.cut_off[target.name] += concurrency
         log(
             f"{target.name} w={workers or '-'} {mode} c={concurrency}: {r.rps:,.0f} req/s, "
-            f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, errors {r.errors}"
+            f"p50 {_ms(r.p50_ms)} ms, p99 {_ms(r.p99_ms)} ms, errors {r.errors}"
             + (f" ({r.error_detail})" if r.errors else "")
         )
         return cell
@@ -1015,7 +1057,31 @@ def bench_mainsail(run: Run, home: MainsailHome, workers: int) -> None:
             run.skip("mainsail", None, workers, str(exc))
             return
         run.measure(Target("mainsail", port, key, server), workers)
+        run.notes.append(metering_check(run, server, port, key))
     run.keep_server_errors(server)
+
+
+def metering_check(run: Run, server: Server, port: int, key: str) -> str:
+    """Compare what Mainsail metered (GET /me/usage) with the responses the load received."""
+    wait_until_idle(server)
+    time.sleep(1.0)  # the usage writer flushes every 0.5 s
+    try:
+        status, body = http_request(
+            port, "GET", "/me/usage", headers={"Authorization": f"Bearer {key}"}
+        )
+    except (OSError, http.client.HTTPException) as exc:
+        return f"Metering check ({server.name}): GET /me/usage failed: {exc}"
+    if status != 200:
+        return f"Metering check ({server.name}): GET /me/usage answered {status}: {body[:200]!r}"
+    totals = json.loads(body)["totals"]
+    metered, received = int(totals["requests"]), run.completed["mainsail"]
+    return (
+        f"Metering check after {server.name}: /me/usage counts {metered:,} requests "
+        f"(${totals['cost_usd']}) this month, the load received {received:,} responses "
+        f"(all Mainsail runs so far, warm-ups and probes included): {metered - received:+,}. "
+        f"wrk stopped with up to {run.cut_off['mainsail']:,} requests in flight, which Mainsail "
+        "still serves and meters after the client has gone."
+    )
 
 
 def bench_litellm(run: Run, config: Path | None, workers: int) -> None:
@@ -1037,7 +1103,7 @@ def bench_litellm(run: Run, config: Path | None, workers: int) -> None:
 def prepare_litellm(run: Run, mock_port: int) -> Path | None:
     """The LiteLLM config, or None (with ``run.litellm_note`` saying why)."""
     if run.config.skip_litellm:
-        run.litellm_note = "skipped (--skip-litellm)"
+        run.litellm_note = "skipped by --skip-litellm"
         return None
     try:
         run.litellm_note = ensure_litellm()
@@ -1093,7 +1159,7 @@ def _rss_text(result: LoadResult) -> str:
         return "-"
     text = f"{result.peak_rss_mib:,.0f}"
     if result.companion_rss_mib:
-        text += f" (+PG {result.companion_rss_mib:,.0f})"
+        text += f" (+PG {result.companion_rss_mib:,.0f} PSS)"
     return text
 
 
@@ -1201,6 +1267,7 @@ def machine_facts(run: Run) -> str:
     facts = {
         "CPU": f"{cpu}; {os.cpu_count()} logical cores, {psutil.cpu_count(logical=False)} physical",
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "load average before the run": " ".join(f"{x:.2f}" for x in run.load_at_start),
         "OS": platform.platform(),
         "Python": sys.version.split()[0],
         "mainsail": importlib.metadata.version("mainsail"),
@@ -1225,8 +1292,10 @@ NOTES = [
     "metering on (user budget $25/month). LiteLLM runs with LITELLM_LOG=ERROR, no database, "
     "telemetry off.",
     "Peak RSS: the sum of RSS over the server's process tree (supervisor + workers), sampled "
-    "every 0.25 s during the cell; for Mainsail, `+PG` is the embedded PostgreSQL's tree "
-    "(shared buffers counted once per process).",
+    "every 0.25 s during the cell; for Mainsail, `+PG` is the embedded PostgreSQL's tree as "
+    "PSS (RSS would count its shared buffers once per backend).",
+    "Before each cell the gateway is left to work off what the previous load queued (until "
+    "its processes use under 10 % of a core, at most 10 s).",
     "Errors: wrk's non-2xx/3xx responses plus socket connect/read/write errors and timeouts "
     "(10 s).",
 ]
