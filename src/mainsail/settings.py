@@ -38,6 +38,9 @@ class DatabaseSettings(BaseModel):
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
     statement_timeout_ms: int = Field(default=30_000, ge=0, le=3_600_000)
     ready_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # Test each pooled connection before use: one more round trip per transaction. Off, a
+    # connection that died with a database restart fails one request, then the pool renews.
+    pool_pre_ping: bool = False
 
 
 class HttpSettings(BaseModel):

@@ -14,7 +14,7 @@ from mainsail.identity.deps import anonymous_unless
 router = APIRouter(tags=["operations"])
 
 
-def get_readiness(request: Request) -> ReadinessRegistry:
+async def get_readiness(request: Request) -> ReadinessRegistry:
     registry: ReadinessRegistry = request.app.state.readiness
     return registry
 

@@ -10,7 +10,6 @@ from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
 from mainsail.core.db import Database
-from mainsail.core.deps import get_settings
 from mainsail.core.principal import Principal, Scope
 from mainsail.identity import service
 from mainsail.identity.service import (
@@ -22,7 +21,7 @@ from mainsail.identity.service import (
 from mainsail.identity.tokens import API_KEY_PREFIX
 
 
-def get_identity(request: Request) -> IdentityKit:
+async def get_identity(request: Request) -> IdentityKit:
     kit: IdentityKit = request.app.state.identity
     return kit
 
@@ -63,7 +62,9 @@ async def authenticate(
     """The principal behind a credential; works for HTTP requests and WebSockets alike."""
     kind, value = presented
     db: Database = connection.app.state.db
-    async with db.unit_of_work() as session:
+    # One round trip per statement (no BEGIN/COMMIT): the lookup reads one row, and the
+    # occasional last-used touch stands alone.
+    async with db.autocommit_session() as session:
         if kind == "api_key":
             principal = await service.principal_from_api_key(session, kit, value)
         else:
@@ -76,7 +77,7 @@ async def authenticate(
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-def require_session(principal: CurrentPrincipal) -> Principal:
+async def require_session(principal: CurrentPrincipal) -> Principal:
     """Account management needs a signed-in person, not an API key (a leaked key must not
     be able to mint more keys or change the password)."""
     if principal.via != "session":
@@ -84,7 +85,7 @@ def require_session(principal: CurrentPrincipal) -> Principal:
     return principal
 
 
-def require_admin(principal: CurrentPrincipal) -> Principal:
+async def require_admin(principal: CurrentPrincipal) -> Principal:
     if not principal.is_admin:
         raise InsufficientScope(
             "This needs an admin account (and, with an API key, the admin scope).", scope="admin"
@@ -92,10 +93,12 @@ def require_admin(principal: CurrentPrincipal) -> Principal:
     return principal
 
 
-def require_admin_session(principal: Annotated[Principal, Depends(require_session)]) -> Principal:
+async def require_admin_session(
+    principal: Annotated[Principal, Depends(require_session)],
+) -> Principal:
     """Changing accounts (creating admins, say) needs a signed-in admin: a leaked admin key
     must not be able to mint an admin account with a password its holder knows."""
-    return require_admin(principal)
+    return await require_admin(principal)
 
 
 SessionPrincipal = Annotated[Principal, Depends(require_session)]
@@ -106,7 +109,7 @@ AdminSessionPrincipal = Annotated[Principal, Depends(require_admin_session)]
 def require_scope(scope: Scope) -> Any:
     """``Depends`` for routes that need one scope, e.g. ``require_scope(Scope.CHAT)``."""
 
-    def check(principal: CurrentPrincipal) -> Principal:
+    async def check(principal: CurrentPrincipal) -> Principal:
         if not principal.has_scope(scope):
             raise InsufficientScope(f"This needs the {scope.value} scope.", scope=scope.value)
         return principal
@@ -119,9 +122,9 @@ def anonymous_unless(area: str) -> Any:
     otherwise requires a principal. An open area touches no dependency (not even the DB)."""
 
     async def check(request: Request) -> Principal | None:
-        if area in get_settings(request).anonymous_read:
+        if area in request.app.state.settings.anonymous_read:
             return None
-        return await get_principal(request, get_identity(request))
+        return await get_principal(request, request.app.state.identity)
 
     dependency: Callable[[Request], Coroutine[Any, Any, Principal | None]] = check
     return Depends(dependency)

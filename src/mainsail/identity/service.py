@@ -283,9 +283,11 @@ async def principal_from_api_key(
     if user.disabled:
         raise InvalidCredentials("The API key's account is disabled.")
     role = Role(user.role)
-    await repo.touch_api_key(
-        session, key.id, now=now, interval_s=kit.settings.api_key_touch_interval_s
-    )
+    interval = timedelta(seconds=kit.settings.api_key_touch_interval_s)
+    if key.last_used_at is None or key.last_used_at < now - interval:  # else skip the write
+        await repo.touch_api_key(
+            session, key.id, now=now, interval_s=kit.settings.api_key_touch_interval_s
+        )
     return Principal(
         user_id=user.id,
         email=user.email,

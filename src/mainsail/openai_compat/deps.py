@@ -10,7 +10,7 @@ from mainsail.core.principal import Principal
 from mainsail.llm.gateway import CallContext, Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 

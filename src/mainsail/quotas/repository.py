@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mainsail.quotas.models import QuotaCounter, QuotaLimit
 
@@ -45,7 +45,7 @@ _RESERVE = text(
 
 
 async def reserve(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     *,
     user_id: uuid.UUID,
     period: date,
@@ -69,7 +69,7 @@ async def reserve(
 
 
 async def settle(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     *,
     user_id: uuid.UUID,
     period: date,

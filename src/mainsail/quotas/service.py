@@ -70,9 +70,9 @@ class DbQuota:
         default = role_default(self.settings, ctx.role)
         now = self.clock()
         period = month_start(now)
-        async with self.db.unit_of_work() as session:
+        async with self.db.autocommit() as connection:  # one atomic statement, one round trip
             granted = await repo.reserve(
-                session,
+                connection,
                 user_id=ctx.user_id,
                 period=period,
                 tokens=tokens,
@@ -96,9 +96,9 @@ class DbQuota:
             return
         for attempt in range(5):
             try:
-                async with self.db.unit_of_work() as session:
+                async with self.db.autocommit() as connection:
                     await repo.settle(
-                        session,
+                        connection,
                         user_id=reservation.user_id,
                         period=reservation.handle,
                         held_tokens=reservation.tokens,
