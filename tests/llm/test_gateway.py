@@ -235,7 +235,7 @@ def test_retry_after_in_http_date_form_is_understood() -> None:
 
     import httpx2
 
-    from mainsail.llm.providers.openai import retry_after
+    from mainsail.llm.providers.base import retry_after
 
     when = datetime.now(UTC) + timedelta(seconds=30)
     headers = {"retry-after": format_datetime(when, usegmt=True)}

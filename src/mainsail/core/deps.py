@@ -21,11 +21,6 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_database(request: Request) -> Database:
-    db: Database = request.app.state.db
-    return db
-
-
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's unit of work: committed before the response is sent, or rolled back."""
     db: Database = request.app.state.db
@@ -34,7 +29,6 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-DatabaseDep = Annotated[Database, Depends(get_database)]
 # scope="function": the commit happens before the response leaves, so a failed commit is
 # reported to the caller instead of being lost after a 200.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

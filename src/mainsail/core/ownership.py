@@ -12,7 +12,6 @@ import uuid
 from typing import Any, TypeVar
 
 from sqlalchemy import ForeignKey, Select, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from mainsail.core.principal import Principal
@@ -37,11 +36,3 @@ def owned_filter(
 
 def readable_by(principal: Principal, model: type[OwnedT]) -> Select[tuple[OwnedT]]:
     return owned_filter(select(model), model, principal)
-
-
-async def get_readable(
-    session: AsyncSession, principal: Principal, model: type[OwnedT], ident: uuid.UUID
-) -> OwnedT | None:
-    statement = readable_by(principal, model).where(model.id == ident)  # type: ignore[attr-defined]
-    result: OwnedT | None = await session.scalar(statement)
-    return result

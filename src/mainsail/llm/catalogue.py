@@ -17,7 +17,7 @@ user file may also declare extra OpenAI-compatible providers (Ollama, vLLM, LM S
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -129,13 +129,6 @@ def load_catalogue(user_file: Path | None = None) -> Catalogue:
             if fallback not in models:
                 raise CatalogueError(f"model {entry.name!r}: unknown fallback {fallback!r}")
     return Catalogue(models=models, providers=providers)
-
-
-def with_models(catalogue: Catalogue, *entries: ModelEntry) -> Catalogue:
-    """A copy with ``entries`` added or replaced (tests, evals)."""
-    models = dict(catalogue.models)
-    models.update({entry.name: entry for entry in entries})
-    return replace(catalogue, models=models)
 
 
 def _read_file(path: Path) -> dict[str, Any]:

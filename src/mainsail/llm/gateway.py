@@ -154,9 +154,6 @@ class Gateway:
             )
         return entry
 
-    def has_generative_model(self) -> bool:
-        return any(m.provider != "extractive" for m in self.available_models())
-
     # --- checks before any upstream call --------------------------------------------------
 
     def check(self, request: ChatRequest, entry: ModelEntry) -> tuple[ChatRequest, int]:

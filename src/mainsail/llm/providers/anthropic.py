@@ -12,20 +12,19 @@ from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import (
     LLMError,
     UpstreamBadResponse,
-    UpstreamMisconfigured,
     UpstreamRateLimited,
-    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from mainsail.llm.providers.base import (
     Timeouts,
+    alternating_turns,
     new_response_id,
     parse_arguments,
+    status_error,
     transport_error,
     wants_structured,
 )
-from mainsail.llm.providers.openai import retry_after
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
@@ -235,38 +234,25 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
 
 
 def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
-    """Anthropic's turns: no system role, tool results ride in a user turn, and consecutive
-    turns of the same role are merged (the API wants them alternating)."""
-    out: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role == "system":
-            continue
-        if message.role == "tool":
-            role = "user"
-            blocks: list[dict[str, Any]] = [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": message.tool_call_id or "",
-                    "content": message.content or "",
-                }
-            ]
-        else:
-            role = message.role
-            blocks = [{"type": "text", "text": message.content}] if message.content else []
-            blocks += [
-                {
-                    "type": "tool_use",
-                    "id": c.id,
-                    "name": c.name,
-                    "input": parse_arguments(c.arguments),
-                }
-                for c in message.tool_calls
-            ]
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    return out
+    return alternating_turns(messages, _blocks)
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    if message.role == "tool":
+        return [
+            {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id or "",
+                "content": message.content or "",
+            }
+        ]
+    blocks: list[dict[str, Any]] = (
+        [{"type": "text", "text": message.content}] if message.content else []
+    )
+    return blocks + [
+        {"type": "tool_use", "id": c.id, "name": c.name, "input": parse_arguments(c.arguments)}
+        for c in message.tool_calls
+    ]
 
 
 def _usage(usage: Any, *, output_tokens: int | None = None) -> Usage:
@@ -300,21 +286,7 @@ def map_anthropic_error(exc: anthropic.AnthropicError, *, provider: str, model: 
     if isinstance(exc, anthropic.APIConnectionError):
         return UpstreamUnavailable(f"{provider} could not be reached.", **where)
     if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
-        if status == 429:
-            return UpstreamRateLimited(
-                f"{provider} is rate limiting us.", retry_after=retry_after(exc.response), **where
-            )
-        if status in (401, 403, 404):
-            return UpstreamMisconfigured(
-                f"{provider} refused our credentials or does not serve this model (HTTP {status}).",
-                **where,
-            )
-        if status in (408, 409, 425) or status >= 500:  # 529: overloaded
-            return UpstreamUnavailable(f"{provider} failed (HTTP {status}).", **where)
-        return UpstreamRejected(
-            f"{provider} rejected the request (HTTP {status}).", status=status, **where
-        )
+        return status_error(exc.status_code, provider=provider, model=model, response=exc.response)
     return UpstreamBadResponse(f"{provider} sent an answer we could not read.", **where)
 
 

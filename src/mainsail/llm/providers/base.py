@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from mainsail.llm.catalogue import ModelEntry
-from mainsail.llm.errors import LLMError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from mainsail.llm.errors import (
+    LLMError,
+    UpstreamBadResponse,
+    UpstreamMisconfigured,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
@@ -99,3 +111,70 @@ def wants_structured(request: ChatRequest) -> bool:
     """A JSON-schema answer, which Anthropic and Bedrock get through a forced tool call."""
     fmt = request.response_format
     return fmt is not None and fmt.type == "json_schema" and fmt.schema is not None
+
+
+def retry_after(response: Any) -> float | None:
+    """Seconds from ``Retry-After`` (or OpenAI's ``retry-after-ms``), if the response has one."""
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(float(value) / scale, 0.0)
+        except ValueError:
+            pass
+        with contextlib.suppress(TypeError, ValueError, IndexError):  # the HTTP-date form
+            when = parsedate_to_datetime(value)
+            return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return None
+
+
+def status_error(status: int, *, provider: str, model: str, response: Any = None) -> LLMError:
+    """Our error for an HTTP status a provider answered with (the same for every SDK).
+    Upstream messages are not passed on: they can quote our request or a masked key."""
+    if status == 429:
+        return UpstreamRateLimited(
+            f"{provider} is rate limiting us.",
+            retry_after=retry_after(response),
+            provider=provider,
+            model=model,
+        )
+    if status in (401, 403, 404):
+        return UpstreamMisconfigured(
+            f"{provider} refused our credentials or does not serve this model (HTTP {status}).",
+            provider=provider,
+            model=model,
+        )
+    if status in (408, 409, 425) or status >= 500:  # Anthropic's 529: overloaded
+        return UpstreamUnavailable(
+            f"{provider} failed (HTTP {status}).", provider=provider, model=model
+        )
+    return UpstreamRejected(
+        f"{provider} rejected the request (HTTP {status}).",
+        status=status,
+        provider=provider,
+        model=model,
+    )
+
+
+def alternating_turns(
+    messages: tuple[Message, ...], blocks: Callable[[Message], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Turns for APIs without a system role in the message list (Anthropic, Bedrock): system
+    messages are left out (they travel apart), a tool result rides in a user turn, and
+    consecutive turns of one role are merged, as those APIs want roles to alternate.
+    ``blocks`` builds a message's content blocks in the provider's own shape."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        role = "user" if message.role == "tool" else message.role
+        content = blocks(message)
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(content)
+        else:
+            out.append({"role": role, "content": content})
+    return out

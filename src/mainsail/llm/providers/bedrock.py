@@ -25,6 +25,7 @@ from mainsail.llm.errors import (
 )
 from mainsail.llm.providers.base import (
     Timeouts,
+    alternating_turns,
     new_response_id,
     parse_arguments,
     wants_structured,
@@ -298,38 +299,24 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
 
 
 def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role == "system":
-            continue
-        if message.role == "tool":
-            role = "user"
-            blocks: list[dict[str, Any]] = [
-                {
-                    "toolResult": {
-                        "toolUseId": message.tool_call_id or "",
-                        "content": [{"text": message.content or ""}],
-                    }
+    return alternating_turns(messages, _blocks)
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    if message.role == "tool":
+        return [
+            {
+                "toolResult": {
+                    "toolUseId": message.tool_call_id or "",
+                    "content": [{"text": message.content or ""}],
                 }
-            ]
-        else:
-            role = message.role
-            blocks = [{"text": message.content}] if message.content else []
-            blocks += [
-                {
-                    "toolUse": {
-                        "toolUseId": c.id,
-                        "name": c.name,
-                        "input": parse_arguments(c.arguments),
-                    }
-                }
-                for c in message.tool_calls
-            ]
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    return out
+            }
+        ]
+    blocks: list[dict[str, Any]] = [{"text": message.content}] if message.content else []
+    return blocks + [
+        {"toolUse": {"toolUseId": c.id, "name": c.name, "input": parse_arguments(c.arguments)}}
+        for c in message.tool_calls
+    ]
 
 
 def _usage(usage: dict[str, Any] | None) -> Usage:

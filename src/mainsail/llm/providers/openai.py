@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
@@ -13,13 +11,10 @@ from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import (
     LLMError,
     UpstreamBadResponse,
-    UpstreamMisconfigured,
-    UpstreamRateLimited,
-    UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from mainsail.llm.providers.base import Timeouts, new_response_id, transport_error
+from mainsail.llm.providers.base import Timeouts, new_response_id, status_error, transport_error
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
@@ -222,45 +217,12 @@ def map_openai_error(exc: openai.OpenAIError, *, provider: str, model: str) -> L
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamUnavailable(f"{provider} could not be reached.", **where)
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status == 429:
-            return UpstreamRateLimited(
-                f"{provider} is rate limiting us.", retry_after=retry_after(exc.response), **where
-            )
-        if status in (401, 403, 404):
-            return UpstreamMisconfigured(
-                f"{provider} refused our credentials or does not serve this model (HTTP {status}).",
-                **where,
-            )
-        if status in (408, 409, 425) or status >= 500:
-            return UpstreamUnavailable(f"{provider} failed (HTTP {status}).", **where)
-        return UpstreamRejected(
-            f"{provider} rejected the request (HTTP {status}).", status=status, **where
-        )
+        return status_error(exc.status_code, provider=provider, model=model, response=exc.response)
     return UpstreamBadResponse(f"{provider} sent an answer we could not read.", **where)
 
 
 def _transport(exc: Exception, provider: str, entry: ModelEntry) -> LLMError:
     return transport_error(exc, provider=provider, model=entry.name)
-
-
-def retry_after(response: Any) -> float | None:
-    """Seconds from ``Retry-After`` (or OpenAI's ``retry-after-ms``), if the response has one."""
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(float(value) / scale, 0.0)
-        except ValueError:
-            pass
-        with contextlib.suppress(TypeError, ValueError, IndexError):  # the HTTP-date form
-            when = parsedate_to_datetime(value)
-            return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-    return None
 
 
 def _usage(usage: Any) -> Usage:
