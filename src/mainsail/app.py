@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,8 +18,10 @@ from mainsail.core.db import Database
 from mainsail.core.errors import install_error_handlers
 from mainsail.core.logging import configure_logging, get_logger
 from mainsail.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from mainsail.core.notify import PgListener
 from mainsail.core.ratelimit import RateLimiter
 from mainsail.core.readiness import ReadinessRegistry, database_checks
+from mainsail.identity import cache as identity_cache
 from mainsail.identity.passwords import Passwords
 from mainsail.identity.service import IdentityKit
 from mainsail.identity.throttle import LoginThrottle
@@ -51,7 +54,17 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.settings = settings
             app.state.db = db
             app.state.readiness = readiness
-            app.state.identity = await asyncio.to_thread(build_identity_kit, settings)
+            kit = await asyncio.to_thread(build_identity_kit, settings)
+            app.state.identity = kit
+            listener = PgListener(db)
+            listener.subscribe(
+                identity_cache.CHANNEL,
+                kit.principals.invalidate_user,
+                on_gap=lambda: kit.principals.set_online(False),
+                on_connected=lambda: kit.principals.set_online(True),
+            )
+            await listener.start()
+            stack.push_async_callback(listener.stop)
             usage = UsageWriter(
                 db,
                 spill_dir=settings.data_dir / "spill",
@@ -62,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
             await usage.start()
             stack.push_async_callback(usage.stop)  # after the quota drain: runs last
             quota = DbQuota(db, settings.quota)
+            await quota.start()
             stack.push_async_callback(quota.drain)
             gateway, adapters = build_gateway(settings.llm, usage=usage, quota=quota)
             for adapter in adapters:
@@ -71,6 +85,10 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.quota = quota
             app.state.gateway = gateway
             log.info("started", version=__version__, environment=settings.environment)
+            # What start-up built lives as long as the process: keep the collector from
+            # walking it again on every full collection (those were the p99 stalls).
+            gc.collect()
+            gc.freeze()
             yield
             log.info("stopping")
 
@@ -109,6 +127,7 @@ def build_identity_kit(settings: Settings) -> IdentityKit:
         passwords=Passwords(settings.auth),
         codec=TokenCodec(settings),
         throttle=LoginThrottle(RateLimiter(settings.rate_limit.storage_url), settings.auth),
+        principals=identity_cache.PrincipalCache(ttl_s=settings.auth.principal_cache_ttl_s),
     )
 
 

@@ -79,6 +79,9 @@ class AuthSettings(BaseModel):
     login_max_attempts_per_ip: int = Field(default=60, ge=1)
     login_failure_window_s: int = Field(default=900, ge=1)
     api_key_touch_interval_s: int = Field(default=60, ge=0)
+    # How long a resolved credential is remembered in memory (0: ask the database every time).
+    # Revocations still apply at once: see identity.cache.
+    principal_cache_ttl_s: float = Field(default=30, ge=0, le=3600)
     # What may be read without credentials. Unset: health and ready, plus docs in development.
     anonymous_read: list[AnonymousArea] | None = None
 
@@ -148,6 +151,12 @@ class QuotaSettings(BaseModel):
     user_monthly_cost_usd: Decimal | None = Field(default=Decimal("25"), ge=0)
     admin_monthly_tokens: int | None = Field(default=None, ge=0)
     admin_monthly_cost_usd: Decimal | None = Field(default=None, ge=0)
+    # Budget leases: each process reserves room for this many calls like the current one at
+    # a time (1: a database round trip per call), writes settled use back every
+    # flush_interval_s, and gives back a lease idle for lease_idle_s.
+    lease_calls: int = Field(default=16, ge=1, le=10_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    lease_idle_s: float = Field(default=5.0, ge=0, le=3600)
 
 
 class UsageSettings(BaseModel):

@@ -6,12 +6,15 @@ import asyncio
 from decimal import Decimal
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from mainsail.llm.gateway import Gateway
+from mainsail.llm.gateway import CallContext, Gateway
 from mainsail.llm.tokens import count_message_tokens
 from mainsail.llm.types import Message
+from mainsail.quotas.service import DbQuota, QuotaExceeded
+from mainsail.settings import QuotaSettings
 from tests.fakes.provider_server import FakeProviderServer, Reply
 from tests.fixtures.identity import Account, create_api_key
 
@@ -130,3 +133,81 @@ async def test_quota_admin_routes_validate_and_know_their_users(
     assert negative.json()["errors"][0]["field"] == "body.monthly_tokens"
     as_user = await client.get(f"/admin/users/{alice.id}/quota", headers=alice.headers)
     assert as_user.status_code == 403
+
+
+# --- budget leases ---------------------------------------------------------------------------
+
+
+def lease_settings(**overrides: object) -> QuotaSettings:
+    values: dict[str, object] = {"user_monthly_tokens": 1000, "user_monthly_cost_usd": None}
+    return QuotaSettings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+def caller(account: Account) -> CallContext:
+    return CallContext(user_id=account.id, role="user")
+
+
+async def test_a_lease_serves_many_calls_with_one_statement(app: FastAPI, alice: Account) -> None:
+    quota = DbQuota(app.state.db, lease_settings(lease_calls=10))
+    for _ in range(10):
+        held = await quota.reserve(caller(alice), tokens=10, cost=Decimal(0))
+        await quota.settle(held, tokens=7, cost=Decimal(0))
+    assert quota.refills == 1
+    mid = await counter(app, alice.id)
+    assert (mid["tokens_reserved"], mid["tokens_used"]) == (100, 0)  # the lease, unwritten use
+    await quota.flush(release_idle_after_s=None)  # write the use, keep the lease
+    kept = await counter(app, alice.id)
+    assert (kept["tokens_reserved"], kept["tokens_used"]) == (30, 70)
+    await quota.drain()
+    final = await counter(app, alice.id)
+    assert (final["tokens_reserved"], final["tokens_used"]) == (0, 70)
+
+
+async def test_processes_with_leases_never_hold_more_than_the_budget_together(
+    app: FastAPI, alice: Account
+) -> None:
+    """Two processes (two DbQuota instances on one database) race for a 1000-token budget
+    in 60-token calls: together they grant at most 16 calls, whoever holds the slices."""
+    settings = lease_settings(lease_calls=4)
+    workers = [DbQuota(app.state.db, settings), DbQuota(app.state.db, settings)]
+
+    async def call(quota: DbQuota) -> bool:
+        try:
+            held = await quota.reserve(caller(alice), tokens=60, cost=Decimal(0))
+        except QuotaExceeded:
+            return False
+        await asyncio.sleep(0.01)
+        await quota.settle(held, tokens=60, cost=Decimal(0))
+        return True
+
+    granted = await asyncio.gather(*(call(workers[n % 2]) for n in range(40)))
+    for quota in workers:
+        await quota.drain()
+    final = await counter(app, alice.id)
+    assert final["tokens_reserved"] == 0
+    assert final["tokens_used"] == 60 * sum(granted) <= 1000
+    assert sum(granted) >= 8  # slices may strand a little budget, never most of it
+
+
+async def test_a_lease_gives_way_to_the_exact_need_before_refusing(
+    app: FastAPI, alice: Account
+) -> None:
+    quota = DbQuota(app.state.db, lease_settings(lease_calls=100))
+    held = await quota.reserve(caller(alice), tokens=900, cost=Decimal(0))  # no room for 100x
+    assert held.tokens == 900
+    with pytest.raises(QuotaExceeded):
+        await quota.reserve(caller(alice), tokens=200, cost=Decimal(0))
+    await quota.settle(held, tokens=0, cost=Decimal(0))
+    await quota.drain()
+    assert (await counter(app, alice.id))["tokens_reserved"] == 0
+
+
+async def test_idle_leases_are_given_back_and_busy_ones_kept(app: FastAPI, alice: Account) -> None:
+    quota = DbQuota(app.state.db, lease_settings(lease_calls=5))
+    held = await quota.reserve(caller(alice), tokens=10, cost=Decimal(0))
+    await quota.flush(release_idle_after_s=0.0)
+    assert (await counter(app, alice.id))["tokens_reserved"] == 50  # a call is in progress
+    await quota.settle(held, tokens=4, cost=Decimal(0))
+    await quota.flush(release_idle_after_s=0.0)
+    final = await counter(app, alice.id)
+    assert (final["tokens_reserved"], final["tokens_used"]) == (0, 4)

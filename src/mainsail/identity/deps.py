@@ -62,13 +62,12 @@ async def authenticate(
     """The principal behind a credential; works for HTTP requests and WebSockets alike."""
     kind, value = presented
     db: Database = connection.app.state.db
-    # One round trip per statement (no BEGIN/COMMIT): the lookup reads one row, and the
-    # occasional last-used touch stands alone.
-    async with db.autocommit_session() as session:
-        if kind == "api_key":
-            principal = await service.principal_from_api_key(session, kit, value)
-        else:
-            principal = await service.principal_from_access_token(session, kit, value)
+    # From the principal cache, or else one round trip per statement (no BEGIN/COMMIT): the
+    # lookup reads one row, and the occasional last-used touch stands alone.
+    if kind == "api_key":
+        principal = await service.resolve_api_key(db.autocommit_session, kit, value)
+    else:
+        principal = await service.resolve_access_token(db.autocommit_session, kit, value)
     connection.state.principal = principal
     structlog.contextvars.bind_contextvars(user_id=str(principal.user_id), auth=principal.via)
     return principal

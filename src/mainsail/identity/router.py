@@ -155,4 +155,6 @@ async def administer_user(
     session: SessionDep,
     kit: IdentityDep,
 ) -> UserOut:
-    return await service.administer_user(session, user_id, changes=body, now=kit.clock())
+    changed = await service.administer_user(session, user_id, changes=body, now=kit.clock())
+    kit.principals.invalidate_user(user_id)  # other processes learn it from the trigger
+    return changed

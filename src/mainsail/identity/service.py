@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from mainsail.core.errors import Conflict, Forbidden, NotFound, Unauthorized, Un
 from mainsail.core.pagination import Page, PageParams
 from mainsail.core.principal import Principal, Role, Scope, scopes_for_role
 from mainsail.identity import repository as repo
+from mainsail.identity.cache import PrincipalCache
 from mainsail.identity.models import ApiKey, AuthSession, User
 from mainsail.identity.passwords import Passwords
 from mainsail.identity.schemas import (
@@ -122,6 +124,8 @@ class IdentityKit:
     codec: TokenCodec
     throttle: LoginThrottle
     clock: Callable[[], datetime] = field(default=utcnow)
+    # Off until a listener feeds it invalidations (see identity.cache).
+    principals: PrincipalCache = field(default_factory=lambda: PrincipalCache(ttl_s=0))
 
 
 def check_password_policy(settings: AuthSettings, password: str, field_name: str) -> None:
@@ -209,6 +213,7 @@ async def refresh(session: AsyncSession, kit: IdentityKit, *, refresh_token: str
             await repo.revoke_auth_session(
                 session, known.session_id, reason="refresh_token_reuse", now=now
             )
+            kit.principals.forget(session_cache_key(known.session_id))
             raise RefreshTokenReused(
                 "This refresh token was already used; the session has been revoked."
             )
@@ -232,43 +237,105 @@ async def logout(
         await repo.revoke_user_sessions(session, principal.user_id, reason="logout_all", now=now)
     else:
         await repo.revoke_auth_session(session, principal.session_id, reason="logout", now=now)
+    kit.principals.invalidate_user(principal.user_id)
 
 
 # --- resolving the caller -----------------------------------------------------------------
 
 
-async def principal_from_access_token(
-    session: AsyncSession, kit: IdentityKit, token: str
+def session_cache_key(session_id: uuid.UUID) -> str:
+    return f"s:{session_id}"
+
+
+def api_key_cache_key(presented: str) -> str:
+    return "k:" + sha256_hex(presented)
+
+
+async def resolve_access_token(
+    open_session: Callable[[], AbstractAsyncContextManager[AsyncSession]],
+    kit: IdentityKit,
+    token: str,
 ) -> Principal:
+    """The caller behind a session token. The signature and expiry are checked every time;
+    the session row is read from the database, or from the principal cache."""
+    claims = _verify_access_token(kit, token)
+    cache = kit.principals
+    key = session_cache_key(claims.session_id)
+    entry = cache.get(key)
+    if entry is not None and entry.principal.user_id == claims.user_id:
+        return entry.principal
+    generation = cache.generation
+    async with open_session() as session:
+        principal, valid_for = await _session_principal(
+            session, kit, claims.session_id, claims.user_id
+        )
+    cache.put(key, principal, generation=generation, expires_in_s=valid_for)
+    return principal
+
+
+async def resolve_api_key(
+    open_session: Callable[[], AbstractAsyncContextManager[AsyncSession]],
+    kit: IdentityKit,
+    presented: str,
+) -> Principal:
+    """The caller behind an API key, from the principal cache when it is there (keyed by the
+    key's SHA-256, so a hit is as exact as the database's comparison)."""
+    cache = kit.principals
+    key = api_key_cache_key(presented)
+    entry = cache.get(key)
+    interval = kit.settings.api_key_touch_interval_s
+    if entry is not None:
+        now = cache.clock()
+        if entry.touch_due <= now and entry.principal.api_key_id is not None:
+            entry.touch_due = now + interval  # at most one write per key and interval
+            async with open_session() as session:
+                await repo.touch_api_key(
+                    session, entry.principal.api_key_id, now=kit.clock(), interval_s=interval
+                )
+        return entry.principal
+    generation = cache.generation
+    async with open_session() as session:
+        principal, valid_for = await _api_key_principal(session, kit, presented)
+    cache.put(key, principal, generation=generation, expires_in_s=valid_for, touch_in_s=interval)
+    return principal
+
+
+def _verify_access_token(kit: IdentityKit, token: str) -> Any:
     try:
-        claims = kit.codec.verify(token)
+        return kit.codec.verify(token)
     except InvalidToken as exc:
         raise InvalidCredentials(str(exc).capitalize() + ".") from None
-    found = await repo.get_auth_session_with_user(session, claims.session_id)
+
+
+async def _session_principal(
+    session: AsyncSession, kit: IdentityKit, session_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[Principal, float]:
+    found = await repo.get_auth_session_with_user(session, session_id)
     now = kit.clock()
     if (
         found is None
         or found[0].revoked_at is not None
         or found[0].expires_at <= now
-        or found[1].id != claims.user_id
+        or found[1].id != user_id
         or found[1].disabled
     ):
         raise InvalidCredentials("The session has ended; sign in again.")
     user = found[1]
     role = Role(user.role)  # the stored role, not the claim: a demotion takes effect at once
-    return Principal(
+    principal = Principal(
         user_id=user.id,
         email=user.email,
         role=role,
         scopes=scopes_for_role(role),
         via="session",
-        session_id=claims.session_id,
+        session_id=session_id,
     )
+    return principal, (found[0].expires_at - now).total_seconds()
 
 
-async def principal_from_api_key(
+async def _api_key_principal(
     session: AsyncSession, kit: IdentityKit, presented: str
-) -> Principal:
+) -> tuple[Principal, float | None]:
     prefix = api_key_prefix(presented)
     found = await repo.find_api_key_with_owner(session, prefix) if prefix else None
     expected = found[0].secret_hash if found else _DECOY_KEY_HASH
@@ -288,7 +355,7 @@ async def principal_from_api_key(
         await repo.touch_api_key(
             session, key.id, now=now, interval_s=kit.settings.api_key_touch_interval_s
         )
-    return Principal(
+    principal = Principal(
         user_id=user.id,
         email=user.email,
         role=role,
@@ -296,6 +363,8 @@ async def principal_from_api_key(
         via="api_key",
         api_key_id=key.id,
     )
+    valid_for = None if key.expires_at is None else (key.expires_at - now).total_seconds()
+    return principal, valid_for
 
 
 # --- the caller's own account -------------------------------------------------------------
@@ -333,6 +402,7 @@ async def update_me(
         await repo.revoke_user_sessions(
             session, user.id, reason="password_changed", now=now, keep=principal.session_id
         )
+        kit.principals.invalidate_user(user.id)
     user.updated_at = now
     await session.flush()
     return UserOut.model_validate(user)
@@ -390,6 +460,7 @@ async def revoke_api_key(
         raise NotFound("API key not found.")
     key.revoked_at = kit.clock()
     await session.flush()
+    kit.principals.invalidate_user(key.owner_id)
 
 
 # --- administration -----------------------------------------------------------------------

@@ -1,16 +1,27 @@
 """Monthly budgets: reserve the worst case before a model call, settle to the real use after.
 
-The role defaults come from settings; an admin may override them per user. The reservation is
-committed before the upstream call (so concurrent calls see it) and settled in the background
-after, so neither holds a row lock across a model call nor adds a round trip to the answer.
+The role defaults come from settings; an admin may override them per user.
+
+Each process holds a *lease* per user and month: a slice of the budget reserved in
+PostgreSQL with one conditional statement (used + reserved + slice <= limit, atomically on
+the user's counter row). Calls reserve and settle against the lease in memory, so the hot
+path makes no database round trip; the database sees one statement per lease refill and one
+per flush. Every lease is itself a reservation in the counter, so all processes together can
+never hold more than the limit: concurrent calls cannot overspend a budget by more than one
+call's estimate (the estimate being a worst case, not even that). What a lease costs is that
+a slice reserved by one process is not available to another until it is flushed back (idle
+leases are released after ``quota.lease_idle_s``); a lease that cannot grow by a slice grows
+by exactly what the call needs before refusing it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -53,70 +64,182 @@ def role_default(settings: QuotaSettings, role: str | None) -> Budget:
     return Budget(settings.user_monthly_tokens, settings.user_monthly_cost_usd)
 
 
+@dataclass(slots=True)
+class _Lease:
+    user_id: uuid.UUID
+    period: date
+    granted_tokens: int = 0  # held in the counter row for this process
+    granted_cost: Decimal = Decimal(0)
+    inflight_tokens: int = 0  # reserved by calls in progress
+    inflight_cost: Decimal = Decimal(0)
+    used_tokens: int = 0  # settled calls, not yet written
+    used_cost: Decimal = Decimal(0)
+    last_used: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def fits(self, tokens: int, cost: Decimal) -> bool:
+        return (
+            self.inflight_tokens + self.used_tokens + tokens <= self.granted_tokens
+            and self.inflight_cost + self.used_cost + cost <= self.granted_cost
+        )
+
+    @property
+    def busy(self) -> bool:
+        return self.inflight_tokens > 0 or self.inflight_cost > 0
+
+
 class DbQuota:
-    """The gateway's ``QuotaGuard`` on PostgreSQL."""
+    """The gateway's ``QuotaGuard`` on PostgreSQL, with per-process budget leases."""
 
     def __init__(
-        self, db: Database, settings: QuotaSettings, *, clock: Callable[[], datetime] = utcnow
+        self,
+        db: Database,
+        settings: QuotaSettings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.settings = settings
         self.clock = clock
-        self._settling: set[asyncio.Task[None]] = set()
+        self.monotonic = monotonic
+        self._leases: dict[tuple[uuid.UUID, date], _Lease] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self.refills = 0  # lease statements run (for tests and benchmarks)
+
+    async def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_loop(), name="quota-flusher")
 
     async def reserve(self, ctx: CallContext, *, tokens: int, cost: Decimal) -> Reservation:
         if ctx.user_id is None:  # the system's own calls (jobs, evals) are not budgeted
             return Reservation(user_id=None, tokens=tokens, cost=cost)
-        default = role_default(self.settings, ctx.role)
         now = self.clock()
         period = month_start(now)
-        async with self.db.autocommit() as connection:  # one atomic statement, one round trip
-            granted = await repo.reserve(
-                connection,
-                user_id=ctx.user_id,
-                period=period,
-                tokens=tokens,
-                cost=cost,
-                default_tokens=default.monthly_tokens,
-                default_cost=default.monthly_cost_usd,
-            )
-        if not granted:
-            raise await self._exceeded(ctx.user_id, ctx.role, now, tokens=tokens, cost=cost)
-        return Reservation(user_id=ctx.user_id, tokens=tokens, cost=cost, handle=period)
+        lease = self._leases.get((ctx.user_id, period))
+        if lease is None:
+            lease = self._leases[(ctx.user_id, period)] = _Lease(ctx.user_id, period)
+        if not lease.fits(tokens, cost):
+            async with lease.lock:  # one refill at a time; the others then fit or refill
+                if not lease.fits(tokens, cost) and not await self._grow(lease, ctx, tokens, cost):
+                    raise await self._exceeded(ctx.user_id, ctx.role, now, tokens=tokens, cost=cost)
+        lease.inflight_tokens += tokens
+        lease.inflight_cost += cost
+        lease.last_used = self.monotonic()
+        return Reservation(user_id=ctx.user_id, tokens=tokens, cost=cost, handle=lease)
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: Decimal) -> None:
-        if reservation.user_id is None:
+        lease = reservation.handle
+        if reservation.user_id is None or not isinstance(lease, _Lease):
             return
-        task = asyncio.create_task(self._settle(reservation, tokens, cost))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        lease.inflight_tokens -= reservation.tokens
+        lease.inflight_cost -= reservation.cost
+        lease.used_tokens += tokens
+        lease.used_cost += cost
+        lease.last_used = self.monotonic()
 
-    async def _settle(self, reservation: Reservation, tokens: int, cost: Decimal) -> None:
-        if reservation.user_id is None or not isinstance(reservation.handle, date):
-            return
-        for attempt in range(5):
+    async def _grow(self, lease: _Lease, ctx: CallContext, tokens: int, cost: Decimal) -> bool:
+        """Reserve a slice for many calls like this one, or else exactly what it lacks."""
+        lacking_tokens = max(
+            lease.inflight_tokens + lease.used_tokens + tokens - lease.granted_tokens, 0
+        )
+        lacking_cost = max(
+            lease.inflight_cost + lease.used_cost + cost - lease.granted_cost, Decimal(0)
+        )
+        calls = self.settings.lease_calls
+        asks = [(max(lacking_tokens, tokens * calls), max(lacking_cost, cost * calls))]
+        if asks[0] != (lacking_tokens, lacking_cost):
+            asks.append((lacking_tokens, lacking_cost))
+        default = role_default(self.settings, ctx.role)
+        for ask_tokens, ask_cost in asks:
+            self.refills += 1
+            async with self.db.autocommit() as connection:  # one atomic statement
+                granted = await repo.reserve(
+                    connection,
+                    user_id=lease.user_id,
+                    period=lease.period,
+                    tokens=ask_tokens,
+                    cost=ask_cost,
+                    default_tokens=default.monthly_tokens,
+                    default_cost=default.monthly_cost_usd,
+                )
+            if granted:
+                lease.granted_tokens += ask_tokens
+                lease.granted_cost += ask_cost
+                return True
+        return False
+
+    # --- writing back ---------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval_s)
             try:
-                async with self.db.autocommit() as connection:
-                    await repo.settle(
-                        connection,
-                        user_id=reservation.user_id,
-                        period=reservation.handle,
-                        held_tokens=reservation.tokens,
-                        held_cost=reservation.cost,
-                        used_tokens=tokens,
-                        used_cost=cost,
-                    )
-                return
-            except Exception as exc:
-                log.warning("quota_settle_failed", attempt=attempt + 1, error=type(exc).__name__)
-                await asyncio.sleep(0.2 * 2**attempt)
-        # Given up: the hold stays (the user is under-served, never over-served).
-        log.error("quota_settle_abandoned", user_id=str(reservation.user_id))
+                await self.flush(release_idle_after_s=self.settings.lease_idle_s)
+            except Exception as exc:  # the next round tries again; nothing is lost
+                log.warning("quota_flush_failed", error=type(exc).__name__)
+
+    async def flush(self, *, release_idle_after_s: float | None = 0.0) -> None:
+        """Write settled use to the counters and give back what idle leases hold.
+        ``release_idle_after_s=0`` releases every lease with no call in progress."""
+        async with self._flush_lock:
+            now = self.monotonic()
+            for key, lease in list(self._leases.items()):
+                idle = (
+                    release_idle_after_s is not None
+                    and not lease.busy
+                    and now - lease.last_used >= release_idle_after_s
+                    and not lease.lock.locked()
+                )
+                used_tokens, used_cost = lease.used_tokens, lease.used_cost
+                # Idle: give back the whole grant; otherwise convert the used part only.
+                release_tokens = lease.granted_tokens if idle else used_tokens
+                release_cost = lease.granted_cost if idle else used_cost
+                if idle:
+                    del self._leases[key]
+                if release_tokens == 0 and release_cost == 0 and used_tokens == 0:
+                    continue
+                # Taken out before the await: calls meanwhile count towards the next flush.
+                lease.used_tokens -= used_tokens
+                lease.used_cost -= used_cost
+                lease.granted_tokens -= release_tokens
+                lease.granted_cost -= release_cost
+                try:
+                    async with self.db.autocommit() as connection:
+                        await repo.settle(
+                            connection,
+                            user_id=lease.user_id,
+                            period=lease.period,
+                            held_tokens=release_tokens,
+                            held_cost=release_cost,
+                            used_tokens=used_tokens,
+                            used_cost=used_cost,
+                        )
+                except BaseException:
+                    lease.used_tokens += used_tokens
+                    lease.used_cost += used_cost
+                    lease.granted_tokens += release_tokens
+                    lease.granted_cost += release_cost
+                    if idle:
+                        self._leases.setdefault(key, lease)
+                    raise
 
     async def drain(self) -> None:
-        """Wait for settlements in flight (shutdown)."""
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        """Stop the flusher and write everything back (shutdown; tests)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        for attempt in range(5):
+            try:
+                await self.flush(release_idle_after_s=0.0)
+                return
+            except Exception as exc:
+                log.warning("quota_flush_failed", attempt=attempt + 1, error=type(exc).__name__)
+                await asyncio.sleep(0.2 * 2**attempt)
+        # Given up: the holds stay (the user is under-served, never over-served).
+        log.error("quota_flush_abandoned", leases=len(self._leases))
 
     async def _exceeded(
         self, user_id: uuid.UUID, role: str | None, now: datetime, *, tokens: int, cost: Decimal

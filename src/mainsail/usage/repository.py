@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mainsail.core.ids import uuid7
 from mainsail.llm.gateway import UsageEvent as UsageRecord
 from mainsail.usage.models import NOBODY, UsageEvent, UsageRollup
 
+_RECORD_FIELDS = tuple(f.name for f in fields(UsageRecord))
+_EVENT_COLUMNS = ("id", *_RECORD_FIELDS)
+_values = attrgetter(*_RECORD_FIELDS)
+
 
 async def insert_events(session: AsyncSession, records: Sequence[UsageRecord]) -> None:
-    await session.execute(insert(UsageEvent), [asdict(record) for record in records])
+    """Binary COPY inside the session's transaction: a few microseconds per event, where an
+    ORM bulk insert spends tens in Python."""
+    driver = await _driver(session)
+    await driver.copy_records_to_table(
+        UsageEvent.__tablename__,
+        columns=_EVENT_COLUMNS,
+        records=[(uuid7(), *_values(record)) for record in records],
+    )
 
 
 def rollup_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
@@ -49,28 +61,39 @@ def rollup_rows(records: Sequence[UsageRecord]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+_ROLLUP_UPSERT = """
+    INSERT INTO usage_rollups AS r
+        (user_id, model, hour, requests, errors, cache_hits, tokens_in, tokens_out, cost_usd)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (user_id, model, hour) DO UPDATE SET
+        requests = r.requests + EXCLUDED.requests,
+        errors = r.errors + EXCLUDED.errors,
+        cache_hits = r.cache_hits + EXCLUDED.cache_hits,
+        tokens_in = r.tokens_in + EXCLUDED.tokens_in,
+        tokens_out = r.tokens_out + EXCLUDED.tokens_out,
+        cost_usd = r.cost_usd + EXCLUDED.cost_usd
+"""
+_ROLLUP_FIELDS = (
+    "user_id", "model", "hour", "requests", "errors", "cache_hits", "tokens_in", "tokens_out",
+    "cost_usd",
+)  # fmt: skip
+
+
 async def add_to_rollups(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """One prepared statement, whatever the batch: the driver keeps it prepared."""
     if not rows:
         return
-    statement = pg_insert(UsageRollup).values(rows)
-    added = statement.excluded
-    table = UsageRollup.__table__.c
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["user_id", "model", "hour"],
-            set_={
-                name: table[name] + getattr(added, name)
-                for name in (
-                    "requests",
-                    "errors",
-                    "cache_hits",
-                    "tokens_in",
-                    "tokens_out",
-                    "cost_usd",
-                )
-            },
-        )
+    driver = await _driver(session)
+    await driver.executemany(
+        _ROLLUP_UPSERT, [tuple(row[name] for name in _ROLLUP_FIELDS) for row in rows]
     )
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session, inside the session's transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
 
 
 async def purge_events_before(session: AsyncSession, cutoff: datetime, *, limit: int) -> int:

@@ -52,7 +52,9 @@ class OpenAIAdapter:
         self.timeouts = timeouts
         # The official API wants max_completion_tokens; compatible servers know max_tokens.
         self._official = base_url is None
-        http_client = openai.DefaultAsyncHttpx2Client(
+        # aiohttp under the SDK: about half the client CPU of the default transport per call,
+        # and its pool does not slow down as connections grow (measured in bench/).
+        http_client = openai.DefaultAioHttpClient(
             limits=_limits(max_connections), timeout=_timeout(timeouts)
         )
         self.client = openai.AsyncOpenAI(
@@ -67,34 +69,51 @@ class OpenAIAdapter:
         await self.client.close()
 
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
+        # The SDK sends (auth, base URL, timeouts, status errors); ``cast_to=object`` skips its
+        # request transform and response models, about a millisecond per call, and the answer
+        # is read straight into our types.
         try:
-            completion = await self.client.chat.completions.create(
-                **self._arguments(request, entry, stream=False),
-                timeout=_timeout(self.timeouts, read_s=self.timeouts.for_answer(entry)),
+            completion: Any = await self.client.post(
+                "/chat/completions",
+                cast_to=object,
+                body=self._arguments(request, entry, stream=False),
+                options={
+                    "timeout": _timeout(self.timeouts, read_s=self.timeouts.for_answer(entry))
+                },
             )
-            choice = completion.choices[0]
         except openai.OpenAIError as exc:
             raise self._error(exc, entry) from None
-        except (IndexError, AttributeError, TypeError):
-            raise UpstreamBadResponse(
-                "The provider's answer had no choices.", provider=self.name, model=entry.name
-            ) from None
         except Exception as exc:
             raise _transport(exc, self.name, entry) from None
-        message = choice.message
-        calls = tuple(
-            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "")
-            for call in (message.tool_calls or ())
-            if getattr(call, "function", None) is not None
-        )
-        return ChatResponse(
-            id=completion.id or new_response_id(),
-            model=entry.name,
-            provider=self.name,
-            message=Message(role="assistant", content=message.content, tool_calls=calls),
-            finish_reason=_FINISH.get(choice.finish_reason or "stop", "stop"),
-            usage=_usage(completion.usage),
-        )
+        try:
+            choice = completion["choices"][0]
+            message = choice["message"]
+            calls = tuple(
+                ToolCall(
+                    id=call["id"],
+                    name=call["function"]["name"],
+                    arguments=call["function"].get("arguments") or "",
+                )
+                for call in (message.get("tool_calls") or ())
+                if call.get("function") is not None
+            )
+            content = message.get("content")
+            if content is not None and not isinstance(content, str):
+                raise TypeError("content")
+            return ChatResponse(
+                id=completion.get("id") or new_response_id(),
+                model=entry.name,
+                provider=self.name,
+                message=Message(role="assistant", content=content, tool_calls=calls),
+                finish_reason=_FINISH.get(choice.get("finish_reason") or "stop", "stop"),
+                usage=_usage(completion.get("usage")),
+            )
+        except (LookupError, AttributeError, TypeError):
+            raise UpstreamBadResponse(
+                "The provider's answer was not a chat completion.",
+                provider=self.name,
+                model=entry.name,
+            ) from None
 
     async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
         finish: FinishReason | None = None
@@ -102,33 +121,46 @@ class OpenAIAdapter:
         started = False
         chunks: Any = None
         try:
-            chunks = await self.client.chat.completions.create(
-                **self._arguments(request, entry, stream=True)
+            chunks = await self.client.post(
+                "/chat/completions",
+                cast_to=object,
+                body=self._arguments(request, entry, stream=True),
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
             )
+            chunk: Any
             async for chunk in chunks:
                 if not started:
                     started = True
                     yield StreamStart(
-                        id=chunk.id or new_response_id(), model=entry.name, provider=self.name
+                        id=chunk.get("id") or new_response_id(),
+                        model=entry.name,
+                        provider=self.name,
                     )
-                if chunk.usage is not None:
-                    usage = _usage(chunk.usage)
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if delta is not None and delta.content:
-                        yield TextDelta(delta.content)
-                    for call in (delta.tool_calls if delta is not None else None) or ():
-                        function = call.function
+                if chunk.get("usage") is not None:
+                    usage = _usage(chunk["usage"])
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        yield TextDelta(delta["content"])
+                    for call in delta.get("tool_calls") or ():
+                        function = call.get("function") or {}
                         yield ToolCallDelta(
-                            index=call.index,
-                            id=call.id,
-                            name=function.name if function else None,
-                            arguments=(function.arguments or "") if function else "",
+                            index=call.get("index", 0),
+                            id=call.get("id"),
+                            name=function.get("name"),
+                            arguments=function.get("arguments") or "",
                         )
-                    if choice.finish_reason:
-                        finish = _FINISH.get(choice.finish_reason, "stop")
+                    if choice.get("finish_reason"):
+                        finish = _FINISH.get(choice["finish_reason"], "stop")
         except openai.OpenAIError as exc:
             raise self._error(exc, entry) from None
+        except (LookupError, AttributeError, TypeError):
+            raise UpstreamBadResponse(
+                "The provider's stream had a chunk we could not read.",
+                provider=self.name,
+                model=entry.name,
+            ) from None
         except Exception as exc:
             raise _transport(exc, self.name, entry) from None
         finally:
@@ -226,13 +258,13 @@ def _transport(exc: Exception, provider: str, entry: ModelEntry) -> LLMError:
 
 
 def _usage(usage: Any) -> Usage:
-    if usage is None:
+    if not isinstance(usage, dict):
         return Usage(estimated=True)
-    details = getattr(usage, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) or 0
+    details = usage.get("prompt_tokens_details")
+    cached = (details.get("cached_tokens") if isinstance(details, dict) else None) or 0
     return Usage(
-        input_tokens=usage.prompt_tokens or 0,
-        output_tokens=usage.completion_tokens or 0,
+        input_tokens=usage.get("prompt_tokens") or 0,
+        output_tokens=usage.get("completion_tokens") or 0,
         cached_input_tokens=cached,
     )
 
