@@ -57,6 +57,7 @@ class CallContext:
     request_id: str | None = None
     kind: str = "chat"
     role: str | None = None
+    prompt_version: str | None = None  # e.g. "sentiment@1" for a shipped analysis prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class UsageEvent:
     error_code: str | None = None
     fallback_used: bool = False
     cache_hit: bool = False
+    prompt_version: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -360,6 +362,7 @@ class Gateway:
             ttft_ms=ttft_ms,
             error_code=error.code if error else None,
             fallback_used=served.name != entry.name,
+            prompt_version=ctx.prompt_version,
         )
         self.usage.record(event)
         log.info(

@@ -45,6 +45,7 @@ class UsageEvent(IdMixin, Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     fallback_used: Mapped[bool]
     cache_hit: Mapped[bool]
+    prompt_version: Mapped[str | None] = mapped_column(String(32))
 
 
 class UsageRollup(Base):

@@ -207,6 +207,7 @@ _WIDTHS = {
     "provider": 64,
     "status": 16,
     "error_code": 64,
+    "prompt_version": 32,
 }
 
 
