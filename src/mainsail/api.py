@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from mainsail.analysis.router import router as analysis_router
 from mainsail.apidocs.router import router as apidocs_router
 from mainsail.health.router import router as health_router
 from mainsail.identity.router import admin_router, auth_router, me_router
@@ -20,6 +21,7 @@ ROUTERS: list[APIRouter] = [
     usage_router,
     admin_router,
     quotas_router,
+    analysis_router,
     openai_router,
     openai_ws_router,
 ]

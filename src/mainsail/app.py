@@ -21,14 +21,20 @@ from mainsail.core.middleware import BodySizeLimitMiddleware, RequestContextMidd
 from mainsail.core.notify import PgListener
 from mainsail.core.ratelimit import RateLimiter
 from mainsail.core.readiness import ReadinessRegistry, database_checks
+from mainsail.idempotency.middleware import IdempotencyMiddleware
+from mainsail.idempotency.service import IdempotencyStore
 from mainsail.identity import cache as identity_cache
 from mainsail.identity.passwords import Passwords
 from mainsail.identity.service import IdentityKit
 from mainsail.identity.throttle import LoginThrottle
 from mainsail.identity.tokens import TokenCodec
+from mainsail.llm.errors import LLMError
 from mainsail.llm.factory import build_gateway
 from mainsail.llm.tokens import warm_up as warm_up_tokenizer
+from mainsail.openai_compat.errors import llm_problem, to_openai_error
 from mainsail.quotas.service import DbQuota
+from mainsail.ratelimits.middleware import RateLimitMiddleware
+from mainsail.ratelimits.policy import RateLimits
 from mainsail.settings import Settings, SettingsError, load_settings
 from mainsail.usage.writer import UsageWriter
 
@@ -36,9 +42,12 @@ log = get_logger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
+    rate_limits = RateLimits(settings.rate_limit)  # counters live as long as the app
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            stack.push_async_callback(rate_limits.aclose)
             url = settings.async_database_url()
             if url is None:
                 embedded = await asyncio.to_thread(
@@ -65,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
             )
             await listener.start()
             stack.push_async_callback(listener.stop)
+            app.state.listener = listener
             usage = UsageWriter(
                 db,
                 spill_dir=settings.data_dir / "spill",
@@ -84,6 +94,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.usage = usage
             app.state.quota = quota
             app.state.gateway = gateway
+            app.state.idempotency = IdempotencyStore(db, settings.idempotency)
+            await app.state.idempotency.start()  # purges expired keys periodically
+            stack.push_async_callback(app.state.idempotency.stop)
             log.info("started", version=__version__, environment=settings.environment)
             # What start-up built lives as long as the process: keep the collector from
             # walking it again on every full collection (those were the p99 stalls).
@@ -104,9 +117,18 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_exception_handler(LLMError, llm_problem)
     # Added innermost first: the request-id middleware wraps everything, so even a 413
     # refused before routing carries the id.
+    # Inside the body limit: it reads bodies already cut to size. /v1 answers in OpenAI's shape.
+    app.add_middleware(
+        IdempotencyMiddleware,
+        settings=settings.idempotency,
+        error_shapes={"/v1/": to_openai_error},
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.http.max_body_bytes)
+    if settings.rate_limit.enabled:  # outside the body limit: a refused request reads nothing
+        app.add_middleware(RateLimitMiddleware, limits=rate_limits)
     if settings.http.cors_origins:
         app.add_middleware(
             CORSMiddleware,

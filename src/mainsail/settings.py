@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from limits import parse_many
 from pydantic import (
     BaseModel,
     Field,
@@ -144,6 +145,21 @@ class LLMSettings(BaseModel):
     max_concurrency_per_provider: int = Field(default=64, ge=1, le=10_000)
 
 
+class AnalysisSettings(BaseModel):
+    """``POST /analyze``: structured answers from the shipped task prompts."""
+
+    # Catalogue model used when a request names none (unset: the first configured model that
+    # can generate).
+    model: str | None = None
+    max_input_chars: int = Field(default=100_000, ge=1, le=10_000_000)
+    # Repair attempts after an answer that does not validate (each a full model call).
+    max_repairs: int = Field(default=2, ge=0, le=10)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_output_tokens: int = Field(default=2048, ge=16, le=100_000)
+    custom_schema_max_bytes: int = Field(default=32_768, ge=256, le=1_048_576)
+    custom_schema_max_depth: int = Field(default=16, ge=2, le=64)
+
+
 class QuotaSettings(BaseModel):
     """Monthly budgets per role (unset: unlimited); admins may override them per user."""
 
@@ -165,9 +181,80 @@ class UsageSettings(BaseModel):
     raw_retention_days: int = Field(default=30, ge=1, le=3650)
 
 
+class IdempotencySettings(BaseModel):
+    """``Idempotency-Key`` on unsafe requests: a retried request gets the first one's answer."""
+
+    # Paths (exact, or a prefix ending in "/*") where POST and PATCH honour the header.
+    paths: list[str] = Field(default_factory=lambda: ["/v1/chat/completions", "/analyze"])
+    # Refuse requests to those paths without the header (400).
+    required: bool = False
+    # How long a stored answer is replayed, from when it was stored.
+    ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    # How long a duplicate waits for the first request to finish before 409.
+    wait_s: float = Field(default=5.0, ge=0, le=300)
+    # The running request's claim on its key, renewed while it runs; a crashed process's claim
+    # lapses after this long.
+    lease_s: float = Field(default=30.0, ge=1, le=3600)
+    # Answers larger than this are not stored (the key is released instead).
+    max_response_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    # Seconds between purges of expired keys.
+    purge_interval_s: float = Field(default=300.0, gt=0, le=86_400)
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"expected paths starting with '/', got {path!r}")
+        return value
+
+
+RateLimitStrategy = Literal["moving-window", "sliding-window-counter"]
+
+
 class RateLimitSettings(BaseModel):
+    """Request limits for the whole API (and the storage the sign-in throttle shares)."""
+
     # memory:// for one process; redis://host:6379/0 to share limits across replicas.
     storage_url: str = "memory://"
+    enabled: bool = True
+    # moving-window: exact (one stored timestamp per request in the window);
+    # sliding-window-counter: two counters per key, approximate at window edges, cheaper.
+    strategy: RateLimitStrategy = "moving-window"
+    # Per API key or signed-in user, by the account's role; per client address for anonymous
+    # callers and failed authentication. `limits` notation, several joined by ";"
+    # ("600/minute;20000/hour"); "" means unlimited.
+    user: str = "600/minute"
+    admin: str = "1200/minute"
+    anonymous: str = "120/minute"
+    # Never limited (exact paths, or a prefix ending in "*"): probes poll these.
+    exempt_paths: list[str] = Field(default_factory=lambda: ["/health", "/ready"])
+    # 0: the client is the connection's peer and X-Forwarded-For is ignored. N: N trusted
+    # proxies each append to X-Forwarded-For, so the client is the Nth address from the right.
+    forwarded_for_hops: int = Field(default=0, ge=0, le=16)
+    # Namespace of the counters, so deployments can share one Redis.
+    key_prefix: str = Field(default="mainsail", min_length=1, max_length=64)
+
+    @field_validator("user", "admin", "anonymous")
+    @classmethod
+    def _limit_notation(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    'expected limits such as "600/minute" or "60/minute;1000/hour"'
+                ) from None
+        return value
+
+    @field_validator("exempt_paths")
+    @classmethod
+    def _absolute_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"expected paths starting with '/', got {path!r}")
+        return value
 
 
 class LogSettings(BaseModel):
@@ -200,7 +287,9 @@ class Settings(BaseSettings):
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
+    idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
 
     @model_validator(mode="after")
     def _production_guard(self) -> Settings:

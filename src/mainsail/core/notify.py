@@ -47,6 +47,7 @@ class PgListener:
         self._connection: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
         self.connected = asyncio.Event()
+        self.connections = 0  # successful (re)connects so far
 
     def subscribe(
         self,
@@ -93,6 +94,7 @@ class PgListener:
                 delay = min(delay * 2, self.reconnect_max_s)
                 continue
             delay = 0.25
+            self.connections += 1
             # Anything sent before LISTEN took effect was missed: start clean.
             for sub in self._subscriptions:
                 sub.on_gap()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
@@ -22,10 +23,60 @@ class Window:
         return RateLimitItemPerSecond(self.amount, self.seconds)
 
 
+class PacedMemoryStorage(MemoryStorage):
+    """``limits``' memory storage, sweeping expired entries at most once a second.
+
+    The stock storage starts a sweep over every key whenever a request finds the previous
+    sweep finished, which is nearly every request: a scan of all counters (sliding window
+    counter: 0.8 ms per request with 10,000 keys) or a thread hop per key (moving window).
+    Reads check expiry themselves, so the sweep only frees memory and can wait.
+    """
+
+    SWEEP_INTERVAL_S = 1.0
+    _next_sweep = 0.0
+
+    # Overrides the name-mangled ``MemoryStorage.__schedule_expiry`` its methods call.
+    async def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.SWEEP_INTERVAL_S
+        await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
+
+
+def open_storage(storage_url: str, **options: Any) -> Storage:
+    """The async storage for ``memory://`` or ``redis://...`` (``async+`` may be omitted).
+
+    Redis goes through redis-py's asyncio client (``limits`` would default to coredis, whose
+    releases pin an older ``packaging``). Nothing connects until the first counter is used.
+    """
+    url = storage_url if storage_url.startswith("async+") else f"async+{storage_url}"
+    if url.startswith("async+memory:"):
+        return PacedMemoryStorage(url, **options)
+    if url.startswith(("async+redis:", "async+rediss:", "async+redis+unix:")):
+        options.setdefault("implementation", "redispy")
+    storage = storage_from_string(url, **options)
+    if not isinstance(storage, Storage):  # pragma: no cover - async+ URLs give async storages
+        raise TypeError(f"not an async rate-limit storage: {type(storage).__name__}")
+    return storage
+
+
+async def close_storage(storage: Storage) -> None:
+    """Stops a memory storage's expiry task, or closes a Redis client's connections."""
+    if isinstance(storage, MemoryStorage):
+        timer = getattr(storage, "timer", None)
+        if timer is not None and not timer.done():
+            timer.cancel()
+        return
+    client = getattr(getattr(storage, "bridge", None), "storage", None)
+    close = getattr(client, "aclose", None)
+    if close is not None:
+        await close()
+
+
 class RateLimiter:
     def __init__(self, storage_url: str) -> None:
-        url = storage_url if storage_url.startswith("async+") else f"async+{storage_url}"
-        self.storage = storage_from_string(url)
+        self.storage = open_storage(storage_url)
         self.limiter = MovingWindowRateLimiter(self.storage)
 
     async def retry_after(self, window: Window, *keys: str) -> int | None:

@@ -53,6 +53,10 @@ async def get_principal(request: Request, kit: IdentityDep) -> Principal:
     presented = presented_credentials(request)
     if presented is None:
         raise NotAuthenticated()
+    # Resolved already for this request by the rate limiter, which counts per caller.
+    resolved: Principal | None = getattr(request.state, "principal", None)
+    if resolved is not None:
+        return resolved
     return await authenticate(request, kit, presented)
 
 

@@ -8,8 +8,9 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
-from mainsail.core.errors import AppError
+from mainsail.core.errors import AppError, problem_response
 from mainsail.llm.errors import (
     CircuitOpen,
     GenerationUnavailable,
@@ -116,3 +117,37 @@ def to_openai_error(exc: Exception, request_id: str | None) -> JSONResponse | No
             request_id=request_id,
         )
     return None
+
+
+async def llm_problem(request: Request, exc: Exception) -> JSONResponse:
+    """A model failure outside /v1 (``/analyze``, later chat) as problem+json, with the same
+    status the /v1 surface would give it."""
+    if not isinstance(exc, LLMError):  # pragma: no cover - registered for LLMError only
+        raise exc
+    status = llm_error_status(exc)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, UpstreamRateLimited) and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, ModelNotFound):
+        extra["available_models"] = exc.available
+    if isinstance(exc, InvalidChatRequest) and exc.param:
+        extra["param"] = exc.param
+    return problem_response(
+        status=status,
+        code=exc.code,
+        title=_TITLES.get(status, "Model call failed"),
+        detail=exc.message,
+        request=request,
+        headers=headers,
+        extra=extra,
+    )
+
+
+_TITLES = {
+    400: "Invalid model request",
+    404: "Unknown model",
+    429: "Provider rate limit",
+    503: "Model unavailable",
+    504: "Model timed out",
+}
