@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import URL
-from tests.fixtures.app import make_settings
-from tests.fixtures.servers import free_port
 
 from mainsail.settings import Settings
+from tests.fixtures.app import make_settings
+from tests.fixtures.servers import free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
 

@@ -12,13 +12,13 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.engine import URL
+
+from mainsail.app import create_app
+from mainsail.settings import Settings
 from tests.fixtures.identity import Account, MakeAccount, create_api_key
 from tests.fixtures.logs import CapturedLogs
 from tests.fixtures.servers import free_port
 from tests.ratelimits.conftest import limited_settings
-
-from mainsail.app import create_app
-from mainsail.settings import Settings
 
 HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
 BOTH_STORAGES = pytest.mark.parametrize("storage", ["memory", "redis"])
