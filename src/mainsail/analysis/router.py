@@ -30,12 +30,7 @@ async def analyze_text(
 ) -> AnalyzeResponse:
     gateway: Gateway = request.app.state.gateway
     request_id = getattr(request.state, "request_id", None)
-    ctx = CallContext(
-        user_id=principal.user_id,
-        api_key_id=principal.api_key_id,
-        request_id=request_id,
-        role=principal.role.value,
-    )
+    ctx = CallContext.of(principal, request_id=request_id, kind="analyze")
     done = await analyze(
         gateway, settings.analysis, ctx, task=body.task, text=body.input, options=body.options
     )

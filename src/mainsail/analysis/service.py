@@ -9,7 +9,7 @@ problems (never the prompt, which holds the caller's input).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -87,14 +87,7 @@ async def analyze(
     )
     model = parsed.model or settings.model or default_model(gateway)
     max_tokens = min(settings.max_output_tokens, gateway.resolve(model).max_output_tokens)
-    ctx = CallContext(
-        user_id=ctx.user_id,
-        api_key_id=ctx.api_key_id,
-        request_id=ctx.request_id,
-        kind="analyze",
-        role=ctx.role,
-        prompt_version=prepared.prompt.tag,
-    )
+    ctx = replace(ctx, prompt_version=prepared.prompt.tag)
     messages = [
         Message(role="system", content=prepared.system),
         Message(role="user", content=prepared.user),

@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from mainsail.core.logging import get_logger
+from mainsail.core.principal import Principal
 from mainsail.llm.catalogue import Catalogue, ModelEntry
 from mainsail.llm.errors import (
     InternalError,
@@ -58,6 +59,17 @@ class CallContext:
     kind: str = "chat"
     role: str | None = None
     prompt_version: str | None = None  # e.g. "sentiment@1" for a shipped analysis prompt
+
+    @classmethod
+    def of(cls, principal: Principal, *, request_id: str | None, kind: str) -> CallContext:
+        """The context of a call made on behalf of an authenticated caller."""
+        return cls(
+            user_id=principal.user_id,
+            api_key_id=principal.api_key_id,
+            request_id=request_id,
+            kind=kind,
+            role=principal.role.value,
+        )
 
 
 @dataclass(frozen=True, slots=True)

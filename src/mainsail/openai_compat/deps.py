@@ -19,10 +19,6 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
 def call_context(request: Request, principal: Principal, *, kind: str) -> CallContext:
-    return CallContext(
-        user_id=principal.user_id,
-        api_key_id=principal.api_key_id,
-        request_id=getattr(request.state, "request_id", None),
-        kind=kind,
-        role=principal.role.value,
+    return CallContext.of(
+        principal, request_id=getattr(request.state, "request_id", None), kind=kind
     )

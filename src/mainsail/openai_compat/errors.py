@@ -57,6 +57,13 @@ def openai_error(
     return response
 
 
+def _llm_headers(exc: LLMError) -> dict[str, str]:
+    """A provider's Retry-After, passed on to the caller whatever the error's shape."""
+    if isinstance(exc, UpstreamRateLimited) and exc.retry_after is not None:
+        return {"Retry-After": str(max(1, round(exc.retry_after)))}
+    return {}
+
+
 def llm_error_status(exc: LLMError) -> int:
     if isinstance(exc, ModelNotFound):
         return 404
@@ -76,15 +83,13 @@ def to_openai_error(exc: Exception, request_id: str | None) -> JSONResponse | No
     if isinstance(exc, LLMError):
         message = exc.message
         param = None
-        headers: dict[str, str] = {}
+        headers = _llm_headers(exc)
         code = exc.code
         if isinstance(exc, ModelNotFound):
             message += f" Available models: {', '.join(exc.available) or 'none'}."
             param = "model"
         if isinstance(exc, InvalidChatRequest):
             param, code = exc.param, exc.error_code
-        if isinstance(exc, UpstreamRateLimited) and exc.retry_after is not None:
-            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         return openai_error(
             llm_error_status(exc),
             message,
@@ -125,10 +130,8 @@ async def llm_problem(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, LLMError):  # pragma: no cover - registered for LLMError only
         raise exc
     status = llm_error_status(exc)
-    headers: dict[str, str] = {}
+    headers = _llm_headers(exc)
     extra: dict[str, Any] = {}
-    if isinstance(exc, UpstreamRateLimited) and exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if isinstance(exc, ModelNotFound):
         extra["available_models"] = exc.available
     if isinstance(exc, InvalidChatRequest) and exc.param:

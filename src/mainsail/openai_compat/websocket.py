@@ -118,12 +118,10 @@ async def _answer(
         error = {"message": reason, "type": "invalid_request_error", "code": "invalid_request"}
         await websocket.send_json({"type": "error", "id": ident, "error": error})
         return
-    ctx = CallContext(
-        user_id=principal.user_id,
-        api_key_id=principal.api_key_id,
+    ctx = CallContext.of(
+        principal,
         request_id=f"{request_id}:{ident}" if ident is not None else request_id,
         kind="v1.ws",
-        role=principal.role.value,
     )
     events = aiter(gateway.stream(body.to_request(), ctx))
     try:
