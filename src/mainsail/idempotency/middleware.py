@@ -320,10 +320,6 @@ async def _principal(scope: Scope) -> Principal | None:
         presented = presented_credentials(connection)
         if presented is None:
             return None
-        # Resolved already by an outer middleware (the rate limiter), for this request.
-        resolved: Principal | None = getattr(connection.state, "principal", None)
-        if resolved is not None:
-            return resolved
         return await authenticate(connection, connection.app.state.identity, presented)
     except Exception:  # refused or unresolvable: the app gives the real answer
         return None

@@ -53,17 +53,21 @@ async def get_principal(request: Request, kit: IdentityDep) -> Principal:
     presented = presented_credentials(request)
     if presented is None:
         raise NotAuthenticated()
-    # Resolved already for this request by the rate limiter, which counts per caller.
-    resolved: Principal | None = getattr(request.state, "principal", None)
-    if resolved is not None:
-        return resolved
     return await authenticate(request, kit, presented)
 
 
 async def authenticate(
     connection: HTTPConnection, kit: IdentityKit, presented: tuple[str, str]
 ) -> Principal:
-    """The principal behind a credential; works for HTTP requests and WebSockets alike."""
+    """The principal behind a credential; works for HTTP requests and WebSockets alike.
+    Resolved once per HTTP request: the middleware that counts or replays per caller and the
+    route share one lookup. A WebSocket lives for hours, so it is checked again every time."""
+    if (
+        connection.scope["type"] == "http"
+        and getattr(connection.state, "credential", None) == presented
+    ):
+        resolved: Principal = connection.state.principal
+        return resolved
     kind, value = presented
     db: Database = connection.app.state.db
     # From the principal cache, or else one round trip per statement (no BEGIN/COMMIT): the
@@ -73,6 +77,7 @@ async def authenticate(
     else:
         principal = await service.resolve_access_token(db.autocommit_session, kit, value)
     connection.state.principal = principal
+    connection.state.credential = presented
     structlog.contextvars.bind_contextvars(user_id=str(principal.user_id), auth=principal.via)
     return principal
 
