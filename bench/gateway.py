@@ -448,6 +448,8 @@ def make_mainsail_home(work_dir: Path, mock_port: int) -> MainsailHome:
             "MAINSAIL_AUTH__ARGON2_PARALLELISM": "1",
             # The limiter stays on (its cost is part of the figure) with room for the load.
             "MAINSAIL_RATE_LIMIT__USER": "1000000/minute",
+            # Every request goes upstream: the response cache would answer repeats for free.
+            "MAINSAIL_RESPONSE_CACHE__ENABLED": "false",
         }
     )
     return MainsailHome(home, env)

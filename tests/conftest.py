@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.identity",
     "tests.fixtures.gateway",
     "tests.fixtures.fake_provider",
+    "tests.fixtures.redis",
 ]

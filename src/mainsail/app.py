@@ -29,7 +29,7 @@ from mainsail.identity.service import IdentityKit
 from mainsail.identity.throttle import LoginThrottle
 from mainsail.identity.tokens import TokenCodec
 from mainsail.llm.errors import LLMError
-from mainsail.llm.factory import build_gateway
+from mainsail.llm.factory import build_gateway, response_cache
 from mainsail.llm.tokens import warm_up as warm_up_tokenizer
 from mainsail.openai_compat.errors import llm_problem, to_openai_error
 from mainsail.quotas.service import DbQuota
@@ -87,7 +87,10 @@ def create_app(settings: Settings) -> FastAPI:
             quota = DbQuota(db, settings.quota)
             await quota.start()
             stack.push_async_callback(quota.drain)
-            gateway, adapters = build_gateway(settings.llm, usage=usage, quota=quota)
+            cache = response_cache(settings.response_cache)
+            if cache is not None:
+                stack.push_async_callback(cache.aclose)
+            gateway, adapters = build_gateway(settings.llm, usage=usage, quota=quota, cache=cache)
             for adapter in adapters:
                 stack.push_async_callback(adapter.aclose)
             await asyncio.to_thread(warm_up_tokenizer)

@@ -209,6 +209,35 @@ class IdempotencySettings(BaseModel):
         return value
 
 
+class ResponseCacheSettings(BaseModel):
+    """Answers to deterministic model calls (temperature 0, no tools), replayed for free.
+
+    Callers skip it per request with ``Cache-Control: no-cache`` (fresh answer, then stored)
+    or ``no-store`` (neither read nor stored).
+    """
+
+    enabled: bool = True
+    # memory:// for one process; redis://host:6379/0 to share answers across replicas.
+    storage_url: str = "memory://"
+    ttl_s: int = Field(default=3600, ge=1, le=30 * 86_400)
+    # Keep answers per caller (true), or share identical requests across all callers (false:
+    # cheaper, but a caller could tell from the speed that someone asked the same before).
+    per_user: bool = True
+    # memory:// bounds (least recently used entries go first).
+    max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+    max_bytes: int = Field(default=64 * 1_048_576, ge=1024, le=64 * 1024 * 1_048_576)
+    # Larger answers are not kept.
+    max_entry_bytes: int = Field(default=262_144, ge=256, le=64 * 1_048_576)
+    key_prefix: str = Field(default="mainsail", min_length=1, max_length=64)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError("expected memory:// or redis://host:port/db")
+        return value
+
+
 RateLimitStrategy = Literal["moving-window", "sliding-window-counter"]
 
 
@@ -290,6 +319,7 @@ class Settings(BaseSettings):
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
     idempotency: IdempotencySettings = Field(default_factory=IdempotencySettings)
+    response_cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)
 
     @model_validator(mode="after")
     def _production_guard(self) -> Settings:

@@ -7,13 +7,7 @@ own key prefix, so Redis counters never leak from one test into another.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,67 +15,6 @@ from sqlalchemy.engine import URL
 
 from mainsail.settings import Settings
 from tests.fixtures.app import make_settings
-from tests.fixtures.servers import free_port
-
-REDIS_SERVER = "/usr/bin/redis-server"
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """MAINSAIL_TEST_REDIS_URL, or a private redis-server on a free loopback port."""
-    if url := os.environ.get("MAINSAIL_TEST_REDIS_URL"):
-        yield url
-        return
-    binary = shutil.which("redis-server") or (REDIS_SERVER if Path(REDIS_SERVER).exists() else None)
-    if binary is None:
-        pytest.skip("redis-server is not installed and MAINSAIL_TEST_REDIS_URL is not set")
-    directory = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_redis(port, process)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_redis(port: int, process: subprocess.Popen[bytes]) -> None:
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {process.returncode} during start-up")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
-                connection.sendall(b"PING\r\n")
-                if connection.recv(64).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError("redis-server did not answer PING within 10 s")
 
 
 @pytest.fixture

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from mainsail.analysis.schemas import AnalyzeRequest, AnalyzeResponse, AnalyzeUsage
 from mainsail.analysis.service import analyze
 from mainsail.core.deps import JsonBody, SettingsDep
 from mainsail.core.principal import Scope
 from mainsail.identity.deps import CurrentPrincipal, require_scope
+from mainsail.llm.cache import cache_mode
 from mainsail.llm.gateway import CallContext, Gateway
 
 router = APIRouter(tags=["analysis"], dependencies=[JsonBody, require_scope(Scope.ANALYZE)])
@@ -26,14 +27,25 @@ router = APIRouter(tags=["analysis"], dependencies=[JsonBody, require_scope(Scop
     },
 )
 async def analyze_text(
-    body: AnalyzeRequest, request: Request, principal: CurrentPrincipal, settings: SettingsDep
+    body: AnalyzeRequest,
+    request: Request,
+    response: Response,
+    principal: CurrentPrincipal,
+    settings: SettingsDep,
 ) -> AnalyzeResponse:
     gateway: Gateway = request.app.state.gateway
     request_id = getattr(request.state, "request_id", None)
-    ctx = CallContext.of(principal, request_id=request_id, kind="analyze")
+    ctx = CallContext.of(
+        principal,
+        request_id=request_id,
+        kind="analyze",
+        cache=cache_mode(request.headers.get("cache-control")),
+    )
     done = await analyze(
         gateway, settings.analysis, ctx, task=body.task, text=body.input, options=body.options
     )
+    if done.cache_hit:
+        response.headers["Mainsail-Cache"] = "hit"
     return AnalyzeResponse(
         task=done.task,
         prompt_version=done.prompt_version,

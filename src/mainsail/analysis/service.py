@@ -48,6 +48,7 @@ class Analysis:
     usage: Usage
     cost: Decimal
     attempts: int
+    cache_hit: bool = False  # every attempt was answered from the response cache
 
 
 async def analyze(
@@ -102,6 +103,7 @@ async def analyze(
     cost = Decimal(0)
     problems: list[str] = []
     attempts = 0
+    all_cached = True
     for attempts in range(1, settings.max_repairs + 2):
         request = ChatRequest(
             model=model,
@@ -115,7 +117,9 @@ async def analyze(
             output_tokens=used.output_tokens + response.usage.output_tokens,
             estimated=used.estimated or response.usage.estimated,
         )
-        cost += gateway.catalogue.models[response.model].cost_usd(response.usage)
+        all_cached = all_cached and response.cache_hit
+        if not response.cache_hit:  # a cached answer was paid for once, by its first call
+            cost += gateway.catalogue.models[response.model].cost_usd(response.usage)
         content = response.message.content
         value, problems = tasks.parse_json(content)
         if not problems:
@@ -129,6 +133,7 @@ async def analyze(
                 usage=used,
                 cost=cost,
                 attempts=attempts,
+                cache_hit=all_cached,
             )
         if response.finish_reason == "length":
             problems.append("the answer was cut off at the output limit; answer more briefly")

@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from mainsail.core.cache import open_cache
+from mainsail.llm.cache import ResponseCache
 from mainsail.llm.catalogue import Catalogue, ModelEntry, ProviderSpec, load_catalogue
 from mainsail.llm.gateway import Gateway, QuotaGuard, UsageSink
 from mainsail.llm.providers.base import ProviderAdapter, Timeouts
@@ -20,7 +22,7 @@ from mainsail.llm.resilience import (
     ProviderModel,
     Retrying,
 )
-from mainsail.settings import LLMSettings
+from mainsail.settings import LLMSettings, ResponseCacheSettings
 
 _AWS_CREDENTIAL_ENV = (
     "AWS_ACCESS_KEY_ID",
@@ -131,11 +133,30 @@ class Providers:
         return (home / ".aws" / "credentials").exists() or (home / ".aws" / "config").exists()
 
 
+def response_cache(settings: ResponseCacheSettings) -> ResponseCache | None:
+    """The response cache the settings ask for, or None when it is switched off."""
+    if not settings.enabled:
+        return None
+    store = open_cache(
+        settings.storage_url,
+        prefix=f"{settings.key_prefix}:",
+        max_entries=settings.max_entries,
+        max_bytes=settings.max_bytes,
+    )
+    return ResponseCache(
+        store,
+        ttl_s=settings.ttl_s,
+        per_user=settings.per_user,
+        max_entry_bytes=settings.max_entry_bytes,
+    )
+
+
 def build_gateway(
     settings: LLMSettings,
     *,
     usage: UsageSink | None = None,
     quota: QuotaGuard | None = None,
+    cache: ResponseCache | None = None,
     catalogue: Catalogue | None = None,
     environ: Mapping[str, str] | None = None,
     adapters: dict[str, ProviderAdapter] | None = None,
@@ -166,7 +187,12 @@ def build_gateway(
         chain = [single[e.name] for e in catalogue.chain(name) if e.name in single]
         clients[name] = chain[0] if len(chain) == 1 else Fallback(chain)
     gateway = Gateway(
-        catalogue=catalogue, clients=clients, unconfigured=unconfigured, usage=usage, quota=quota
+        catalogue=catalogue,
+        clients=clients,
+        unconfigured=unconfigured,
+        usage=usage,
+        quota=quota,
+        cache=cache,
     )
     return gateway, list(built.values())
 

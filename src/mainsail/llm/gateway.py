@@ -23,6 +23,7 @@ from jsonschema.exceptions import SchemaError
 
 from mainsail.core.logging import get_logger
 from mainsail.core.principal import Principal
+from mainsail.llm.cache import CacheMode, ResponseCache
 from mainsail.llm.catalogue import Catalogue, ModelEntry
 from mainsail.llm.errors import (
     InternalError,
@@ -38,6 +39,7 @@ from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
     EventStream,
+    Message,
     StreamEnd,
     StreamStart,
     TextDelta,
@@ -59,9 +61,17 @@ class CallContext:
     kind: str = "chat"
     role: str | None = None
     prompt_version: str | None = None  # e.g. "sentiment@1" for a shipped analysis prompt
+    cache: CacheMode = "use"  # what the caller allows of the response cache
 
     @classmethod
-    def of(cls, principal: Principal, *, request_id: str | None, kind: str) -> CallContext:
+    def of(
+        cls,
+        principal: Principal,
+        *,
+        request_id: str | None,
+        kind: str,
+        cache: CacheMode = "use",
+    ) -> CallContext:
         """The context of a call made on behalf of an authenticated caller."""
         return cls(
             user_id=principal.user_id,
@@ -69,6 +79,7 @@ class CallContext:
             request_id=request_id,
             kind=kind,
             role=principal.role.value,
+            cache=cache,
         )
 
 
@@ -140,6 +151,7 @@ class Gateway:
         unconfigured: dict[str, list[str]],
         usage: UsageSink | None = None,
         quota: QuotaGuard | None = None,
+        cache: ResponseCache | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.catalogue = catalogue
@@ -147,6 +159,7 @@ class Gateway:
         self.unconfigured = unconfigured  # provider -> the settings that would switch it on
         self.usage = usage or NullUsageSink()
         self.quota = quota or NoQuota()
+        self.cache = cache
         self.clock = clock
 
     # --- catalogue ------------------------------------------------------------------------
@@ -238,21 +251,59 @@ class Gateway:
 
     # --- calls ----------------------------------------------------------------------------
 
-    async def _admit(
-        self, request: ChatRequest, ctx: CallContext
-    ) -> tuple[ModelEntry, ChatRequest, int, Reservation]:
-        """Resolve, check and reserve: everything that happens before the upstream call."""
-        entry = self.resolve(request.model)
-        request, prompt = self.check(request, entry)
+    async def _reserve(
+        self, request: ChatRequest, ctx: CallContext, entry: ModelEntry, prompt: int
+    ) -> Reservation:
+        """Hold the call's worst case against the caller's budget."""
         output = request.params.max_tokens or 0
         held = self._hold(prompt)
-        reservation = await self.quota.reserve(
+        return await self.quota.reserve(
             ctx, tokens=held + output, cost=self._worst_case_cost(entry, held, output)
         )
-        return entry, request, prompt, reservation
+
+    def _cache_key(self, request: ChatRequest, ctx: CallContext, entry: ModelEntry) -> str | None:
+        """The response-cache key of this call, or None when it must not be cached."""
+        if self.cache is None or ctx.cache == "off":
+            return None
+        kind = self.catalogue.provider(entry.provider).kind
+        if not self.cache.cacheable(request, entry, kind):
+            return None
+        return self.cache.key(request, entry, user=ctx.user_id, prompt_version=ctx.prompt_version)
+
+    async def _cached(
+        self, key: str | None, ctx: CallContext, entry: ModelEntry
+    ) -> ChatResponse | None:
+        """A stored answer, metered as a free call (``cache_hit``), or None."""
+        if key is None or ctx.cache != "use" or self.cache is None:
+            return None
+        started = self.clock()
+        response = await self.cache.get(key)
+        if response is not None:
+            served = self.catalogue.models.get(response.model, entry)
+            self._record(
+                ctx,
+                entry,
+                started=started,
+                status="ok",
+                served=served,
+                usage=response.usage,
+                cache_hit=True,
+            )
+        return response
+
+    async def _keep(self, key: str | None, entry: ModelEntry, response: ChatResponse) -> None:
+        """Store an answer the requested model gave (a fallback's answer is not kept)."""
+        if key is not None and self.cache is not None and response.model == entry.name:
+            await self.cache.put(key, response)
 
     async def complete(self, request: ChatRequest, ctx: CallContext) -> ChatResponse:
-        entry, request, prompt, reservation = await self._admit(request, ctx)
+        entry = self.resolve(request.model)
+        request, prompt = self.check(request, entry)
+        key = self._cache_key(request, ctx, entry)
+        cached = await self._cached(key, ctx, entry)
+        if cached is not None:
+            return cached
+        reservation = await self._reserve(request, ctx, entry, prompt)
         started = self.clock()
         try:
             response = await self.clients[entry.name].complete(request)
@@ -274,33 +325,50 @@ class Gateway:
         self._record(
             ctx, entry, started=started, status="ok", served=served, usage=usage, cost=cost
         )
+        await self._keep(key, entry, response)
         return response
 
     async def stream(self, request: ChatRequest, ctx: CallContext) -> EventStream:
         """Events of one answer. Failures before the first event raise (and fall back);
-        later ones raise ``StreamInterrupted`` after what was already sent."""
-        entry, request, prompt, reservation = await self._admit(request, ctx)
+        later ones raise ``StreamInterrupted`` after what was already sent. A cached answer
+        is replayed as one text delta."""
+        entry = self.resolve(request.model)
+        request, prompt = self.check(request, entry)
+        key = self._cache_key(request, ctx, entry)
+        cached = await self._cached(key, ctx, entry)
+        if cached is not None:
+            yield StreamStart(cached.id, cached.model, cached.provider, cache_hit=True)
+            if cached.message.content:
+                yield TextDelta(cached.message.content)
+            yield StreamEnd(cached.finish_reason, cached.usage)
+            return
+        reservation = await self._reserve(request, ctx, entry, prompt)
         started = self.clock()
+        start: StreamStart | None = None
+        finish: StreamEnd | None = None
         first_token: float | None = None
         served = entry
         written: list[str] = []
+        tool_calls = False
         usage: Usage | None = None
         status: str = "cancelled"
         error: LLMError | None = None
         try:
             async for event in self.clients[entry.name].stream(request):
                 if isinstance(event, StreamStart):
+                    start = event
                     served = self.catalogue.models.get(event.model, entry)
                 elif isinstance(event, TextDelta | ToolCallDelta):
                     if first_token is None:
                         first_token = self.clock()
+                    tool_calls = tool_calls or isinstance(event, ToolCallDelta)
                     written.append(event.text if isinstance(event, TextDelta) else event.arguments)
                 elif isinstance(event, StreamEnd):
                     usage = event.usage
                     if usage.estimated:
                         usage = _estimate(prompt, "".join(written), usage)
                         event = replace(event, usage=usage)
-                    status = "ok"
+                    status, finish = "ok", event
                 yield event
         except StreamInterrupted as exc:
             status, error = "interrupted", exc
@@ -338,6 +406,16 @@ class Gateway:
                 error=error,
                 ttft_ms=ttft,
             )
+        if key is not None and start is not None and finish is not None and not tool_calls:
+            answer = ChatResponse(
+                id=start.id,
+                model=start.model,
+                provider=start.provider,
+                message=Message(role="assistant", content="".join(written)),
+                finish_reason=finish.finish_reason,
+                usage=finish.usage,
+            )
+            await self._keep(key, entry, answer)
 
     def _record(
         self,
@@ -351,6 +429,7 @@ class Gateway:
         cost: Decimal = Decimal(0),
         error: LLMError | None = None,
         ttft_ms: int | None = None,
+        cache_hit: bool = False,
     ) -> None:
         served = served or entry
         usage = usage or Usage()
@@ -374,6 +453,7 @@ class Gateway:
             ttft_ms=ttft_ms,
             error_code=error.code if error else None,
             fallback_used=served.name != entry.name,
+            cache_hit=cache_hit,
             prompt_version=ctx.prompt_version,
         )
         self.usage.record(event)
@@ -391,6 +471,7 @@ class Gateway:
             tokens_out=usage.output_tokens,
             estimated_cost=float(cost),
             error=error.code if error else None,
+            cache_hit=cache_hit,
         )
 
 

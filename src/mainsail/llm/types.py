@@ -106,6 +106,7 @@ class ChatResponse:
     message: Message
     finish_reason: FinishReason
     usage: Usage
+    cache_hit: bool = False  # served from Mainsail's response cache, no upstream call
 
 
 # --- streaming ------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ class StreamStart:
     id: str
     model: str
     provider: str
+    cache_hit: bool = False
 
 
 @dataclass(frozen=True, slots=True)

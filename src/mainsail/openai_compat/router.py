@@ -23,6 +23,8 @@ from mainsail.openai_compat.errors import llm_error_status, to_openai_error
 from mainsail.openai_compat.schemas import ChatCompletionRequest, chunk_json, completion_json
 
 log = get_logger(__name__)
+# Marks an answer replayed from the response cache (no upstream call, no cost).
+CACHE_HIT = {"Mainsail-Cache": "hit"}
 
 
 class OpenAIRoute(APIRoute):
@@ -71,7 +73,10 @@ async def chat_completions(
     created = int(time.time())
     if not body.stream:
         response = await gateway.complete(chat, ctx)
-        return JSONResponse(completion_json(response, created=created))
+        return JSONResponse(
+            completion_json(response, created=created),
+            headers=CACHE_HIT if response.cache_hit else None,
+        )
     events = aiter(gateway.stream(chat, ctx))
     # Wait for the answer to start before sending a status: a failure before the first token
     # (after every retry and fallback) is an ordinary HTTP error, not a stream.
@@ -80,10 +85,13 @@ async def chat_completions(
     except StopAsyncIteration:  # pragma: no cover - a stream always starts
         raise LLMError("The model produced no answer.") from None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if isinstance(first, StreamStart) and first.cache_hit:
+        headers.update(CACHE_HIT)
     return StreamingResponse(
         _sse(first, events, created=created, include_usage=include_usage),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=headers,
     )
 
 
