@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.fakes.provider_server import FakeProviderServer, Fault, Reply
@@ -112,6 +114,13 @@ async def test_a_revoked_key_stops_working_on_an_open_socket(
         async with engine.begin() as connection:
             await connection.execute(text("UPDATE api_keys SET revoked_at = now()"))
         await engine.dispose()
+        # Changed behind the server's back: its cached key goes when the notification arrives.
+        async with httpx.AsyncClient(base_url=live.v1) as http:
+            for _ in range(200):
+                probe = await http.get("/models", headers={"X-API-Key": live.api_key})
+                if probe.status_code == 401:
+                    break
+                await asyncio.sleep(0.01)
         await socket.send(json.dumps({"type": "chat", "id": "after", "request": ASK}))
         refused = await receive(socket)
         assert refused["type"] == "error"
