@@ -6,8 +6,10 @@ from fastapi import APIRouter
 
 from mainsail.analysis.router import router as analysis_router
 from mainsail.apidocs.router import router as apidocs_router
+from mainsail.documents.router import router as documents_router
 from mainsail.health.router import router as health_router
 from mainsail.identity.router import admin_router, auth_router, me_router
+from mainsail.jobs.router import router as jobs_router
 from mainsail.openai_compat.router import router as openai_router
 from mainsail.openai_compat.websocket import router as openai_ws_router
 from mainsail.quotas.router import router as quotas_router
@@ -22,6 +24,8 @@ ROUTERS: list[APIRouter] = [
     admin_router,
     quotas_router,
     analysis_router,
+    documents_router,
+    jobs_router,
     openai_router,
     openai_ws_router,
 ]

@@ -21,6 +21,8 @@ from mainsail.core.middleware import BodySizeLimitMiddleware, RequestContextMidd
 from mainsail.core.notify import PgListener
 from mainsail.core.ratelimit import RateLimiter
 from mainsail.core.readiness import ReadinessRegistry, database_checks
+from mainsail.documents.pipeline import INGEST
+from mainsail.documents.runtime import start_documents
 from mainsail.idempotency.middleware import IdempotencyMiddleware
 from mainsail.idempotency.service import IdempotencyStore
 from mainsail.identity import cache as identity_cache
@@ -28,6 +30,8 @@ from mainsail.identity.passwords import Passwords
 from mainsail.identity.service import IdentityKit
 from mainsail.identity.throttle import LoginThrottle
 from mainsail.identity.tokens import TokenCodec
+from mainsail.jobs import repository as jobs_repository
+from mainsail.jobs.service import JobRunner
 from mainsail.llm.errors import LLMError
 from mainsail.llm.factory import build_gateway, response_cache
 from mainsail.llm.tokens import warm_up as warm_up_tokenizer
@@ -72,6 +76,14 @@ def create_app(settings: Settings) -> FastAPI:
                 on_gap=lambda: kit.principals.set_online(False),
                 on_connected=lambda: kit.principals.set_online(True),
             )
+            runner = JobRunner(db, settings.jobs)
+            if settings.jobs.executor == "inprocess":
+                listener.subscribe(
+                    jobs_repository.CHANNEL,
+                    runner.wake,
+                    on_gap=runner.wake,  # a notification may be lost: look now
+                    on_connected=runner.wake,
+                )
             await listener.start()
             stack.push_async_callback(listener.stop)
             app.state.listener = listener
@@ -100,6 +112,12 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.idempotency = IdempotencyStore(db, settings.idempotency)
             await app.state.idempotency.start()  # purges expired keys periodically
             stack.push_async_callback(app.state.idempotency.stop)
+            app.state.documents = await start_documents(settings, db)
+            runner.register(INGEST, app.state.documents.ingestor)
+            app.state.jobs = runner
+            if settings.jobs.executor == "inprocess":
+                await runner.start()
+                stack.push_async_callback(runner.stop)  # first out: running jobs handed back
             log.info("started", version=__version__, environment=settings.environment)
             # What start-up built lives as long as the process: keep the collector from
             # walking it again on every full collection (those were the p99 stalls).
@@ -129,7 +147,12 @@ def create_app(settings: Settings) -> FastAPI:
         settings=settings.idempotency,
         error_shapes={"/v1/": to_openai_error},
     )
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.http.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.http.max_body_bytes,
+        # Uploads: the file plus room for the form around it.
+        upload_limits={"/documents": settings.documents.max_upload_bytes + 65_536},
+    )
     if settings.rate_limit.enabled:  # outside the body limit: a refused request reads nothing
         app.add_middleware(RateLimitMiddleware, limits=rate_limits)
     if settings.http.cors_origins:

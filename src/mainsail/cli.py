@@ -147,6 +147,20 @@ def serve(
         )
 
 
+@app.command()
+def worker(
+    migrate: Annotated[bool, typer.Option(help="Apply pending migrations first")] = True,
+) -> None:
+    """Run background jobs (ingestion) without serving HTTP, until SIGTERM or Ctrl-C."""
+    from mainsail.worker import run_worker
+
+    settings = settings_or_exit(quiet=False)
+    with database_url(settings) as url:
+        if migrate:
+            migrations.upgrade(url)
+        asyncio.run(run_worker(settings, url))
+
+
 @migrate_app.command("upgrade")
 def migrate_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision")] = "head",

@@ -39,6 +39,33 @@ async def account_still_active(client: httpx.AsyncClient, owner: Account, ident:
     return response.status_code == 200 and response.json()["disabled"] is False
 
 
+async def document_of(client: httpx.AsyncClient, owner: Account) -> str:
+    created = await client.post(
+        "/documents",
+        json={"text": f"Private notes of {owner.email}.", "filename": "private.txt"},
+        headers=owner.headers,
+    )
+    assert created.status_code == 202, created.text
+    return str(created.json()["id"])
+
+
+async def job_of(client: httpx.AsyncClient, owner: Account) -> str:
+    document = await client.get(
+        f"/documents/{await document_of(client, owner)}", headers=owner.headers
+    )
+    return str(document.json()["job_id"])
+
+
+async def document_still_there(client: httpx.AsyncClient, owner: Account, ident: str) -> bool:
+    response = await client.get(f"/documents/{ident}", headers=owner.headers)
+    return response.status_code == 200
+
+
+async def job_still_there(client: httpx.AsyncClient, owner: Account, ident: str) -> bool:
+    response = await client.get(f"/jobs/{ident}", headers=owner.headers)
+    return response.status_code == 200
+
+
 @dataclass(frozen=True)
 class IsolatedRoute:
     method: str
@@ -64,6 +91,10 @@ ISOLATED_ROUTES = [
         expected=403,
     ),
     IsolatedRoute("GET", "/admin/users/{id}/quota", the_user, account_still_active, expected=403),
+    IsolatedRoute("GET", "/documents/{id}", document_of, document_still_there),
+    IsolatedRoute("DELETE", "/documents/{id}", document_of, document_still_there),
+    IsolatedRoute("GET", "/jobs/{id}", job_of, job_still_there),
+    IsolatedRoute("POST", "/admin/jobs/{id}/requeue", job_of, job_still_there, expected=403),
     IsolatedRoute(
         "PUT",
         "/admin/users/{id}/quota",

@@ -86,17 +86,30 @@ class BodySizeLimitMiddleware:
 
     A declared ``Content-Length`` over the limit is refused at once, without reading a byte.
     A chunked body is counted as it streams and refused the moment it crosses the limit.
+    Multipart uploads to ``upload_limits``' paths (streamed to disk, never held in memory)
+    get those paths' own, larger limits.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, upload_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.upload_limits = upload_limits or {}
+
+    def _limit(self, scope: Scope) -> int:
+        upload_limit = self.upload_limits.get(scope["path"])
+        if upload_limit is not None:
+            for name, value in scope["headers"]:
+                if name == b"content-type" and value.lower().startswith(b"multipart/form-data"):
+                    return upload_limit
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_body_bytes
+        limit = self._limit(scope)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:

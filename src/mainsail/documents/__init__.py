@@ -1,0 +1,1 @@
+"""Documents: uploads turned into searchable text."""

@@ -1,0 +1,286 @@
+"""HTML, fed piece by piece to the stdlib parser: block elements end blocks, h1-h6 make the path.
+
+The parser holds only what it has not yet understood (an open tag, comment or script), and
+that is capped by ``max_markup_chars``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+from mainsail.documents.parsing.model import Block, LimitExceeded, ParseLimits
+from mainsail.documents.parsing.textio import (
+    clean,
+    cut_pieces,
+    detect_encoding,
+    read_head,
+    read_pieces,
+)
+
+# Content that is never shown as text. <head> also ends implicitly at the first body element.
+_SKIPPED = frozenset(
+    {
+        "head",
+        "script",
+        "style",
+        "noscript",
+        "template",
+        "title",
+        "svg",
+        "math",
+        "iframe",
+        "object",
+        "nav",
+    }
+)
+_HEAD_CONTENT = frozenset(
+    {"title", "meta", "link", "style", "script", "base", "noscript", "template"}
+)
+_HEADINGS = {f"h{level}": level for level in range(1, 7)}
+_BLOCKS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "details",
+        "dialog", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form",
+        "header", "hgroup", "hr", "li", "main", "menu", "ol", "p", "pre", "section",
+        "summary", "ul", *_HEADINGS,
+    }
+)  # fmt: skip
+_LISTS = frozenset({"ul", "ol", "dl", "menu"})
+_CELLS = frozenset({"td", "th"})
+_SPACES = re.compile(r"\s+")
+_SPACES_AROUND_NEWLINE = re.compile(r" *\n *")
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+# What browsers decode for these labels (WHATWG Encoding): supersets of what they name.
+_LABEL_CODECS = {
+    **dict.fromkeys(
+        ("ascii", "us-ascii", "iso-8859-1", "iso8859-1", "latin1", "latin-1"), "cp1252"
+    ),
+    **dict.fromkeys(("gb2312", "gb_2312", "x-gbk"), "gbk"),
+    **dict.fromkeys(("shift_jis", "shift-jis", "sjis", "x-sjis"), "cp932"),
+    "euc-kr": "cp949",
+    "iso-8859-9": "cp1254",
+    "tis-620": "cp874",
+}
+_UNENDED_MARKUP = "The HTML has a tag, comment or script that never ends."
+
+
+def html_encoding(head: bytes) -> str:
+    """BOM, then a ``<meta charset>`` near the start, then UTF-8 or cp1252 by content."""
+    if head.startswith((codecs.BOM_UTF8, b"\xff\xfe", b"\xfe\xff")):
+        return detect_encoding(head) or "utf-8"
+    if match := _META_CHARSET.search(head[:4096]):
+        label = match.group(1).decode("ascii").lower()
+        try:
+            name = codecs.lookup(_LABEL_CODECS.get(label, label)).name
+        except LookupError:
+            name = ""
+        if name and not name.startswith("utf-16") and not name.startswith("utf-32"):
+            return "utf-8-sig" if name == "utf-8" else name
+    return detect_encoding(head) or "utf-8-sig"
+
+
+def parse_html(path: Path, limits: ParseLimits) -> Iterator[Block]:
+    encoding = html_encoding(read_head(path, limits.read_size))
+    parser = _BlockParser(limits.max_block_chars)
+    for piece in read_pieces(path, encoding=encoding, read_size=limits.read_size):
+        parser.feed(piece)
+        if len(parser.rawdata) > limits.max_markup_chars:
+            raise LimitExceeded(_UNENDED_MARKUP)
+        yield from parser.drain()
+    parser.close()
+    parser.finish()
+    yield from parser.drain()
+
+
+class _BlockParser(HTMLParser):
+    """Turns parser events into blocks; finished blocks wait in ``ready`` until drained."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(convert_charrefs=True)
+        self.limit = limit
+        self.ready: list[Block] = []
+        self.parts: list[str] = []
+        self.size = 0
+        self.skipping: list[str] = []
+        self.headings: list[tuple[int, str]] = []
+        self.heading_level: int | None = None
+        self.pre = 0
+        self.lists = 0
+        self.quotes = 0
+        self.tables = 0
+        self.cells: list[str] | None = None  # the outermost table's row in progress
+        self.in_cell = False
+
+    def drain(self) -> Iterator[Block]:
+        ready, self.ready = self.ready, []
+        yield from ready
+
+    def finish(self) -> None:
+        self._end_row()
+        self._flush()
+
+    # --- parser events ------------------------------------------------------------------
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.skipping:
+            if self.skipping == ["head"] and tag not in _HEAD_CONTENT:
+                self.skipping.clear()  # the body started without </head>
+            else:
+                if tag in _SKIPPED:
+                    self.skipping.append(tag)
+                return
+        if tag in _SKIPPED:
+            self.skipping.append(tag)
+        elif tag == "br":
+            self._add("\n")
+        elif tag == "table":
+            self._start_table()
+        elif self.tables:
+            self._table_start(tag)
+        elif tag in _BLOCKS:
+            self._flush()
+            self._enter(tag, +1)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.skipping:
+            if tag in self.skipping:  # closes the innermost open element of that name
+                innermost = len(self.skipping) - 1 - self.skipping[::-1].index(tag)
+                del self.skipping[innermost:]
+            return
+        if tag == "table":
+            self._end_table()
+        elif self.tables:
+            self._table_end(tag)
+        elif tag in _BLOCKS:
+            self._flush()
+            self._enter(tag, -1)
+
+    def handle_data(self, data: str) -> None:
+        if self.skipping:
+            return
+        self._add(data if self.pre else _SPACES.sub(" ", data))
+
+    # --- blocks -------------------------------------------------------------------------
+
+    def _enter(self, tag: str, step: int) -> None:
+        if tag in _HEADINGS:
+            self.heading_level = _HEADINGS[tag] if step > 0 else None
+        elif tag == "pre":
+            self.pre = max(0, self.pre + step)
+        elif tag in _LISTS:
+            self.lists = max(0, self.lists + step)
+        elif tag == "blockquote":
+            self.quotes = max(0, self.quotes + step)
+
+    def _add(self, text: str) -> None:
+        if not text:
+            return
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size > self.limit:
+            if self.tables:
+                self._end_row()
+            else:
+                self._flush()
+
+    def _take_text(self) -> str:
+        text = "".join(self.parts)
+        self.parts.clear()
+        self.size = 0
+        text = clean(text)  # character references can produce controls
+        if self.pre:
+            return text.strip("\n")
+        if "\n" in text:
+            text = _SPACES_AROUND_NEWLINE.sub("\n", text)
+        while "  " in text:
+            text = text.replace("  ", " ")
+        return text.strip()
+
+    def _flush(self) -> None:
+        if not self.parts:
+            return
+        kind = "paragraph"
+        if self.heading_level is not None:
+            kind = "heading"
+        elif self.pre:
+            kind = "code"
+        elif self.lists:
+            kind = "list"
+        elif self.quotes:
+            kind = "quote"
+        text = self._take_text()
+        if not text.strip():
+            return
+        if kind == "heading" and self.heading_level is not None:
+            self._push_heading(self.heading_level, " ".join(text.split()))
+        self._emit(text, kind)
+
+    def _push_heading(self, level: int, text: str) -> None:
+        while self.headings and self.headings[-1][0] >= level:
+            self.headings.pop()
+        self.headings.append((level, text))
+
+    def _emit(self, text: str, kind: str) -> None:
+        path = tuple(heading for _, heading in self.headings)
+        for piece in cut_pieces(text, self.limit):
+            self.ready.append(Block(piece, heading=path, kind=kind))
+
+    # --- tables: one block per row of the outermost table, cells joined by " | " ----------
+
+    def _start_table(self) -> None:
+        if self.tables:
+            self._add(" ")
+        else:
+            self._flush()
+        self.tables += 1
+
+    def _end_table(self) -> None:
+        if self.tables == 1:
+            self._end_row()
+            self._flush()  # text after the last row that belongs to no cell
+        elif self.tables:
+            self._add(" ")
+        self.tables = max(0, self.tables - 1)
+
+    def _table_start(self, tag: str) -> None:
+        if self.tables > 1:
+            self._add(" ")
+        elif tag == "tr":
+            self._end_row()
+            self.cells = []
+        elif tag in _CELLS:
+            if self.cells is None:
+                self._flush()  # a caption or stray text before the first row
+                self.cells = []
+            elif self.in_cell:
+                self._end_cell()
+            self.in_cell = True
+        elif tag in _BLOCKS:
+            self._add(" ")
+
+    def _table_end(self, tag: str) -> None:
+        if self.tables > 1 or tag in _BLOCKS:
+            self._add(" ")
+        elif tag == "tr":
+            self._end_row()
+        elif tag in _CELLS:
+            self._end_cell()
+
+    def _end_cell(self) -> None:
+        if self.cells is not None:
+            self.cells.append(" ".join(self._take_text().split()))
+        self.in_cell = False
+
+    def _end_row(self) -> None:
+        if self.cells is None:
+            self._flush()
+            return
+        if self.in_cell or self.parts:
+            self._end_cell()
+        cells, self.cells = self.cells, None
+        if any(cells):
+            self._emit(" | ".join(cells), "table")

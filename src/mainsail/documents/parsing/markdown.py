@@ -1,0 +1,194 @@
+"""Markdown, read line by line: headings make the path, fences make code blocks.
+
+The text is kept as written (no rendering); only block boundaries and kinds are found, with
+the subset of CommonMark that matters for them: ATX and setext headings, fenced code, lists,
+block quotes, GFM tables and a YAML front matter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from mainsail.documents.parsing.model import Block, ParseLimits
+from mainsail.documents.parsing.textio import best_cut, cut_pieces, open_text
+
+_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*")
+_FENCE_OPEN = re.compile(r" {0,3}(`{3,}(?!.*`)|~{3,}).*")
+_FENCE_CLOSE = re.compile(r" {0,3}(`{3,}|~{3,})[ \t]*")
+_SETEXT = re.compile(r" {0,3}(=+|-+)[ \t]*")
+_THEMATIC = re.compile(r" {0,3}(?:(?:\*[ \t]*){3,}|(?:-[ \t]*){3,}|(?:_[ \t]*){3,})")
+_LIST_ITEM = re.compile(r"[ \t]*(?:[-+*]|\d{1,9}[.)])(?:[ \t]|$)")
+_QUOTE = re.compile(r" {0,3}>")
+_TABLE_DELIMITER = re.compile(r"[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)+\|?[ \t]*")
+_FRONT_MATTER_MAX_LINES = 200
+# A line whose first non-space character is none of these can only be paragraph text.
+_MARKUP_STARTS = frozenset("`~#=-*_+>|0123456789")
+
+
+def iter_lines(pieces: Iterator[str], limit: int) -> Iterator[str]:
+    """Lines without their newline; a line longer than ``limit`` comes in several pieces."""
+    pending = ""
+    for piece in pieces:
+        lines = (pending + piece).split("\n")
+        pending = lines.pop()
+        yield from lines
+        while len(pending) > limit:
+            cut = best_cut(pending, limit)
+            yield pending[:cut]
+            pending = pending[cut:]
+    if pending:
+        yield pending
+
+
+def parse_markdown(path: Path, limits: ParseLimits) -> Iterator[Block]:
+    builder = _Builder(limits.max_block_chars)
+    lines = iter_lines(open_text(path, limits), limits.max_block_chars)
+    for line in lines:
+        builder.feed(line)
+        if builder.ready:
+            yield from builder.drain()
+    builder.close()
+    yield from builder.drain()
+
+
+class _Builder:
+    """Groups lines into blocks; finished blocks wait in ``ready`` until drained."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.ready: list[Block] = []
+        self.lines: list[str] = []
+        self.size = 0
+        self.kind: str | None = None
+        self.fence: str | None = None  # the opening fence while inside fenced code
+        self.headings: list[tuple[int, str]] = []
+        # YAML front matter is held until it closes; None once the first line has gone by.
+        self.front_matter: list[str] | None = []
+
+    def drain(self) -> Iterator[Block]:
+        ready, self.ready = self.ready, []
+        yield from ready
+
+    def feed(self, line: str) -> None:
+        if (held := self.front_matter) is not None:
+            self._front_matter_line(held, line)
+        elif self.fence is None and line.lstrip()[:1] not in _MARKUP_STARTS and line.strip():
+            self._content_line(line)
+        elif self.fence is not None:
+            self._code_line(line)
+        elif match := _FENCE_OPEN.fullmatch(line):
+            self.flush()
+            self.fence = match.group(1)
+            self._append(line, "code")
+        elif match := _ATX.fullmatch(line):
+            self.flush()
+            self._heading(len(match.group(1)), match.group(2) or "")
+        elif (match := _SETEXT.fullmatch(line)) and self.kind == "paragraph":
+            text = " ".join(part.strip() for part in self.lines)
+            self._reset()
+            self._heading(1 if match.group(1)[0] == "=" else 2, text)
+        elif not line.strip() or _THEMATIC.fullmatch(line):
+            self.flush()
+        else:
+            self._content_line(line)
+
+    def flush(self) -> None:
+        if self.lines:
+            kind = self.kind or "paragraph"
+            if kind == "paragraph" and _is_table(self.lines):
+                kind = "table"
+            self._emit("\n".join(self.lines), kind)
+        self._reset()
+
+    def _content_line(self, line: str) -> None:
+        if _LIST_ITEM.match(line):
+            kind = "list"
+        elif _QUOTE.match(line):
+            kind = "quote"
+        else:
+            kind = self.kind or "paragraph"  # lazy continuation keeps the block's kind
+        if self.kind is not None and kind != self.kind and self.kind != "list":
+            self.flush()
+        self._append(line, self.kind or kind)
+
+    def _code_line(self, line: str) -> None:
+        self._append(line, "code")
+        closing = _FENCE_CLOSE.fullmatch(line)
+        if (
+            closing
+            and self.fence is not None
+            and closing.group(1)[0] == self.fence[0]
+            and len(closing.group(1)) >= len(self.fence)
+        ):
+            self.flush()
+
+    def close(self) -> None:
+        if self.front_matter:
+            self._replay_front_matter()
+        self.flush()
+
+    def _front_matter_line(self, held: list[str], line: str) -> None:
+        if not held and line.rstrip() != "---":
+            self.front_matter = None
+            self.feed(line)
+            return
+        held.append(line)
+        if len(held) > 1 and line.rstrip() in ("---", "..."):
+            self.front_matter = None
+            self._emit("\n".join(held), "metadata")
+        elif len(held) > _FRONT_MATTER_MAX_LINES or sum(map(len, held)) > self.limit:
+            self._replay_front_matter()
+
+    def _replay_front_matter(self) -> None:
+        """An opening ``---`` that never closed was a thematic break: read its lines again."""
+        held, self.front_matter = self.front_matter or [], None
+        for line in held[1:]:
+            self.feed(line)
+
+    def _heading(self, level: int, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        while self.headings and self.headings[-1][0] >= level:
+            self.headings.pop()
+        self.headings.append((level, text))
+        for piece in cut_pieces(text, self.limit):
+            self.ready.append(Block(piece, heading=self._path(), kind="heading"))
+
+    def _append(self, line: str, kind: str) -> None:
+        self.kind = kind
+        self.lines.append(line)
+        self.size += len(line) + 1
+        if self.size > self.limit:
+            self._spill()
+
+    def _spill(self) -> None:
+        """Emit the block in progress down to less than one limit, keeping its kind and state."""
+        if self.kind == "paragraph" and _is_table(self.lines):
+            self.kind = "table"
+        text = "\n".join(self.lines)
+        while len(text) > self.limit:
+            cut = best_cut(text, self.limit)
+            self._emit(text[:cut], self.kind or "paragraph")
+            text = text[cut:]
+        self.lines = [text]
+        self.size = len(text)
+
+    def _emit(self, text: str, kind: str) -> None:
+        for piece in cut_pieces(text, self.limit):
+            self.ready.append(Block(piece, heading=self._path(), kind=kind))
+
+    def _reset(self) -> None:
+        self.lines = []
+        self.size = 0
+        self.kind = None
+        self.fence = None
+
+    def _path(self) -> tuple[str, ...]:
+        return tuple(text for _, text in self.headings)
+
+
+def _is_table(lines: list[str]) -> bool:
+    return len(lines) >= 2 and "|" in lines[0] and bool(_TABLE_DELIMITER.fullmatch(lines[1]))

@@ -1,0 +1,187 @@
+"""PDF text layer with pypdf, one page at a time; no OCR.
+
+pypdf reads through the open file object (given a path it would read the whole file into
+memory). It caches every object it resolves, so after each page we drop that page's content
+streams and XObjects from its cache: memory then follows the largest page, not the file.
+
+Paragraphs are not marked in a PDF; they are guessed per page from the lines' positions (a
+gap larger than the usual line spacing) and lengths (a line well short of the page's longest
+one ends its paragraph).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pypdf import PasswordType, PdfReader
+from pypdf.errors import DependencyError, PyPdfError
+from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
+
+from mainsail.documents.parsing.model import Block, CorruptDocument, LimitExceeded, ParseLimits
+from mainsail.documents.parsing.textio import clean, cut_pieces
+
+log = logging.getLogger(__name__)
+
+# pypdf raises more than its own errors on damaged files.
+_BROKEN = (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError)
+_BROKEN_REASON = "The PDF is damaged and cannot be read."
+_ENCRYPTED_REASON = "The PDF is encrypted; remove its password and upload it again."
+_GAP_FACTOR = 1.5  # a gap this many times the usual line spacing ends a paragraph
+_SHORT_LINE = 0.7  # a line shorter than this share of a full line ends a paragraph
+
+
+@dataclass(slots=True)
+class _Line:
+    text: str
+    y: float | None
+
+
+def parse_pdf(path: Path, limits: ParseLimits) -> Iterator[Block]:
+    with path.open("rb") as file:
+        with _reading():
+            reader = _open(file)
+            count = len(reader.pages)
+        if count > limits.max_pages:
+            raise LimitExceeded(
+                f"The PDF has {count} pages; documents of up to {limits.max_pages} pages"
+                " are accepted."
+            )
+        for number in range(1, count + 1):
+            lines = _page_lines(reader, number)
+            for paragraph in _paragraphs(lines):
+                for piece in cut_pieces(paragraph, limits.max_block_chars):
+                    yield Block(piece, page=number)
+
+
+@contextmanager
+def _reading() -> Iterator[None]:
+    try:
+        yield
+    except DependencyError as exc:
+        raise CorruptDocument(
+            "The PDF is encrypted with a method this server cannot read."
+        ) from exc
+    except (*_BROKEN, RecursionError) as exc:
+        raise CorruptDocument(_BROKEN_REASON) from exc
+
+
+def _open(file: IO[bytes]) -> PdfReader:
+    reader = PdfReader(file)
+    if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+        raise CorruptDocument(_ENCRYPTED_REASON)
+    return reader
+
+
+def _page_lines(reader: PdfReader, number: int) -> list[_Line]:
+    """The page's text lines, with their height on the page when pypdf reports it."""
+    fragments: list[tuple[str, float]] = []
+
+    def visit(text: str, cm: Any, tm: Any, _font: Any, _size: Any) -> None:
+        if text:
+            fragments.append((text, tm[4] * cm[1] + tm[5] * cm[3] + cm[5]))
+
+    try:
+        page = reader.pages[number - 1]
+        text = page.extract_text(visitor_text=visit)
+    except DependencyError as exc:
+        raise CorruptDocument("The PDF uses a feature this server cannot read.") from exc
+    except (*_BROKEN, RecursionError):
+        # One unreadable page should not cost the whole document its other pages.
+        log.warning("pdf_page_unreadable", extra={"page": number}, exc_info=True)
+        return []
+    finally:
+        _forget_page(reader, number)
+    if "".join(fragment for fragment, _ in fragments) != text:
+        return [_Line(line, None) for line in clean(text).split("\n")]
+    return _lines_from(fragments)
+
+
+def _lines_from(fragments: list[tuple[str, float]]) -> list[_Line]:
+    lines: list[_Line] = []
+    current: list[str] = []
+    y: float | None = None
+    for text, fragment_y in fragments:
+        for index, part in enumerate(clean(text).split("\n")):
+            if index:
+                lines.append(_Line("".join(current), y))
+                current, y = [], None
+            if part and y is None:
+                y = fragment_y
+            current.append(part)
+    lines.append(_Line("".join(current), y))
+    return lines
+
+
+def _paragraphs(lines: list[_Line]) -> Iterator[str]:
+    """Lines grouped into paragraphs by blank lines, vertical gaps and short lines."""
+    lines = [_Line(line.text.rstrip(), line.y) for line in lines]
+    full = _full_line_length(lines)
+    gaps = [
+        above.y - below.y
+        for above, below in itertools.pairwise(lines)
+        if above.y is not None and below.y is not None and above.y > below.y
+    ]
+    spacing = statistics.median_low(gaps) if gaps else None
+    paragraph: list[str] = []
+    previous: _Line | None = None
+    for line in lines:
+        if not line.text.strip():
+            if paragraph:
+                yield "\n".join(paragraph)
+            paragraph, previous = [], None
+            continue
+        if paragraph and previous is not None and _breaks(previous, line, spacing, full):
+            yield "\n".join(paragraph)
+            paragraph = []
+        paragraph.append(line.text)
+        previous = line
+    if paragraph:
+        yield "\n".join(paragraph)
+
+
+def _full_line_length(lines: list[_Line]) -> int:
+    """The length of a full line of body text: a high percentile, so that a title or a
+    full-width line above two columns does not make every column line look short."""
+    lengths = sorted(len(line.text) for line in lines if line.text.strip())
+    return lengths[int(0.8 * (len(lengths) - 1))] if lengths else 0
+
+
+def _breaks(previous: _Line, line: _Line, spacing: float | None, full: int) -> bool:
+    if len(previous.text.strip()) < _SHORT_LINE * full:
+        return True
+    if spacing is None or previous.y is None or line.y is None:
+        return False
+    gap = previous.y - line.y
+    return gap < 0 or gap > _GAP_FACTOR * spacing  # a new column, or a paragraph gap
+
+
+def _forget_page(reader: PdfReader, number: int) -> None:
+    """Drop the page's content streams and XObjects from pypdf's object cache."""
+    try:
+        page = reader.pages[number - 1]
+        refs = _refs(page.raw_get("/Contents")) if "/Contents" in page else []
+        resources = page.get("/Resources")
+        if isinstance(resources, DictionaryObject) and "/XObject" in resources:
+            xobjects = resources["/XObject"]
+            if isinstance(xobjects, DictionaryObject):
+                refs += [xobjects.raw_get(name) for name in xobjects]
+    except (*_BROKEN, RecursionError):
+        return
+    for ref in refs:
+        if isinstance(ref, IndirectObject):
+            reader.resolved_objects.pop((ref.generation, ref.idnum), None)
+
+
+def _refs(value: Any) -> list[Any]:
+    if isinstance(value, IndirectObject):
+        return [value]
+    if isinstance(value, ArrayObject):
+        return list(value)  # the list itself holds the references, unresolved
+    return []

@@ -1,0 +1,161 @@
+"""Reading text files in bounded pieces: encoding, cleaning, binary detection, cutting.
+
+Everything here works on one piece at a time, so memory stays bounded by the piece size
+whatever the file size.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from pathlib import Path
+
+from mainsail.documents.parsing.model import CorruptDocument, ParseLimits
+
+# C0 controls except tab and newline, DEL and C1 controls are dropped; other line breaks
+# become newlines. Carriage returns are handled before, as CRLF must become one newline.
+_CLEAN: dict[int, int | None] = dict.fromkeys((*range(0x20), 0x7F, *range(0x80, 0xA0), 0xFEFF))
+_CLEAN |= {ord("\t"): ord("\t"), ord("\n"): ord("\n")}
+_CLEAN |= {ord("\f"): ord("\n"), ord("\v"): ord("\n"), 0x2028: ord("\n"), 0x2029: ord("\n")}
+
+# What counts against a piece of text: controls no text file uses, and undecodable bytes.
+_CONTROLS = tuple(chr(code) for code in (*range(1, 0x20), 0x7F) if chr(code) not in "\t\n\r\f\v")
+_BINARY_RATIO = 0.05
+BINARY_REASON = "The file looks like binary data, not text."
+
+_SENTENCE_ENDS = (". ", "! ", "? ", ".\t", "\u3002", "\uff01", "\uff1f", "; ")  # incl. CJK
+_SPACES = (" ", "\t", "\u00a0", "\u3000")
+
+
+def detect_encoding(head: bytes) -> str | None:
+    """The codec for a text file from its first bytes, or None when it cannot be text.
+
+    BOMs win; then UTF-8 (a multi-byte character cut at the end of the head is fine); then
+    cp1252 for legacy files, which never contain NUL bytes.
+    """
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "utf-32"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if b"\x00" in head:
+        return None
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8-sig"
+
+
+def looks_binary(text: str) -> bool:
+    """True when ``text`` (a decoded sample) has the control-character profile of binary data."""
+    return "\x00" in text or _suspects(text) > _BINARY_RATIO * len(text)
+
+
+def mostly_undecodable(text: str) -> bool:
+    """True when ``text`` fails on undecodable bytes rather than on controls: a text file in a
+    legacy encoding we do not guess (Shift-JIS, GBK...), not binary data."""
+    return "\x00" not in text and _controls(text) <= _BINARY_RATIO / 5 * len(text)
+
+
+def _controls(text: str) -> int:
+    return sum(text.count(char) for char in _CONTROLS)
+
+
+def _suspects(text: str) -> int:
+    return _controls(text) + text.count("\ufffd")
+
+
+class _BinaryGuard:
+    """Judges decoded text by windows of a few KiB, so tiny pieces are not judged alone."""
+
+    WINDOW = 4096
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self.suspects = 0
+        self.judged = False
+
+    def check(self, text: str, *, final: bool) -> None:
+        if "\x00" in text:
+            raise CorruptDocument(BINARY_REASON)
+        self.chars += len(text)
+        self.suspects += _suspects(text)
+        if self.chars >= self.WINDOW or (final and not self.judged and self.chars):
+            if self.suspects > _BINARY_RATIO * self.chars:
+                raise CorruptDocument(BINARY_REASON)
+            self.chars = self.suspects = 0
+            self.judged = True
+
+
+def clean(text: str) -> str:
+    """Newlines normalized, controls dropped (tab and newline kept)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").translate(_CLEAN)
+
+
+def read_pieces(path: Path, *, encoding: str, read_size: int) -> Iterator[str]:
+    """The file decoded in pieces of about ``read_size`` bytes, cleaned, binary refused.
+
+    A CR at the end of a piece is held back so that a CRLF split across pieces stays one
+    newline.
+    """
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    guard = _BinaryGuard()
+    held_cr = ""
+    with path.open("rb") as file:
+        while True:
+            chunk = file.read(read_size)
+            piece = decoder.decode(chunk, final=not chunk)
+            guard.check(piece, final=not chunk)
+            piece = held_cr + piece
+            held_cr = ""
+            if chunk and piece.endswith("\r"):
+                piece, held_cr = piece[:-1], "\r"
+            if piece:
+                yield clean(piece)
+            if not chunk:
+                return
+
+
+def open_text(path: Path, limits: ParseLimits) -> Iterator[str]:
+    """The decoded, cleaned pieces of a text file whose encoding is found from its head."""
+    encoding = detect_encoding(read_head(path, limits.read_size))
+    if encoding is None:
+        raise CorruptDocument(BINARY_REASON)
+    return read_pieces(path, encoding=encoding, read_size=limits.read_size)
+
+
+def read_head(path: Path, size: int) -> bytes:
+    with path.open("rb") as file:
+        return file.read(size)
+
+
+def best_cut(text: str, limit: int) -> int:
+    """Where to cut ``text`` (longer than ``limit``) so that the first piece fits.
+
+    Prefers, in the second half of the allowed span, a line break, then a sentence end, then
+    any whitespace; cuts hard at ``limit`` when the text has none of them.
+    """
+    low = limit // 2
+    cut = text.rfind("\n", low, limit)
+    if cut > 0:
+        return cut + 1
+    cut = max(text.rfind(end, low, limit) + len(end) for end in _SENTENCE_ENDS)
+    if cut > low:
+        return cut
+    cut = max(text.rfind(space, low, limit) for space in _SPACES)
+    return cut + 1 if cut > 0 else limit
+
+
+def cut_pieces(text: str, limit: int) -> Iterator[str]:
+    """``text`` stripped, in pieces of at most ``limit`` characters, empty pieces dropped."""
+    text = text.strip()
+    while len(text) > limit:
+        cut = best_cut(text, limit)
+        piece = text[:cut].strip()
+        if piece:
+            yield piece
+        text = text[cut:].lstrip()
+    if text:
+        yield text

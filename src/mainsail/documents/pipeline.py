@@ -1,0 +1,289 @@
+"""The ingestion job: read -> clean -> chunk -> batch -> embed -> store, as stages joined by
+bounded queues, so memory depends on the batch size and never on the file's size, and
+parsing overlaps embedding.
+
+    parse + chunk + batch   (a worker thread: pure Python, yields batches of chunk texts)
+        -> queue(2) -> embed (ONNX Runtime in a thread; releases the GIL)
+        -> queue(2) -> store (one multi-row INSERT per batch)
+
+A job that runs again for the same revision (its worker was killed) skips the ordinals
+already stored: chunking is deterministic, so it resumes where the last batch landed, and the
+unique (document, index version, revision, ordinal) key makes a duplicate impossible anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+
+from mainsail.core.db import Database
+from mainsail.core.logging import get_logger
+from mainsail.documents import repository
+from mainsail.documents.chunking import Chunker, ChunkText
+from mainsail.documents.models import FAILED
+from mainsail.documents.parsing import DocumentError, ParseLimits, parse
+from mainsail.documents.storage import LocalStore
+from mainsail.embeddings.base import Embedder
+from mainsail.jobs.service import JobContext, PermanentError
+
+log = get_logger(__name__)
+INGEST = "ingest"
+_DONE = object()
+
+Sink = Callable[[list[ChunkText], np.ndarray], Awaitable[None]]
+
+
+@dataclass
+class PipelineStats:
+    chunks: int = 0  # chunks the document has (stored now or before)
+    embedded: int = 0  # chunks embedded by this run
+
+
+async def run_pipeline(
+    path: Path,
+    content_type: str,
+    *,
+    chunker: Chunker,
+    embedder: Embedder,
+    batch_size: int,
+    sink: Sink,
+    limits: ParseLimits | None = None,
+    skip_through: int = -1,
+    on_batch: Callable[[PipelineStats], Awaitable[None]] | None = None,
+) -> PipelineStats:
+    """Runs the stages; chunks with ``ordinal <= skip_through`` are not embedded again."""
+    loop = asyncio.get_running_loop()
+    to_embed: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
+    to_store: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
+    stop = threading.Event()
+    stats = PipelineStats()
+
+    def put(item: object) -> bool:
+        future = asyncio.run_coroutine_threadsafe(to_embed.put(item), loop)
+        while True:
+            try:
+                future.result(timeout=0.25)
+                return True
+            except FutureTimeout:
+                if stop.is_set():
+                    future.cancel()
+                    return False
+
+    def produce() -> None:
+        blocks = parse(path, content_type, limits or ParseLimits())
+        try:
+            batch: list[ChunkText] = []
+            for chunk in chunker.chunks(blocks):
+                if stop.is_set():
+                    return
+                batch.append(chunk)
+                if len(batch) >= batch_size:
+                    if not put(batch):
+                        return
+                    batch = []
+            if batch:
+                put(batch)
+        finally:
+            blocks.close()
+            put(_DONE)
+
+    async def embed() -> None:
+        while (batch := await to_embed.get()) is not _DONE:
+            stats.chunks += len(batch)
+            todo = [chunk for chunk in batch if chunk.ordinal > skip_through]
+            if todo:
+                vectors = await asyncio.to_thread(embedder.embed, [c.text for c in todo])
+                await to_store.put((todo, vectors))
+        await to_store.put(_DONE)
+
+    async def store() -> None:
+        while (item := await to_store.get()) is not _DONE:
+            todo, vectors = item
+            await sink(todo, vectors)
+            stats.embedded += len(todo)
+            if on_batch is not None:
+                await on_batch(stats)
+
+    producer = asyncio.ensure_future(asyncio.to_thread(produce))
+    stages = [asyncio.ensure_future(embed()), asyncio.ensure_future(store())]
+    try:
+        await asyncio.gather(producer, *stages)
+    except BaseException:
+        stop.set()
+        for task in stages:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(producer, *stages, return_exceptions=True)
+        raise
+    return stats
+
+
+def vector_literal(vector: np.ndarray) -> str:
+    return "[" + ",".join(f"{value:.7g}" for value in vector.tolist()) + "]"
+
+
+_INSERT = text(
+    """
+    INSERT INTO chunks (document_id, index_version, revision, ordinal, owner_id, collection,
+                        text, token_count, char_start, char_end, page, page_end, heading,
+                        embedding, created_at)
+    SELECT :document_id, :index_version, :revision, u.ordinal, :owner_id, :collection,
+           u.text, u.tokens, u.char_start, u.char_end, u.page, u.page_end,
+           ARRAY(SELECT jsonb_array_elements_text(u.heading::jsonb)),
+           u.embedding::vector, now()
+    FROM unnest(CAST(:ordinals AS int[]), CAST(:texts AS text[]), CAST(:tokens AS int[]),
+                CAST(:char_starts AS int[]), CAST(:char_ends AS int[]), CAST(:pages AS int[]),
+                CAST(:page_ends AS int[]), CAST(:headings AS text[]),
+                CAST(:embeddings AS text[]))
+         AS u(ordinal, text, tokens, char_start, char_end, page, page_end, heading, embedding)
+    ON CONFLICT (document_id, index_version, revision, ordinal) DO NOTHING
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstVersion:
+    """The index version made when there is none yet (from the settings)."""
+
+    embedder: str
+    dimension: int
+    chunk_size: int
+    chunk_overlap: int
+
+
+class Ingestor:
+    """The ``ingest`` job handler and what it needs."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: LocalStore,
+        embedders: Callable[[str], Embedder],
+        first_version: FirstVersion,
+        *,
+        batch_size: int,
+        limits: ParseLimits | None = None,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.embedders = embedders  # embedder name -> a loaded embedder (cached by the caller)
+        self.first_version = first_version
+        self.batch_size = batch_size
+        self.limits = limits or ParseLimits()
+
+    async def __call__(self, ctx: JobContext) -> None:
+        document_id = uuid.UUID(ctx.payload["document_id"])
+        revision = int(ctx.payload["revision"])
+        async with self.db.unit_of_work() as session:
+            document = await repository.claim_for_ingest(session, document_id, revision)
+            if document is None:
+                log.info("ingest_skipped", document_id=str(document_id), revision=revision)
+                return  # deleted, or a newer revision superseded this one
+            first = self.first_version
+            version = await repository.ensure_index_version(
+                session,
+                embedder=first.embedder,
+                dimension=first.dimension,
+                chunk_size=first.chunk_size,
+                chunk_overlap=first.chunk_overlap,
+            )
+            chunking = document.chunking or {}
+            owner_id, collection = document.owner_id, document.collection
+            content_type = document.content_type
+        path = self.store.path(document_id, revision)
+        embedder = await asyncio.to_thread(self.embedders, version.embedder)
+        chunker = Chunker(
+            embedder.tokenizer,
+            chunk_size=int(chunking.get("chunk_size", version.chunk_size)),
+            chunk_overlap=int(chunking.get("chunk_overlap", version.chunk_overlap)),
+        )
+        async with self.db.autocommit() as connection:
+            stored = await repository.max_ordinal(connection, document_id, version.id, revision)
+
+        async def sink(chunks: list[ChunkText], vectors: np.ndarray) -> None:
+            async with self.db.autocommit() as connection:
+                await connection.execute(
+                    _INSERT,
+                    {
+                        "document_id": document_id,
+                        "index_version": version.id,
+                        "revision": revision,
+                        "owner_id": owner_id,
+                        "collection": collection,
+                        **_columns(chunks, vectors),
+                    },
+                )
+
+        async def report(stats: PipelineStats) -> None:
+            await ctx.progress(chunks=stats.chunks, embedded=stats.embedded)
+
+        try:
+            stats = await run_pipeline(
+                path,
+                content_type,
+                chunker=chunker,
+                embedder=embedder,
+                batch_size=self.batch_size,
+                sink=sink,
+                limits=self.limits,
+                skip_through=stored,
+                on_batch=report,
+            )
+        except DocumentError as exc:
+            await self._failed(document_id, revision, exc.reason)
+            raise PermanentError(exc.reason) from None
+        except FileNotFoundError:
+            reason = "The uploaded file is no longer in storage; upload it again."
+            await self._failed(document_id, revision, reason)
+            raise PermanentError(reason) from None
+        except Exception as exc:
+            if ctx.attempt >= ctx.max_attempts:
+                await self._failed(
+                    document_id,
+                    revision,
+                    f"Ingestion gave up after {ctx.attempt} attempts ({type(exc).__name__}).",
+                )
+            raise
+        async with self.db.unit_of_work() as session:
+            activated = await repository.activate_revision(
+                session, document_id, revision, version.id
+            )
+        if activated:
+            self.store.delete_revisions(document_id, below=revision)
+        await ctx.progress(chunks=stats.chunks, embedded=stats.embedded, done=True)
+        log.info(
+            "ingested",
+            document_id=str(document_id),
+            revision=revision,
+            chunks=stats.chunks,
+            embedded=stats.embedded,
+        )
+
+    async def _failed(self, document_id: uuid.UUID, revision: int, reason: str) -> None:
+        async with self.db.unit_of_work() as session:
+            await repository.set_status(session, document_id, revision, FAILED, error=reason)
+
+
+def _columns(chunks: Sequence[ChunkText], vectors: np.ndarray) -> dict[str, list[Any]]:
+    return {
+        "ordinals": [c.ordinal for c in chunks],
+        "texts": [c.text.replace("\x00", "") for c in chunks],
+        "tokens": [c.token_count for c in chunks],
+        "char_starts": [c.char_start for c in chunks],
+        "char_ends": [c.char_end for c in chunks],
+        "pages": [c.page for c in chunks],
+        "page_ends": [c.page_end for c in chunks],
+        "headings": [json.dumps(list(c.heading)) for c in chunks],
+        "embeddings": [vector_literal(v) for v in vectors],
+    }

@@ -1,0 +1,182 @@
+"""Statements over documents, chunks and index versions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from mainsail.core.db import utcnow
+from mainsail.core.principal import Principal
+from mainsail.documents.models import (
+    ACTIVE,
+    PROCESSING,
+    READY,
+    Chunk,
+    Document,
+    IndexVersion,
+)
+
+
+async def ensure_index_version(
+    session: AsyncSession, *, embedder: str, dimension: int, chunk_size: int, chunk_overlap: int
+) -> IndexVersion:
+    """The active version; the first one is made from the given values."""
+    version = await session.scalar(select(IndexVersion).where(IndexVersion.state == ACTIVE))
+    if version is not None:
+        return version
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('mainsail.index_versions'))"))
+    version = await session.scalar(select(IndexVersion).where(IndexVersion.state == ACTIVE))
+    if version is None:
+        version = IndexVersion(
+            embedder=embedder,
+            dimension=dimension,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            state=ACTIVE,
+            activated_at=utcnow(),
+        )
+        session.add(version)
+        await session.flush()
+    return version
+
+
+async def find_same_bytes(
+    session: AsyncSession, owner_id: uuid.UUID, collection: str, sha256: str
+) -> Document | None:
+    return await session.scalar(
+        select(Document)
+        .where(
+            Document.owner_id == owner_id,
+            Document.collection == collection,
+            Document.sha256 == sha256,
+        )
+        .order_by(Document.created_at)
+        .limit(1)
+    )
+
+
+async def find_by_name(
+    session: AsyncSession, owner_id: uuid.UUID, collection: str, filename: str, *, lock: bool
+) -> Document | None:
+    statement = select(Document).where(
+        Document.owner_id == owner_id,
+        Document.collection == collection,
+        Document.filename == filename,
+    )
+    if lock:
+        statement = statement.with_for_update()
+    return await session.scalar(statement)
+
+
+async def get_readable(
+    session: AsyncSession, principal: Principal, document_id: uuid.UUID, *, lock: bool = False
+) -> Document | None:
+    statement = select(Document).where(Document.id == document_id)
+    if not principal.is_admin:
+        statement = statement.where(Document.owner_id == principal.user_id)
+    if lock:
+        statement = statement.with_for_update()
+    return await session.scalar(statement)
+
+
+async def list_readable(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    collection: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Document], int]:
+    conditions: list[Any] = []
+    if not principal.is_admin:
+        conditions.append(Document.owner_id == principal.user_id)
+    if collection is not None:
+        conditions.append(Document.collection == collection)
+    if status is not None:
+        conditions.append(Document.status == status)
+    total = await session.scalar(select(func.count()).select_from(Document).where(*conditions))
+    rows = await session.scalars(
+        select(Document)
+        .where(*conditions)
+        .order_by(Document.created_at.desc(), Document.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows), int(total or 0)
+
+
+async def claim_for_ingest(
+    session: AsyncSession, document_id: uuid.UUID, revision: int
+) -> Document | None:
+    """The document, marked processing, if this revision is still its latest."""
+    document = await session.get(Document, document_id, with_for_update=True)
+    if document is None or document.revision != revision:
+        return None
+    document.status, document.error = PROCESSING, None
+    await session.flush()
+    return document
+
+
+async def max_ordinal(
+    connection: AsyncConnection, document_id: uuid.UUID, index_version: int, revision: int
+) -> int:
+    value = await connection.scalar(
+        select(func.max(Chunk.ordinal)).where(
+            Chunk.document_id == document_id,
+            Chunk.index_version == index_version,
+            Chunk.revision == revision,
+        )
+    )
+    return -1 if value is None else int(value)
+
+
+async def activate_revision(
+    session: AsyncSession, document_id: uuid.UUID, revision: int, index_version: int
+) -> bool:
+    """In one transaction: the revision's chunks become the document's, the others go."""
+    document = await session.get(Document, document_id, with_for_update=True)
+    if document is None:
+        return False
+    if document.revision != revision:  # superseded while it ran: drop its chunks
+        await session.execute(
+            delete(Chunk).where(Chunk.document_id == document_id, Chunk.revision == revision)
+        )
+        return False
+    await session.execute(
+        delete(Chunk).where(
+            Chunk.document_id == document_id,
+            Chunk.index_version == index_version,
+            Chunk.revision != revision,
+        )
+    )
+    count = await session.scalar(
+        select(func.count()).where(
+            Chunk.document_id == document_id,
+            Chunk.index_version == index_version,
+            Chunk.revision == revision,
+        )
+    )
+    document.active_revision = revision
+    document.chunk_count = int(count or 0)
+    document.status, document.error = READY, None
+    await session.flush()
+    return True
+
+
+async def set_status(
+    session: AsyncSession,
+    document_id: uuid.UUID,
+    revision: int,
+    status: str,
+    *,
+    error: str | None = None,
+) -> None:
+    await session.execute(
+        update(Document)
+        .where(Document.id == document_id, Document.revision == revision)
+        .values(status=status, error=error, updated_at=utcnow())
+    )

@@ -1,0 +1,145 @@
+"""Creating, reading and deleting documents; the rules of re-upload.
+
+- The same bytes from the same owner in the same collection: the existing document (200), no
+  new job.
+- Changed bytes under an existing filename: a new revision of that document (202, a job);
+  its chunks replace the old ones atomically when the job finishes.
+- Anything else: a new document (202, a job).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mainsail.core.errors import NotFound, UnprocessableContent, UnsupportedMediaType
+from mainsail.core.principal import Principal
+from mainsail.documents import repository
+from mainsail.documents.models import QUEUED, Document
+from mainsail.documents.parsing import SUPPORTED, UnsupportedType, sniff_file
+from mainsail.documents.pipeline import INGEST
+from mainsail.documents.storage import LocalStore, StagedFile
+from mainsail.jobs import service as jobs
+from mainsail.settings import JobSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Chunking:
+    chunk_size: int
+    chunk_overlap: int
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    document: Document
+    created: bool  # False: the same bytes were already there
+
+
+def check_chunking(chunking: Chunking | None, *, max_tokens: int) -> None:
+    if chunking is None:
+        return
+    if chunking.chunk_overlap >= chunking.chunk_size:
+        raise UnprocessableContent("chunk_overlap must be smaller than chunk_size.")
+    if chunking.chunk_size > max_tokens:
+        raise UnprocessableContent(
+            f"chunk_size is {chunking.chunk_size}; the embedding model reads at most "
+            f"{max_tokens} tokens."
+        )
+
+
+async def create(
+    session: AsyncSession,
+    store: LocalStore,
+    job_settings: JobSettings,
+    principal: Principal,
+    staged: StagedFile,
+    *,
+    filename: str | None,
+    collection: str,
+    metadata: dict[str, Any],
+    chunking: Chunking | None,
+) -> Created:
+    try:
+        content_type = sniff_file(staged.path, filename)
+    except UnsupportedType as exc:
+        staged.path.unlink(missing_ok=True)
+        raise UnsupportedMediaType(exc.reason, extra={"supported": sorted(SUPPORTED)}) from None
+    if staged.size == 0:
+        staged.path.unlink(missing_ok=True)
+        raise UnprocessableContent("The document is empty.")
+    owner = principal.user_id
+    same = await repository.find_same_bytes(session, owner, collection, staged.sha256)
+    if same is not None:
+        staged.path.unlink(missing_ok=True)
+        return Created(same, created=False)
+    settings = (
+        None
+        if chunking is None
+        else {
+            "chunk_size": chunking.chunk_size,
+            "chunk_overlap": chunking.chunk_overlap,
+        }
+    )
+    document: Document | None = None
+    if filename is not None:
+        document = await repository.find_by_name(session, owner, collection, filename, lock=True)
+    if document is not None:
+        document.revision += 1
+        document.content_type, document.size_bytes = content_type, staged.size
+        document.sha256, document.meta = staged.sha256, metadata
+        document.chunking, document.status, document.error = settings, QUEUED, None
+    else:
+        document = Document(
+            owner_id=owner,
+            collection=collection,
+            filename=filename,
+            content_type=content_type,
+            size_bytes=staged.size,
+            sha256=staged.sha256,
+            meta=metadata,
+            chunking=settings,
+            status=QUEUED,
+            revision=1,
+            chunk_count=0,
+        )
+        try:
+            async with session.begin_nested():
+                session.add(document)
+                await session.flush()
+        except IntegrityError:  # the same name arrived at the same moment: make a revision
+            return await create(
+                session, store, job_settings, principal, staged,
+                filename=filename, collection=collection, metadata=metadata, chunking=chunking,
+            )  # fmt: skip
+    job = await jobs.enqueue(
+        session,
+        job_settings,
+        INGEST,
+        {"document_id": str(document.id), "revision": document.revision},
+        owner_id=owner,
+    )
+    document.job_id = job.id
+    await session.flush()
+    store.keep(staged, document.id, document.revision)
+    return Created(document, created=True)
+
+
+async def get(session: AsyncSession, principal: Principal, document_id: uuid.UUID) -> Document:
+    document = await repository.get_readable(session, principal, document_id)
+    if document is None:
+        raise NotFound("No such document.")
+    return document
+
+
+async def delete(session: AsyncSession, principal: Principal, document_id: uuid.UUID) -> None:
+    """Removes the document and its chunks (by cascade); the caller removes the files once
+    this has committed. A job still running for it finds it gone and stops writing."""
+    document = await repository.get_readable(session, principal, document_id, lock=True)
+    if document is None:
+        raise NotFound("No such document.")
+    await session.delete(document)
+    await session.flush()

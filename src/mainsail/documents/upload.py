@@ -1,0 +1,147 @@
+"""Reads ``POST /documents`` bodies as they stream: a multipart form whose file part goes
+straight to the staging file (hashed on the way), or a JSON body with inline text."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+from python_multipart.multipart import MultipartParser
+from starlette.requests import Request
+
+from mainsail.core.errors import AppError, BadRequest
+from mainsail.documents.storage import LocalStore, StagedFile, StagingWriter
+
+MAX_FIELD_BYTES = 65_536
+MAX_FIELDS = 16
+FILE_FIELD = "file"
+
+
+@dataclass
+class Upload:
+    staged: StagedFile
+    filename: str | None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _disposition(value: str) -> tuple[str | None, str | None]:
+    message = Message()
+    message["content-disposition"] = value
+    name = message.get_param("name", header="content-disposition")
+    return (name if isinstance(name, str) else None), message.get_filename()
+
+
+async def read_multipart(request: Request, store: LocalStore, max_bytes: int) -> Upload:
+    content_type = request.headers.get("content-type", "")
+    message = Message()
+    message["content-type"] = content_type
+    boundary = message.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise BadRequest("The multipart body has no boundary.")
+    fields: dict[str, str] = {}
+    state: dict[str, Any] = {"header": b"", "value": b"", "headers": {}, "name": None}
+    writer: StagingWriter | None = None
+    filename: str | None = None
+    buffer = bytearray()
+    errors: list[Exception] = []
+
+    def on_part_begin() -> None:
+        state["headers"], state["name"] = {}, None
+        buffer.clear()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["header"].decode("latin-1").lower()] = state["value"].decode(
+            "utf-8", "replace"
+        )
+        state["header"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        nonlocal writer, filename
+        name, part_filename = _disposition(state["headers"].get("content-disposition", ""))
+        state["name"] = name
+        if name == FILE_FIELD:
+            if writer is not None:
+                errors.append(BadRequest("Send one file per request."))
+                return
+            filename = part_filename
+            writer = store.writer(max_bytes)
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if errors:
+            return
+        if state["name"] == FILE_FIELD and writer is not None:
+            try:
+                writer.write(data[start:end])
+            except Exception as exc:
+                errors.append(exc)
+            return
+        buffer.extend(data[start:end])
+        if len(buffer) > MAX_FIELD_BYTES:
+            errors.append(BadRequest(f"The form field {state['name']!r} is too long."))
+
+    def on_part_end() -> None:
+        name = state["name"]
+        if name and name != FILE_FIELD:
+            if len(fields) >= MAX_FIELDS:
+                errors.append(BadRequest("Too many form fields."))
+            fields[name] = buffer.decode("utf-8", "replace")
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        async for piece in request.stream():
+            parser.write(piece)
+            if errors:
+                raise errors[0]
+        parser.finalize()
+    except Exception as exc:
+        if writer is not None:
+            writer.discard()
+        if isinstance(exc, AppError):
+            raise
+        raise BadRequest("The multipart body is malformed.") from None
+    if writer is None:
+        raise BadRequest(f"The form has no {FILE_FIELD!r} part with the document.")
+    return Upload(writer.finish(), filename, fields)
+
+
+def stage_text(store: LocalStore, text: str, max_bytes: int) -> StagedFile:
+    writer = store.writer(max_bytes)
+    try:
+        data = text.encode("utf-8")
+        for start in range(0, len(data), 1 << 20):
+            writer.write(data[start : start + (1 << 20)])
+    except Exception:
+        writer.discard()
+        raise
+    return writer.finish()
+
+
+def parse_json_field(value: str | None, name: str) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise BadRequest(f"The form field {name!r} must be a JSON object.") from None
+    if not isinstance(parsed, dict):
+        raise BadRequest(f"The form field {name!r} must be a JSON object.")
+    return parsed

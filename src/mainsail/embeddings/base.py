@@ -1,0 +1,35 @@
+"""What the rest of the service needs from an embedding model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import tokenizers
+
+
+class Embedder(Protocol):
+    """A sentence embedding model.
+
+    ``name`` identifies the model and its numerics (e.g. ``all-MiniLM-L6-v2@int8``): vectors
+    with different names must not be compared. ``embed`` is synchronous and CPU bound; async
+    callers run it in a worker thread.
+    """
+
+    name: str
+    dimension: int
+    max_tokens: int  # word pieces per text, special tokens included; longer texts are truncated
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (len(texts), dimension), each row L2-normalized, in the order given."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Word pieces in ``text``, without special tokens and without truncation."""
+        ...
+
+    @property
+    def tokenizer(self) -> tokenizers.Tokenizer:
+        """The model's fast tokenizer (no truncation, no padding), e.g. for a text splitter."""
+        ...

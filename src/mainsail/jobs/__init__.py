@@ -1,0 +1,1 @@
+"""Durable background jobs: the ``jobs`` table is the truth; executors only run what it says."""

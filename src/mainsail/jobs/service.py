@@ -1,0 +1,244 @@
+"""Executors of jobs. ``JobRunner`` runs handlers in this process (the embedded shape);
+the Celery task in ``jobs.celery`` calls the same ``JobRunner.run_one`` by job id.
+
+Error policy: a handler raising ``PermanentError`` fails the job at once (``failed``, with the
+reason); any other exception is transient: the job is retried with exponential backoff and
+jitter until ``max_attempts``, then it is ``dead``. A worker that dies mid-job leaves its lease
+to lapse; the next claim takes the job again (counting the attempt), and handlers are written
+to resume rather than repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mainsail.core.db import Database
+from mainsail.core.logging import get_logger
+from mainsail.jobs import repository
+from mainsail.jobs.models import DEAD, FAILED, QUEUED, RETRYING, SUCCEEDED, Job
+from mainsail.settings import JobSettings
+
+log = get_logger(__name__)
+
+
+class PermanentError(Exception):
+    """The job cannot succeed however often it runs (a corrupt file); ``reason`` is shown to
+    its owner."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class JobContext:
+    """What a handler gets: its job, and a way to report progress."""
+
+    id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    owner_id: uuid.UUID | None
+    attempt: int
+    max_attempts: int
+    db: Database
+    worker: str
+    _progress: dict[str, Any] = field(default_factory=dict)
+
+    async def progress(self, **values: Any) -> None:
+        self._progress.update(values)
+        async with self.db.autocommit() as connection:
+            await repository.set_progress(
+                connection, self.id, worker=self.worker, progress=dict(self._progress)
+            )
+
+
+Handler = Callable[[JobContext], Coroutine[Any, Any, None]]
+
+
+async def enqueue(
+    session: AsyncSession,
+    settings: JobSettings,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    owner_id: uuid.UUID | None,
+) -> Job:
+    return await repository.enqueue(
+        session, kind, payload, owner_id=owner_id, max_attempts=settings.max_attempts
+    )
+
+
+def backoff_s(settings: JobSettings, attempt: int) -> float:
+    """Exponential with full jitter over the upper half: base * 2^(attempt-1), capped."""
+    ceiling = min(settings.backoff_base_s * 2.0 ** max(attempt - 1, 0), settings.backoff_max_s)
+    return float(ceiling / 2 + random.random() * ceiling / 2)  # noqa: S311 - jitter
+
+
+class JobRunner:
+    def __init__(
+        self,
+        db: Database,
+        settings: JobSettings,
+        *,
+        handlers: dict[str, Handler] | None = None,
+        worker: str | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.handlers: dict[str, Handler] = dict(handlers or {})
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.completed = 0  # runs finished by this runner, any outcome
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self.handlers[kind] = handler
+
+    def wake(self, _payload: str = "") -> None:
+        """Called when a job was queued (NOTIFY): look now instead of at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._stopping = False
+        for index in range(self.settings.concurrency):
+            self._tasks.append(asyncio.create_task(self._loop(), name=f"jobs-{index}"))
+
+    async def stop(self) -> None:
+        """Stops taking jobs; a job still running is handed back (its attempt not counted)."""
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                ran = await self.run_one()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is away: keep the loop, try again later
+                log.exception("job_loop_error")
+                ran = False
+            if ran:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+
+    async def run_one(self, job_id: uuid.UUID | None = None) -> bool:
+        """Claims and runs one job (the next runnable one, or ``job_id``); False if none."""
+        async with self.db.autocommit() as connection:
+            row = await repository.claim(
+                connection, worker=self.worker, lease_s=self.settings.lease_s, job_id=job_id
+            )
+        if row is None:
+            return False
+        ctx = JobContext(
+            id=row["id"],
+            kind=row["kind"],
+            payload=row["payload"],
+            owner_id=row["owner_id"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+            db=self.db,
+            worker=self.worker,
+        )
+        await self._execute(ctx)
+        self.completed += 1
+        return True
+
+    async def _execute(self, ctx: JobContext) -> None:
+        handler = self.handlers.get(ctx.kind)
+        log.info("job_started", job_id=str(ctx.id), kind=ctx.kind, attempt=ctx.attempt)
+        if ctx.attempt > ctx.max_attempts:  # its workers kept dying: stop feeding it to them
+            await self._finish(ctx, DEAD, "The job's worker stopped before finishing, each try.")
+            return
+        if handler is None:
+            await self._finish(ctx, FAILED, f"No handler for jobs of kind {ctx.kind!r}.")
+            return
+        lost = asyncio.Event()
+        work = asyncio.create_task(handler(ctx), name=f"job-{ctx.id}")
+        keeper = asyncio.create_task(self._keep_lease(ctx, work, lost), name=f"lease-{ctx.id}")
+        try:
+            try:
+                await work
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(BaseException):
+                    await keeper
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if lost.is_set() and not (current and current.cancelling()):
+                log.warning("job_lease_lost", job_id=str(ctx.id))
+                return  # another worker holds it now
+            await self._finish(ctx, QUEUED)  # stopping: hand it back, attempt not counted
+            raise
+        except PermanentError as exc:
+            await self._finish(ctx, FAILED, exc.reason)
+        except Exception as exc:
+            log.warning("job_failed", job_id=str(ctx.id), kind=ctx.kind, error=repr(exc)[:500])
+            message = f"{type(exc).__name__}: {exc}"[:2000]
+            if self._exhausted(ctx):
+                await self._finish(ctx, DEAD, message)
+            else:
+                retry_in = backoff_s(self.settings, ctx.attempt)
+                await self._finish(ctx, RETRYING, message, retry_in_s=retry_in)
+        else:
+            await self._finish(ctx, SUCCEEDED)
+
+    @staticmethod
+    def _exhausted(ctx: JobContext) -> bool:
+        return ctx.attempt >= ctx.max_attempts
+
+    async def _keep_lease(
+        self, ctx: JobContext, work: asyncio.Task[None], lost: asyncio.Event
+    ) -> None:
+        """Renews the lease every third of it; cancels the work if the lease was lost."""
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                async with self.db.autocommit() as connection:
+                    held = await repository.renew(
+                        connection, ctx.id, worker=self.worker, lease_s=self.settings.lease_s
+                    )
+            except Exception:
+                log.warning("job_lease_renew_failed", job_id=str(ctx.id))
+                continue
+            if not held:
+                lost.set()
+                work.cancel()
+                return
+
+    async def _finish(
+        self,
+        ctx: JobContext,
+        state: str,
+        error: str | None = None,
+        *,
+        retry_in_s: float | None = None,
+    ) -> None:
+        async with self.db.autocommit() as connection:
+            await repository.finish(
+                connection,
+                ctx.id,
+                worker=self.worker,
+                state=state,
+                error=error,
+                retry_in_s=retry_in_s,
+            )
+        log.info("job_finished", job_id=str(ctx.id), kind=ctx.kind, state=state)
