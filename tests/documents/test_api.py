@@ -269,3 +269,18 @@ async def test_delete_removes_the_document_its_chunks_and_its_file(
     assert again.status_code == 404
     unknown = await client.get(f"/documents/{uuid.uuid4()}", headers=alice.headers)
     assert unknown.status_code == 404
+
+
+async def test_binary_posing_as_text_is_refused_or_fails_with_a_reason(
+    client: httpx.AsyncClient, alice: Account, upload: Upload
+) -> None:
+    noise = bytes((i * 151 + 7) % 256 for i in range(3000))
+    at_once = await upload(alice, noise, "notes.txt", "text/plain")
+    assert at_once.status_code == 415  # the first bytes already say it is not text
+    # Text for the first 20 kB, binary after: only reading the whole file finds out.
+    disguised = ("Plain words. " * 2000).encode()[:20000] + noise
+    later = await upload(alice, disguised, "later.txt", "text/plain")
+    assert later.status_code == 202, later.text
+    failed = await wait_for_status(client, alice, later.json()["id"], "failed", "ready")
+    assert failed["status"] == "failed"
+    assert "binary" in failed["error"].lower()
