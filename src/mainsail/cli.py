@@ -161,6 +161,52 @@ def worker(
         asyncio.run(run_worker(settings, url))
 
 
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Files, folders (recursive) or globs")],
+    url: Annotated[
+        str, typer.Option(envvar="MAINSAIL_URL", help="The running service")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="MAINSAIL_API_KEY", help="An API key with documents:write")
+    ] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection for every file")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Tokens per chunk")] = None,
+    chunk_overlap: Annotated[int | None, typer.Option(help="Tokens shared by neighbours")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every file is ingested")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for ingestion")] = 3600.0,
+) -> None:
+    """Upload documents through the API, with progress and a summary."""
+    import time
+
+    from rich.console import Console
+
+    from mainsail.uploader import expand, summary
+    from mainsail.uploader import ingest as run_ingest
+
+    if not api_key:
+        fail("an API key is needed: --api-key or MAINSAIL_API_KEY", code=2)
+    files = expand(paths)
+    if not files:
+        fail("no files found at " + ", ".join(paths), code=2)
+    console = Console(stderr=True)
+    started = time.monotonic()
+    items = run_ingest(
+        files,
+        url=url.rstrip("/"),
+        api_key=api_key,
+        collection=collection,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        wait=wait,
+        timeout_s=timeout,
+        console=console,
+    )
+    Console().print(summary(items, time.monotonic() - started))
+    if any(item.outcome in ("refused", "failed", "timeout") for item in items):
+        raise typer.Exit(1)
+
+
 @migrate_app.command("upgrade")
 def migrate_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
