@@ -31,6 +31,7 @@ from mainsail.identity.service import IdentityKit
 from mainsail.identity.throttle import LoginThrottle
 from mainsail.identity.tokens import TokenCodec
 from mainsail.jobs import repository as jobs_repository
+from mainsail.jobs.broker import Dispatcher, make_celery
 from mainsail.jobs.service import JobRunner
 from mainsail.llm.errors import LLMError
 from mainsail.llm.factory import build_gateway, response_cache
@@ -77,13 +78,14 @@ def create_app(settings: Settings) -> FastAPI:
                 on_connected=lambda: kit.principals.set_online(True),
             )
             runner = JobRunner(db, settings.jobs)
-            if settings.jobs.executor == "inprocess":
-                listener.subscribe(
-                    jobs_repository.CHANNEL,
-                    runner.wake,
-                    on_gap=runner.wake,  # a notification may be lost: look now
-                    on_connected=runner.wake,
-                )
+            dispatcher = (
+                Dispatcher(db, settings.jobs, make_celery(settings.jobs))
+                if settings.jobs.executor == "celery"
+                else None
+            )
+            wake = runner.wake if dispatcher is None else dispatcher.wake
+            # A notification may be lost while disconnected: look again on every (re)connect.
+            listener.subscribe(jobs_repository.CHANNEL, wake, on_gap=wake, on_connected=wake)
             await listener.start()
             stack.push_async_callback(listener.stop)
             app.state.listener = listener
@@ -115,7 +117,11 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.documents = await start_documents(settings, db)
             runner.register(INGEST, app.state.documents.ingestor)
             app.state.jobs = runner
-            if settings.jobs.executor == "inprocess":
+            if dispatcher is not None:  # Celery workers run the jobs; send them there
+                app.state.dispatcher = dispatcher
+                await dispatcher.start()
+                stack.push_async_callback(dispatcher.stop)
+            elif settings.jobs.executor == "inprocess":
                 await runner.start()
                 stack.push_async_callback(runner.stop)  # first out: running jobs handed back
             log.info("started", version=__version__, environment=settings.environment)

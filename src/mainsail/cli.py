@@ -151,14 +151,19 @@ def serve(
 def worker(
     migrate: Annotated[bool, typer.Option(help="Apply pending migrations first")] = True,
 ) -> None:
-    """Run background jobs (ingestion) without serving HTTP, until SIGTERM or Ctrl-C."""
-    from mainsail.worker import run_worker
+    """Run background jobs (ingestion) without serving HTTP, until SIGTERM or Ctrl-C: a Celery
+    worker on MAINSAIL_JOBS__CELERY_BROKER_URL when MAINSAIL_JOBS__EXECUTOR=celery, else a
+    process that claims jobs from the database itself."""
+    from mainsail.worker import run_celery_worker, run_worker
 
     settings = settings_or_exit(quiet=False)
     with database_url(settings) as url:
         if migrate:
             migrations.upgrade(url)
-        asyncio.run(run_worker(settings, url))
+        if settings.jobs.executor == "celery":
+            run_celery_worker(settings, url)
+        else:
+            asyncio.run(run_worker(settings, url))
 
 
 @app.command()

@@ -242,8 +242,9 @@ class JobSettings(BaseModel):
     """Background jobs (ingestion): the jobs table is the truth, an executor runs them."""
 
     # inprocess: tasks inside each service process claim jobs (the embedded shape).
-    # celery: `mainsail worker` processes run them from the broker (the scaled shape).
-    executor: Literal["inprocess", "celery"] = "inprocess"
+    # external: the service runs none; `mainsail worker` processes claim them from the database.
+    # celery: the service sends them to the broker; `mainsail worker` runs a Celery worker.
+    executor: Literal["inprocess", "external", "celery"] = "inprocess"
     # Jobs one process runs at once (embedding already uses every core).
     concurrency: int = Field(default=1, ge=1, le=64)
     # Tries before a job is dead (the dead-letter list at GET /admin/jobs?state=dead).

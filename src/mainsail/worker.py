@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
 
 from sqlalchemy.engine import URL
 
@@ -34,6 +35,33 @@ async def build_runner(settings: Settings, db: Database) -> JobRunner:
     documents = await start_documents(settings, db)
     runner.register(INGEST, documents.ingestor)
     return runner
+
+
+def run_celery_worker(settings: Settings, url: URL) -> None:
+    """A Celery worker on the configured broker, running jobs by id (``JOBS__EXECUTOR=celery``)."""
+    from mainsail.jobs.broker import QUEUE, make_celery
+
+    runners: dict[str, JobRunner] = {}
+
+    async def run_job(job_id: uuid.UUID) -> bool:
+        runner = runners.get("runner")
+        if runner is None:  # in the pool's process, on its first task
+            runner = runners["runner"] = await build_runner(
+                settings, Database(url, settings.database)
+            )
+        return await runner.run_one(job_id)
+
+    app = make_celery(settings.jobs, run_job)
+    app.worker_main(
+        [
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={settings.jobs.concurrency}",
+            f"--queues={QUEUE}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 async def run_worker(settings: Settings, url: URL) -> None:

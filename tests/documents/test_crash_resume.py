@@ -30,7 +30,7 @@ LEASE_S = 2.0
 def settings(database_url: URL) -> Settings:
     # The app runs no jobs itself: the worker processes below do.
     return make_settings(
-        database_url, jobs={"executor": "celery", "lease_s": LEASE_S, "poll_interval_s": 0.2}
+        database_url, jobs={"executor": "external", "lease_s": LEASE_S, "poll_interval_s": 0.2}
     )
 
 

@@ -26,7 +26,7 @@ def settings(database_url: URL) -> Settings:
     return make_settings(
         database_url,
         documents={"max_upload_bytes": LIMIT},
-        jobs={"executor": "celery", "max_attempts": 2, "backoff_base_s": 0, "backoff_max_s": 0},
+        jobs={"executor": "external", "max_attempts": 2, "backoff_base_s": 0, "backoff_max_s": 0},
     )
 
 

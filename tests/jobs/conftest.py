@@ -14,7 +14,7 @@ from tests.fixtures.app import make_settings
 
 # Quick retries and leases; the app runs no jobs itself (each test drives its own runners).
 FAST_JOBS: dict[str, Any] = {
-    "executor": "celery",
+    "executor": "external",
     "max_attempts": 3,
     "lease_s": 1.0,
     "poll_interval_s": 0.05,

@@ -56,6 +56,8 @@ class Job(IdMixin, Base):
     worker: Mapped[str | None] = mapped_column(String(128))
     lease_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Celery executor: when the job was last sent to the broker.
+    dispatched_at: Mapped[datetime | None]
     progress: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -140,3 +140,32 @@ async def requeue(session: AsyncSession, job_id: uuid.UUID) -> tuple[Job | None,
     await session.flush()
     await session.execute(select(func.pg_notify(CHANNEL, job.kind)))
     return job, True
+
+
+_DUE = """
+UPDATE jobs SET dispatched_at = now()
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE ((state IN ('queued', 'retrying') AND run_after <= now())
+           OR (state = 'running' AND lease_until < now()))
+      AND (dispatched_at IS NULL OR dispatched_at < now() - make_interval(secs => :resend_s))
+    ORDER BY run_after, id
+    FOR UPDATE SKIP LOCKED
+    LIMIT :limit
+)
+RETURNING id
+"""
+
+
+async def take_due(connection: AsyncConnection, *, resend_s: float, limit: int) -> list[uuid.UUID]:
+    """Runnable jobs not sent to the broker lately, marked as sent now (Celery executor).
+
+    A job whose task was lost (a broker restart, a send that failed) is sent again once
+    ``resend_s`` has passed; a duplicate task finds the job claimed and does nothing.
+    """
+    rows = await connection.execute(text(_DUE), {"resend_s": resend_s, "limit": limit})
+    return [row[0] for row in rows]
+
+
+async def undispatch(connection: AsyncConnection, job_id: uuid.UUID) -> None:
+    await connection.execute(update(Job).where(Job.id == job_id).values(dispatched_at=None))
