@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from mainsail.settings import Settings
-from tests.fixtures.app import make_settings, wait_until
+from tests.fixtures.app import TEST_DATA_DIR, TEST_MODEL_CACHE, make_settings, wait_until
 from tests.fixtures.identity import Account
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -62,6 +63,20 @@ def essay(paragraphs: int, *, seed: int = 0) -> str:
             sentences.append(sentence.capitalize() + ".")
         out.append(" ".join(sentences))
     return "\n\n".join(out)
+
+
+def worker_env(database_url: URL, **settings: str) -> dict[str, str]:
+    """The environment of a `mainsail worker` process sharing this test run's database, files
+    and model cache; ``settings`` are more MAINSAIL_ variables (name without the prefix)."""
+    return {
+        **os.environ,
+        "MAINSAIL_ENVIRONMENT": "test",
+        "MAINSAIL_DATABASE_URL": database_url.render_as_string(hide_password=False),
+        "MAINSAIL_DATA_DIR": str(TEST_DATA_DIR),
+        "MAINSAIL_DOCUMENTS__MODEL_CACHE_DIR": str(TEST_MODEL_CACHE),
+        "MAINSAIL_LLM__USE_STANDARD_ENV": "false",
+        **{f"MAINSAIL_{name}": value for name, value in settings.items()},
+    }
 
 
 Upload = Callable[..., Awaitable[httpx.Response]]

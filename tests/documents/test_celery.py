@@ -4,7 +4,6 @@ process (`mainsail worker` with JOBS__EXECUTOR=celery) runs them."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from fastapi import FastAPI
 from sqlalchemy.engine import URL
 
 from mainsail.settings import Settings
-from tests.documents.conftest import Upload, chunk_rows, essay, wait_for_status
-from tests.fixtures.app import TEST_DATA_DIR, TEST_MODEL_CACHE, make_settings
+from tests.documents.conftest import Upload, chunk_rows, essay, wait_for_status, worker_env
+from tests.fixtures.app import make_settings
 from tests.fixtures.identity import Account
 
 
@@ -31,17 +30,12 @@ def settings(database_url: URL, redis_url: str) -> Settings:
 
 
 def start_celery_worker(database_url: URL, redis_url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "MAINSAIL_ENVIRONMENT": "test",
-        "MAINSAIL_DATABASE_URL": database_url.render_as_string(hide_password=False),
-        "MAINSAIL_DATA_DIR": str(TEST_DATA_DIR),
-        "MAINSAIL_DOCUMENTS__MODEL_CACHE_DIR": str(TEST_MODEL_CACHE),
-        "MAINSAIL_JOBS__EXECUTOR": "celery",
-        "MAINSAIL_JOBS__CELERY_BROKER_URL": redis_url,
-        "MAINSAIL_JOBS__CONCURRENCY": "1",
-        "MAINSAIL_LLM__USE_STANDARD_ENV": "false",
-    }
+    env = worker_env(
+        database_url,
+        JOBS__EXECUTOR="celery",
+        JOBS__CELERY_BROKER_URL=redis_url,
+        JOBS__CONCURRENCY="1",
+    )
     return subprocess.Popen(
         [sys.executable, "-m", "mainsail", "worker", "--no-migrate"],
         env=env,

@@ -4,7 +4,6 @@ with every chunk exactly once."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from sqlalchemy.engine import URL
 
 from mainsail.settings import Settings
 from mainsail.worker import build_runner
-from tests.documents.conftest import Upload, chunk_rows, essay, wait_for_status
-from tests.fixtures.app import TEST_DATA_DIR, TEST_MODEL_CACHE, make_settings, wait_until
+from tests.documents.conftest import Upload, chunk_rows, essay, wait_for_status, worker_env
+from tests.fixtures.app import make_settings, wait_until
 from tests.fixtures.identity import Account
 
 LEASE_S = 2.0
@@ -35,17 +34,12 @@ def settings(database_url: URL) -> Settings:
 
 
 def start_worker(database_url: URL, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "MAINSAIL_ENVIRONMENT": "test",
-        "MAINSAIL_DATABASE_URL": database_url.render_as_string(hide_password=False),
-        "MAINSAIL_DATA_DIR": str(TEST_DATA_DIR),
-        "MAINSAIL_DOCUMENTS__MODEL_CACHE_DIR": str(TEST_MODEL_CACHE),
-        "MAINSAIL_JOBS__LEASE_S": str(LEASE_S),
-        "MAINSAIL_JOBS__POLL_INTERVAL_S": "0.2",
-        "MAINSAIL_LLM__USE_STANDARD_ENV": "false",
-        "MAINSAIL_LOG__LEVEL": "WARNING",
-    }
+    env = worker_env(
+        database_url,
+        JOBS__LEASE_S=str(LEASE_S),
+        JOBS__POLL_INTERVAL_S="0.2",
+        LOG__LEVEL="WARNING",
+    )
     return subprocess.Popen(
         [sys.executable, "-m", "mainsail", "worker", "--no-migrate"],
         env=env,
