@@ -12,14 +12,16 @@ import tokenizers
 class Embedder(Protocol):
     """A sentence embedding model.
 
-    ``name`` identifies the model and its numerics (e.g. ``all-MiniLM-L6-v2@int8``): vectors
-    with different names must not be compared. ``embed`` is synchronous and CPU bound; async
-    callers run it in a worker thread.
+    ``name`` identifies the model and its numerics (``all-MiniLM-L6-v2@int8``,
+    ``all-MiniLM-L6-v2@fp32``): vectors with different names must not be compared. ``embed``
+    is synchronous and CPU bound; async callers run it in a worker thread.
     """
 
     name: str
     dimension: int
-    max_tokens: int  # word pieces per text, special tokens included; longer texts are truncated
+    # Tokens per text the model reads, its special tokens ([CLS], [SEP]) included: a text of
+    # more than max_tokens - 2 word pieces (count_tokens) is truncated, not rejected.
+    max_tokens: int
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 (len(texts), dimension), each row L2-normalized, in the order given."""

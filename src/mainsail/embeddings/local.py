@@ -110,6 +110,10 @@ class LocalEmbedder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        # Idle pool threads sleep instead of spinning: the service shares its cores (event
+        # loop, database, other workers), and spinning threads slowed embedding itself by a
+        # third whenever other work ran on a 2-core machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(
             str(path),
             options,
@@ -118,7 +122,7 @@ class LocalEmbedder:
         )
         log.info("embedding model loaded", path=str(path), precision=precision, threads=threads)
         return cls(
-            name=MODEL_NAME if precision == "fp32" else f"{MODEL_NAME}@{precision}",
+            name=f"{MODEL_NAME}@{precision}",
             session=session,
             tokenizer=Tokenizer.from_file(str(source / "tokenizer.json")),
             dimension=config.hidden_size,

@@ -42,6 +42,11 @@ DISABLED_OPTIMIZERS = ("SkipLayerNormFusion", "BiasGeluFusion")
 SOURCE_FILES = ("model.safetensors", "config.json", "1_Pooling/config.json", "tokenizer.json")
 
 
+# Per-site channel divisors for SmoothQuant-style smoothing (see mainsail.embeddings.quantize):
+# the input of the site's MatMul is divided by s per channel, its weight rows multiplied by s.
+Smoothing = Mapping[str, np.ndarray]
+
+
 class ModelBuildError(Exception):
     """The source model cannot be turned into the graph this module writes."""
 
@@ -133,11 +138,6 @@ class _GraphBuilder:
                 helper.make_tensor_value_info(outputs[0], TensorProto.FLOAT, float_shape)
             )
         return outputs
-
-
-# Per-site channel divisors for SmoothQuant-style smoothing (see mainsail.embeddings.quantize):
-# the input of the site's MatMul is divided by s per channel, its weight rows multiplied by s.
-Smoothing = Mapping[str, np.ndarray]
 
 
 def site_names(config: BertConfig) -> list[str]:

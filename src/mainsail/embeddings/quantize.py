@@ -18,7 +18,10 @@ the mean embedding error (1 - cosine: 0.005 to 0.0025).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -92,14 +95,34 @@ def quantize_dynamic_int8(fp32_path: Path, out_path: Path) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        fp32_path,
-        out_path,
-        op_types_to_quantize=["MatMul", "Attention"],
-        per_channel=True,
-        reduce_range=False,
-        weight_type=QuantType.QInt8,
-    )
+    with _without_preprocessing_advice():
+        quantize_dynamic(
+            fp32_path,
+            out_path,
+            op_types_to_quantize=["MatMul", "Attention"],
+            per_channel=True,
+            reduce_range=False,
+            weight_type=QuantType.QInt8,
+        )
+
+
+class _DropPreprocessingAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice() -> Iterator[None]:
+    """The quantizer warns on the root logger that shape-inference pre-processing (which needs
+    sympy) could help; it cannot here (the graph is already fused), so the service's log
+    should not carry that warning on every build."""
+    advice = _DropPreprocessingAdvice()
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 
 def build_int8(model_dir: Path, out_path: Path, *, smooth: bool = True) -> None:
