@@ -167,7 +167,16 @@ def create_app(settings: Settings) -> FastAPI:
             allow_origins=settings.http.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID"],
+            # What a browser client may read: ids, limits, replay and cache markers.
+            expose_headers=[
+                "X-Request-ID",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "Retry-After",
+                "Idempotent-Replayed",
+                "Mainsail-Cache",
+            ],
         )
     app.add_middleware(RequestContextMiddleware, max_length=settings.http.request_id_max_length)
     for router in ROUTERS:
