@@ -273,8 +273,11 @@ class DocumentSettings(BaseModel):
     chunk_size: int = Field(default=200, ge=16, le=8192)
     chunk_overlap: int = Field(default=30, ge=0, le=4096)
     default_collection: str = Field(default="default", min_length=1, max_length=128)
-    # Passages per embedding call, and embedding threads (default: every core).
+    # Passages per model run, and embedding threads (default: every core).
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
+    # Chunks handed to the embedder at once (and stored in one INSERT): it sorts them by
+    # length, so the larger the window the less its batches pad (memory grows with it).
+    embed_window: int = Field(default=256, ge=1, le=8192)
     embed_threads: int | None = Field(default=None, ge=1, le=256)
     # The local model with int8 weights (about twice as fast as fp32, same retrieval quality).
     embed_quantized: bool = True

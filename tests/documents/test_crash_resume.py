@@ -39,6 +39,8 @@ def start_worker(database_url: URL, log: Path) -> subprocess.Popen[bytes]:
         JOBS__LEASE_S=str(LEASE_S),
         JOBS__POLL_INTERVAL_S="0.2",
         LOG__LEVEL="WARNING",
+        # Small windows, so that it stores several before it is killed.
+        DOCUMENTS__EMBED_WINDOW="32",
     )
     return subprocess.Popen(
         [sys.executable, "-m", "mainsail", "worker", "--no-migrate"],

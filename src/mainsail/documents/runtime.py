@@ -40,5 +40,5 @@ async def start_documents(settings: Settings, db: Database) -> DocumentsKit:
         chunk_size=config.chunk_size,
         chunk_overlap=config.chunk_overlap,
     )
-    ingestor = Ingestor(db, store, embedders, first, batch_size=config.embed_batch_size)
+    ingestor = Ingestor(db, store, embedders, first, batch_size=config.embed_window)
     return DocumentsKit(store, embedders, ingestor, max_tokens=LOCAL_MAX_TOKENS - 2)
