@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from mainsail import __version__
 from mainsail.api import ROUTERS
+from mainsail.chat.runtime import start_chat
 from mainsail.core import embedded_pg
 from mainsail.core.db import Database
 from mainsail.core.errors import install_error_handlers
@@ -40,6 +41,7 @@ from mainsail.openai_compat.errors import llm_problem, to_openai_error
 from mainsail.quotas.service import DbQuota
 from mainsail.ratelimits.middleware import RateLimitMiddleware
 from mainsail.ratelimits.policy import RateLimits
+from mainsail.search.runtime import search_cache, start_search
 from mainsail.settings import Settings, SettingsError, load_settings
 from mainsail.usage.writer import UsageWriter
 
@@ -114,8 +116,15 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.idempotency = IdempotencyStore(db, settings.idempotency)
             await app.state.idempotency.start()  # purges expired keys periodically
             stack.push_async_callback(app.state.idempotency.stop)
-            app.state.documents = await start_documents(settings, db)
+            app.state.documents = await start_documents(settings, db, gateway)
             runner.register(INGEST, app.state.documents.ingestor)
+            search_results = search_cache(settings.search)
+            if search_results is not None:
+                stack.push_async_callback(search_results.aclose)
+            app.state.search = start_search(
+                settings.search, db, app.state.documents.embedders, search_results
+            )
+            app.state.chat = start_chat(settings.chat, db, gateway, app.state.search)
             app.state.jobs = runner
             if dispatcher is not None:  # Celery workers run the jobs; send them there
                 app.state.dispatcher = dispatcher

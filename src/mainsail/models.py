@@ -6,6 +6,7 @@ models-vs-migrations check see the whole schema.
 
 from __future__ import annotations
 
+from mainsail.chat import models as chat_models  # noqa: F401
 from mainsail.core.db import Base
 from mainsail.documents import models as document_models  # noqa: F401
 from mainsail.idempotency import models as idempotency_models  # noqa: F401

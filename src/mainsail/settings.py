@@ -185,7 +185,9 @@ class IdempotencySettings(BaseModel):
     """``Idempotency-Key`` on unsafe requests: a retried request gets the first one's answer."""
 
     # Paths (exact, or a prefix ending in "/*") where POST and PATCH honour the header.
-    paths: list[str] = Field(default_factory=lambda: ["/v1/chat/completions", "/analyze"])
+    paths: list[str] = Field(
+        default_factory=lambda: ["/v1/chat/completions", "/v1/embeddings", "/analyze"]
+    )
     # Refuse requests to those paths without the header (400).
     required: bool = False
     # How long a stored answer is replayed, from when it was stored.
@@ -265,8 +267,26 @@ class JobSettings(BaseModel):
 class DocumentSettings(BaseModel):
     """Uploads, parsing, chunking and the local embedder."""
 
-    # Where originals are kept: a directory (default: <data_dir>/documents).
+    # Where originals are kept: "local" (storage_dir) or "s3" (an S3-compatible object store;
+    # credentials come from the standard AWS chain: environment, profile, instance role).
+    storage: Literal["local", "s3"] = "local"
+    # The originals' directory (default: <data_dir>/documents); with "s3", where uploads are
+    # staged and the ingestion job's temporary copies are written.
     storage_dir: Path | None = None
+    # S3 only: the bucket, and the prefix of every key (<prefix><document id>/<revision>).
+    s3_bucket: str | None = Field(default=None, min_length=3, max_length=255)
+    s3_prefix: str = Field(default="documents/", max_length=512)
+    # S3 only: None means AWS; set it for MinIO, Ceph, R2 and other S3-compatible stores.
+    s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    s3_region: str | None = None
+    # S3 only: seconds to connect and to wait for each answer, and attempts per call (standard
+    # retry mode: transient errors and throttling, with backoff).
+    s3_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    s3_read_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    s3_max_attempts: int = Field(default=3, ge=1, le=20)
+    # S3 only: "path" (http://host/bucket/key, what most self-hosted stores need), "virtual"
+    # (http://bucket.host/key) or "auto" (boto3 chooses).
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     # Largest upload in bytes; larger ones are refused (413) before the rest is read.
     max_upload_bytes: int = Field(default=100 * 1_048_576, ge=1024, le=64 * 1024 * 1_048_576)
     # Default chunking, in tokens of the embedding model's tokenizer (an upload may override).
@@ -279,6 +299,10 @@ class DocumentSettings(BaseModel):
     # length, so the larger the window the less its batches pad (memory grows with it).
     embed_window: int = Field(default=256, ge=1, le=8192)
     embed_threads: int | None = Field(default=None, ge=1, le=256)
+    # The embedding model of the first index version: "local" (all-MiniLM-L6-v2 in process, no
+    # network), or the name of a catalogue model of kind embedding (text-embedding-3-small,
+    # bedrock-titan-embed-v2, ...), called through the gateway and billed to each owner.
+    embedder: str = Field(default="local", min_length=1, max_length=128)
     # The local model with int8 weights (about twice as fast as fp32, same retrieval quality).
     embed_quantized: bool = True
     # Where the local model's ONNX graphs are built and kept (default: <data_dir>/models).
@@ -289,6 +313,68 @@ class DocumentSettings(BaseModel):
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("chunk_overlap must be smaller than chunk_size")
         return self
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> DocumentSettings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("storage 's3' needs a bucket (MAINSAIL_DOCUMENTS__S3_BUCKET)")
+        return self
+
+
+class SearchSettings(BaseModel):
+    """``POST /search``: vector (pgvector HNSW), keyword (full text, BM25) and their fusion."""
+
+    # HNSW candidate list per vector query; raised to at least the candidate pool.
+    ef_search: int = Field(default=100, ge=1, le=1000)
+    # Reciprocal Rank Fusion: score = sum over retrievers of 1 / (rrf_k + rank).
+    rrf_k: int = Field(default=60, ge=1, le=10_000)
+    # Passages each retriever ranks; pages are cut from this pool, so they never overlap.
+    candidates: int = Field(default=100, ge=1, le=1000)
+    # The largest top_k one page may ask for.
+    max_top_k: int = Field(default=100, ge=1, le=1000)
+    max_query_chars: int = Field(default=2000, ge=1, le=100_000)
+    # Filters that leave at most this many chunks are searched exactly (no index, no recall
+    # loss); larger sets use the HNSW index.
+    exact_below: int = Field(default=20_000, ge=0, le=10_000_000)
+    # When filters drop too many of the index's candidates: ask again with a list this many
+    # times longer (up to 1000), then rank the scope exactly.
+    hnsw_overfetch: int = Field(default=4, ge=1, le=100)
+    # BM25 parameters of the keyword retriever.
+    bm25_k1: float = Field(default=1.2, ge=0, le=10)
+    bm25_b: float = Field(default=0.75, ge=0, le=1)
+    # Results cached per (index version, owner, query, filters, mode, page); a new index
+    # version changes the key, so activation needs no purge. Empty: no cache.
+    cache_url: str = "memory://"
+    cache_ttl_s: int = Field(default=300, ge=1, le=86_400)
+    cache_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+
+    @field_validator("cache_url")
+    @classmethod
+    def _known_cache(cls, value: str) -> str:
+        if value and not value.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError("expected memory://, redis://host:port/db, or empty (no cache)")
+        return value
+
+
+class ChatSettings(BaseModel):
+    """``POST /chat``: retrieve, pack the passages into the model's budget, answer, cite."""
+
+    # Catalogue model used when a request names none (unset: the first configured model that
+    # can generate, else the extractive model, which quotes the passages).
+    model: str | None = None
+    # Passages retrieved per question (hybrid search); as many as fit the budget are sent.
+    retrieve_k: int = Field(default=8, ge=1, le=100)
+    # Tokens kept for the answer (the request's max_tokens).
+    answer_tokens: int = Field(default=1024, ge=16, le=100_000)
+    # Cap on the prompt (system, history, passages, question) in tokens; the model's context
+    # window less answer_tokens applies anyway. Unset: that window alone.
+    max_prompt_tokens: int | None = Field(default=None, ge=256, le=2_000_000)
+    # Earlier messages sent with a follow-up, newest first, within this many tokens.
+    history_tokens: int = Field(default=1500, ge=0, le=100_000)
+    history_messages: int = Field(default=10, ge=0, le=200)
+    # Rewrite a follow-up into a standalone question (a model call) before searching.
+    condense: bool = True
+    temperature: float = Field(default=0.0, ge=0, le=2)
 
 
 RateLimitStrategy = Literal["moving-window", "sliding-window-counter"]
@@ -375,6 +461,8 @@ class Settings(BaseSettings):
     response_cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
 
     @model_validator(mode="after")
     def _production_guard(self) -> Settings:

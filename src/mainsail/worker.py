@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import signal
 import uuid
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from sqlalchemy.engine import URL
 
@@ -24,17 +26,61 @@ from mainsail.documents.pipeline import INGEST
 from mainsail.documents.runtime import start_documents
 from mainsail.jobs import repository as jobs_repository
 from mainsail.jobs.service import JobRunner
+from mainsail.llm.factory import build_gateway
+from mainsail.llm.gateway import Gateway
+from mainsail.quotas.service import DbQuota
 from mainsail.settings import Settings
+from mainsail.usage.writer import UsageWriter
 
 log = get_logger(__name__)
 
 
-async def build_runner(settings: Settings, db: Database) -> JobRunner:
-    """A runner with every job handler registered."""
+async def build_runner(
+    settings: Settings, db: Database, gateway: Gateway | None = None
+) -> JobRunner:
+    """A runner with every job handler registered (``gateway``: for a provider embedder)."""
     runner = JobRunner(db, settings.jobs)
-    documents = await start_documents(settings, db)
+    documents = await start_documents(settings, db, gateway)
     runner.register(INGEST, documents.ingestor)
     return runner
+
+
+@dataclass
+class Metering:
+    """The model gateway of a worker process, with its usage ledger and budget leases."""
+
+    gateway: Gateway
+    usage: UsageWriter
+    quota: DbQuota
+
+    async def flush(self) -> None:
+        """Write back now what the jobs used, and give back idle budget leases."""
+        await self.quota.flush(release_idle_after_s=0.0)
+        await self.usage.flush()
+
+
+async def metering(settings: Settings, db: Database, stack: AsyncExitStack) -> Metering | None:
+    """The model gateway a worker needs when ``documents.embedder`` names a catalogue model:
+    budgets and the usage ledger as in the service (its writers stop with ``stack``). None
+    with the local model, which needs no gateway."""
+    if settings.documents.embedder == "local":
+        return None
+    usage = UsageWriter(
+        db,
+        spill_dir=settings.data_dir / "spill",
+        flush_interval_s=settings.usage.flush_interval_s,
+        batch_size=settings.usage.batch_size,
+        retention_days=settings.usage.raw_retention_days,
+    )
+    await usage.start()
+    stack.push_async_callback(usage.stop)  # after the quota drain: runs last
+    quota = DbQuota(db, settings.quota)
+    await quota.start()
+    stack.push_async_callback(quota.drain)
+    gateway, adapters = build_gateway(settings.llm, usage=usage, quota=quota)
+    for adapter in adapters:
+        stack.push_async_callback(adapter.aclose)
+    return Metering(gateway, usage, quota)
 
 
 def run_celery_worker(settings: Settings, url: URL) -> None:
@@ -42,14 +88,24 @@ def run_celery_worker(settings: Settings, url: URL) -> None:
     from mainsail.jobs.broker import QUEUE, make_celery
 
     runners: dict[str, JobRunner] = {}
+    meters: dict[str, Metering | None] = {}
+    # Lives as long as the pool's process. Its event loop runs only during a task, so the
+    # usage ledger and budget leases are written back at the end of each one.
+    stack = AsyncExitStack()
 
     async def run_job(job_id: uuid.UUID) -> bool:
         runner = runners.get("runner")
         if runner is None:  # in the pool's process, on its first task
+            db = Database(url, settings.database)
+            meter = meters["meter"] = await metering(settings, db, stack)
             runner = runners["runner"] = await build_runner(
-                settings, Database(url, settings.database)
+                settings, db, meter.gateway if meter else None
             )
-        return await runner.run_one(job_id)
+        try:
+            return await runner.run_one(job_id)
+        finally:
+            if (meter := meters.get("meter")) is not None:
+                await meter.flush()
 
     app = make_celery(settings.jobs, run_job)
     app.worker_main(
@@ -70,8 +126,10 @@ async def run_worker(settings: Settings, url: URL) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    stack = AsyncExitStack()
     try:
-        runner = await build_runner(settings, db)
+        meter = await metering(settings, db, stack)
+        runner = await build_runner(settings, db, meter.gateway if meter else None)
         listener = PgListener(db)
         listener.subscribe(
             jobs_repository.CHANNEL, runner.wake, on_gap=runner.wake, on_connected=runner.wake
@@ -87,4 +145,5 @@ async def run_worker(settings: Settings, url: URL) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+        await stack.aclose()  # the last usage events and settled budgets, written
         await db.dispose()

@@ -43,7 +43,12 @@ def test_models_and_migrations_do_not_drift(database_url: URL) -> None:
                 return await connection.run_sync(
                     lambda sync: compare_metadata(
                         MigrationContext.configure(
-                            sync, opts={"compare_type": True, "compare_server_default": True}
+                            sync,
+                            opts={
+                                "compare_type": True,
+                                "compare_server_default": True,
+                                "include_object": migrations.include_object,
+                            },
                         ),
                         metadata,
                     )

@@ -35,7 +35,9 @@ def test_int8_stays_close_to_sentence_transformers(
     # The empty text is only [CLS] [SEP], the two tokens with the model's largest activation
     # outliers, so per-tensor int8 activations hurt it most (~0.98); no real passage is that.
     assert similarity.pop("") >= 0.97
-    assert min(similarity.values()) >= 0.99
+    # 0.99+ with VNNI (full 8-bit weights); 0.990-0.998 without it (7-bit weights, see
+    # quantize.needs_reduced_range; full range gave 0.97-0.98 there).
+    assert min(similarity.values()) >= 0.985
 
 
 @pytest.mark.parametrize("embedder_name", ["fp32_embedder", "int8_embedder"])

@@ -9,11 +9,21 @@ Fault kinds: ``rate_limit`` (429, optional Retry-After), ``server_error`` (500 o
 ``overloaded`` (Anthropic 529, OpenAI 503), ``bad_request`` (400), ``hang`` (wait ``hang_s``,
 then answer normally), ``malformed`` (200 with invalid JSON) and ``cut_stream`` (send
 ``after_chunks`` content deltas, then drop the connection; a 500 for non-stream requests).
+
+Embeddings: OpenAI's ``POST /v1/embeddings`` (float or base64) and Bedrock's InvokeModel for
+Titan text embeddings (``POST /model/{id}/invoke``, for boto3 with ``endpoint_url``). Vectors
+are deterministic (``fake_embedding``: seeded by the model and the text, unit length) of
+``embedding_dimension`` (or the request's ``dimensions``); usage counts words, as for chat.
+Each request takes the next scripted action too: a ``Fault`` fails it in that vendor's error
+shape (Bedrock: ``x-amzn-ErrorType``), a ``Reply`` may set ``input_tokens``, ``report_usage``
+or ``delay_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
 import json
 import logging
@@ -24,18 +34,39 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["FakeProviderServer", "Fault", "RecordedCall", "Reply", "ToolCall"]
+__all__ = ["FakeProviderServer", "Fault", "RecordedCall", "Reply", "ToolCall", "fake_embedding"]
 
 FAULT_KINDS = frozenset(
     {"rate_limit", "server_error", "overloaded", "bad_request", "hang", "malformed", "cut_stream"}
 )
 MALFORMED_BODY = b'{"this is": not json'
+DEFAULT_EMBEDDING_DIMENSION = 48
+# Bedrock errors by fault kind: status and error code (botocore reads x-amzn-ErrorType).
+_BEDROCK_ERRORS = {
+    "rate_limit": (429, "ThrottlingException"),
+    "server_error": (500, "InternalServerException"),
+    "overloaded": (503, "ServiceUnavailableException"),
+    "bad_request": (400, "ValidationException"),
+}
+
+
+def fake_embedding(model: str, text: str, dimension: int) -> list[float]:
+    """The fake's vector for ``text``: seeded by model and text, unit length, float32."""
+    seed = int.from_bytes(hashlib.sha256(f"{model}\x00{text}".encode()).digest()[:8], "little")
+    vector = np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    return [float(value) for value in vector]
+
+
+def _words(text: str) -> int:
+    return max(len(text.split()), 1)
 
 
 @dataclass(frozen=True)
@@ -355,8 +386,14 @@ async def _sse(frames: list[_Frame], cut_after: int | None) -> AsyncIterator[str
 class FakeProviderServer:
     """OpenAI- and Anthropic-compatible HTTP server on 127.0.0.1, run by uvicorn in a thread."""
 
-    def __init__(self, models: Iterable[str] = ("fake-model",)) -> None:
+    def __init__(
+        self,
+        models: Iterable[str] = ("fake-model",),
+        *,
+        embedding_dimension: int = DEFAULT_EMBEDDING_DIMENSION,
+    ) -> None:
         self.models = tuple(models)
+        self.embedding_dimension = embedding_dimension
         self._lock = threading.Lock()
         self._script: deque[Action] = deque()
         self._calls: list[RecordedCall] = []
@@ -443,6 +480,8 @@ class FakeProviderServer:
                 Route("/v1/chat/completions", openai, methods=["POST"]),
                 Route("/v1/messages", anthropic, methods=["POST"]),
                 Route("/v1/models", self._list_models, methods=["GET"]),
+                Route("/v1/embeddings", self._openai_embeddings, methods=["POST"]),
+                Route("/model/{model_id:path}/invoke", self._bedrock_invoke, methods=["POST"]),
             ]
         )
 
@@ -504,6 +543,82 @@ class FakeProviderServer:
             stream = _sse(dialect.frames(answer, body), cut_after)
             return StreamingResponse(stream, media_type="text/event-stream")
         return JSONResponse(dialect.render(answer))
+
+    async def _embedding_action(self, request: Request) -> Fault | Reply | Response:
+        """The next scripted action for an embedding request, with hangs and delays served;
+        a Response when the client went away meanwhile."""
+        action = self._next_action()
+        if isinstance(action, Fault) and action.kind == "hang":
+            if not await self._pause(request, action.hang_s):
+                return Response(status_code=499)
+            action = None
+        reply = action or Reply()
+        if isinstance(reply, Fault):
+            return reply
+        if reply.delay_s and not await self._pause(request, reply.delay_s):
+            return Response(status_code=499)
+        return reply
+
+    async def _openai_embeddings(self, request: Request) -> Response:
+        body = await self._record(request)
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        valid = isinstance(inputs, list) and inputs and all(isinstance(t, str) for t in inputs)
+        if not isinstance(body.get("model"), str) or not valid or not all(inputs):
+            return self._error(_OPENAI, Fault("bad_request"), "input: non-empty texts required")
+        action = await self._embedding_action(request)
+        if isinstance(action, Response):
+            return action
+        if isinstance(action, Fault):
+            if action.kind == "malformed":
+                return Response(MALFORMED_BODY, media_type="application/json")
+            return self._error(_OPENAI, action)
+        dimension = body.get("dimensions") or self.embedding_dimension
+        encode_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, text in enumerate(inputs):
+            vector = fake_embedding(body["model"], text, dimension)
+            embedding: Any = vector
+            if encode_base64:
+                raw = np.asarray(vector, dtype="<f4").tobytes()
+                embedding = base64.b64encode(raw).decode("ascii")
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(map(_words, inputs)) if action.input_tokens is None else action.input_tokens
+        result: dict[str, Any] = {"object": "list", "data": data, "model": body["model"]}
+        if action.report_usage:
+            result["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(result)
+
+    async def _bedrock_invoke(self, request: Request) -> Response:
+        """InvokeModel for Titan text embeddings (v2 request and answer shape)."""
+        body = await self._record(request)
+        model = request.path_params["model_id"]
+        text = body.get("inputText")
+        if not model.startswith("amazon.titan-embed-text") or not isinstance(text, str) or not text:
+            return self._bedrock_error(Fault("bad_request"), "inputText: a non-empty string")
+        action = await self._embedding_action(request)
+        if isinstance(action, Response):
+            return action
+        if isinstance(action, Fault):
+            if action.kind == "malformed":
+                return Response(MALFORMED_BODY, media_type="application/json")
+            return self._bedrock_error(action)
+        vector = fake_embedding(model, text, body.get("dimensions") or self.embedding_dimension)
+        tokens = _words(text) if action.input_tokens is None else action.input_tokens
+        answer: dict[str, Any] = {"embedding": vector, "embeddingsByType": {"float": vector}}
+        if action.report_usage:
+            answer["inputTextTokenCount"] = tokens
+        return JSONResponse(answer)
+
+    def _bedrock_error(self, fault: Fault, message: str | None = None) -> Response:
+        kind = "server_error" if fault.kind == "cut_stream" else fault.kind
+        status, code = _BEDROCK_ERRORS[kind]
+        headers = {"x-amzn-errortype": f"{code}:http://internal.amazon.com/coral/fake/"}
+        if fault.retry_after is not None:
+            headers["retry-after"] = f"{fault.retry_after:g}"
+        payload = {"message": message or f"{code} (fake)."}
+        return JSONResponse(payload, status_code=fault.status or status, headers=headers)
 
     def _error(self, dialect: _Vendor, fault: Fault, message: str | None = None) -> Response:
         kind = "server_error" if fault.kind == "cut_stream" else fault.kind

@@ -66,6 +66,19 @@ async def job_still_there(client: httpx.AsyncClient, owner: Account, ident: str)
     return response.status_code == 200
 
 
+async def conversation_of(client: httpx.AsyncClient, owner: Account) -> str:
+    asked = await client.post(
+        "/chat", json={"question": f"What did {owner.email} write?"}, headers=owner.headers
+    )
+    assert asked.status_code == 200, asked.text
+    return str(asked.json()["conversation_id"])
+
+
+async def conversation_still_there(client: httpx.AsyncClient, owner: Account, ident: str) -> bool:
+    response = await client.get(f"/conversations/{ident}", headers=owner.headers)
+    return response.status_code == 200
+
+
 @dataclass(frozen=True)
 class IsolatedRoute:
     method: str
@@ -94,6 +107,8 @@ ISOLATED_ROUTES = [
     IsolatedRoute("GET", "/documents/{id}", document_of, document_still_there),
     IsolatedRoute("DELETE", "/documents/{id}", document_of, document_still_there),
     IsolatedRoute("GET", "/jobs/{id}", job_of, job_still_there),
+    IsolatedRoute("GET", "/conversations/{id}", conversation_of, conversation_still_there),
+    IsolatedRoute("DELETE", "/conversations/{id}", conversation_of, conversation_still_there),
     IsolatedRoute("POST", "/admin/jobs/{id}/requeue", job_of, job_still_there, expected=403),
     IsolatedRoute(
         "PUT",

@@ -10,6 +10,16 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
 SCRIPT_LOCATION = "mainsail:migrations"
+# Made at run time, one per index version (each fixes its own vector dimension): not in the
+# models, so comparing the models with the database leaves them out.
+RUNTIME_INDEX_PREFIX = "ix_chunks_embedding_v"
+
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic's ``include_object`` hook: skips the per-version vector indexes."""
+    return not (type_ == "index" and reflected and (name or "").startswith(RUNTIME_INDEX_PREFIX))
 
 
 def alembic_config(url: URL | None = None) -> Config:

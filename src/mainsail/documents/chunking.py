@@ -5,6 +5,11 @@ and cut by ``semantic-text-splitter`` with the embedding model's own tokenizer, 
 at the largest unit that fits (paragraphs, then sentences, then words) and overlaps
 neighbours by up to ``chunk_overlap`` tokens. A new heading always starts a new chunk.
 
+Provider models (no tokenizer of theirs in process) are counted in cl100k: the splitter's
+bundled tiktoken data and ``llm.tokens`` (bundled too; nothing is downloaded). That is the
+encoding of OpenAI's embedding models, and for others (Bedrock Titan) the same estimate the
+gateway uses for their budgets.
+
 Offsets are into the document's extracted text: every block's text, joined by a blank line.
 """
 
@@ -18,8 +23,11 @@ from semantic_text_splitter import TextSplitter
 from tokenizers import Tokenizer
 
 from mainsail.documents.parsing import Block
+from mainsail.llm.tokens import count_tokens
 
 SEPARATOR = "\n\n"
+# A tiktoken model whose encoding is cl100k_base, for the splitter (which knows models).
+CL100K_MODEL = "text-embedding-3-small"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,20 +45,33 @@ class ChunkText:
 class Chunker:
     def __init__(
         self,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | None,
         *,
         chunk_size: int,
         chunk_overlap: int,
         window_chars: int = 32_768,
     ) -> None:
-        counting = Tokenizer.from_str(tokenizer.to_str())
-        counting.no_truncation()
-        counting.no_padding()
-        self.tokenizer = counting
-        self.splitter = TextSplitter.from_huggingface_tokenizer(
-            counting, capacity=chunk_size, overlap=chunk_overlap
-        )
+        """``tokenizer``: the embedding model's own; None counts in cl100k (provider models)."""
+        self.tokenizer: Tokenizer | None = None
+        if tokenizer is None:
+            self.splitter = TextSplitter.from_tiktoken_model(
+                CL100K_MODEL, capacity=chunk_size, overlap=chunk_overlap
+            )
+        else:
+            counting = Tokenizer.from_str(tokenizer.to_str())
+            counting.no_truncation()
+            counting.no_padding()
+            self.tokenizer = counting
+            self.splitter = TextSplitter.from_huggingface_tokenizer(
+                counting, capacity=chunk_size, overlap=chunk_overlap
+            )
         self.window_chars = max(window_chars, chunk_size * 16)
+
+    def _counts(self, pieces: list[str]) -> list[int]:
+        if self.tokenizer is None:
+            return [count_tokens(piece) for piece in pieces]
+        encodings = self.tokenizer.encode_batch(pieces, add_special_tokens=False)
+        return [len(e.ids) for e in encodings]
 
     def chunks(self, blocks: Iterable[Block]) -> Iterator[ChunkText]:
         ordinal = 0
@@ -80,10 +101,7 @@ class Chunker:
         pages = [block.page for _, block in section]
         heading = section[-1][1].heading
         pieces = self.splitter.chunk_indices(text)
-        counts = [
-            len(e.ids)
-            for e in self.tokenizer.encode_batch([p for _, p in pieces], add_special_tokens=False)
-        ]
+        counts = self._counts([p for _, p in pieces])
         for index, ((start, piece), tokens) in enumerate(zip(pieces, counts, strict=True)):
             end = start + len(piece)
             first_block = bisect.bisect_right(starts, start) - 1

@@ -16,6 +16,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     ForeignKey,
     Identity,
     Index,
@@ -24,14 +25,16 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mainsail.core.db import Base, IdMixin, TimestampMixin, utcnow
 from mainsail.core.ownership import OwnedMixin
 
 QUEUED, PROCESSING, READY, FAILED = "queued", "processing", "ready", "failed"
-BUILDING, ACTIVE, RETIRED = "building", "active", "retired"
+# building -> ready -> active -> retired; building -> failed.
+BUILDING, READY_TO_ACTIVATE, ACTIVE = "building", "ready", "active"
+RETIRED, BUILD_FAILED = "retired", "failed"
 
 
 class Document(IdMixin, OwnedMixin, TimestampMixin, Base):
@@ -73,7 +76,9 @@ class IndexVersion(Base):
 
     __tablename__ = "index_versions"
     __table_args__ = (
-        CheckConstraint("state IN ('building', 'active', 'retired')", name="state"),
+        CheckConstraint(
+            "state IN ('building', 'ready', 'active', 'retired', 'failed')", name="state"
+        ),
         # At most one active version.
         Index(
             "uq_index_versions_active",
@@ -91,13 +96,25 @@ class IndexVersion(Base):
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     activated_at: Mapped[datetime | None]
+    retired_at: Mapped[datetime | None]
+    job_id: Mapped[uuid.UUID | None]  # the build (reindex) job
+    error: Mapped[str | None] = mapped_column(Text)
+    # {"documents": n, "done": n, "chunks": n} while a build runs.
+    progress: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    # Retrieval quality on the evaluation set, when one is configured.
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class Chunk(Base):
     __tablename__ = "chunks"
     __table_args__ = (
         UniqueConstraint("document_id", "index_version", "revision", "ordinal"),
-        Index("ix_chunks_owner_id_collection", "owner_id", "collection"),
+        Index(
+            "ix_chunks_index_version_owner_id_collection", "index_version", "owner_id", "collection"
+        ),
+        Index("ix_chunks_tsv", "tsv", postgresql_using="gin"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
@@ -118,4 +135,8 @@ class Chunk(Base):
     heading: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
     # No fixed dimension: each index version fixes its own (and its own partial index).
     embedding: Mapped[Any] = mapped_column(Vector())
+    # Full-text search (English stemming and stop words).
+    tsv: Mapped[Any] = mapped_column(
+        TSVECTOR, Computed("to_tsvector('english'::regconfig, text)", persisted=True)
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

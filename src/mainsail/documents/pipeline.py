@@ -3,7 +3,8 @@ bounded queues, so memory depends on the batch size and never on the file's size
 parsing overlaps embedding.
 
     parse + chunk + batch   (a worker thread: pure Python, yields batches of chunk texts)
-        -> queue(2) -> embed (ONNX Runtime in a thread; releases the GIL)
+        -> queue(2) -> embed (ONNX Runtime in a thread, releasing the GIL; or a provider
+                              model awaited through the gateway, billed to the owner)
         -> queue(2) -> store (one multi-row INSERT per batch)
 
 A job that runs again for the same revision (its worker was killed) skips the ordinals
@@ -31,11 +32,16 @@ from mainsail.core.db import Database
 from mainsail.core.logging import get_logger
 from mainsail.documents import repository
 from mainsail.documents.chunking import Chunker, ChunkText
+from mainsail.documents.embedders import AsyncEmbedder, DocumentEmbedder, ProviderEmbedder
 from mainsail.documents.models import FAILED
 from mainsail.documents.parsing import DocumentError, ParseLimits, parse
-from mainsail.documents.storage import LocalStore
+from mainsail.documents.storage import DocumentStore
 from mainsail.embeddings.base import Embedder
+from mainsail.identity import service as identity
 from mainsail.jobs.service import JobContext, PermanentError
+from mainsail.llm.errors import UpstreamRejected
+from mainsail.llm.gateway import CallContext
+from mainsail.quotas.service import QuotaExceeded
 
 log = get_logger(__name__)
 INGEST = "ingest"
@@ -55,7 +61,7 @@ async def run_pipeline(
     content_type: str,
     *,
     chunker: Chunker,
-    embedder: Embedder,
+    embedder: Embedder | AsyncEmbedder,
     batch_size: int,
     sink: Sink,
     limits: ParseLimits | None = None,
@@ -103,7 +109,7 @@ async def run_pipeline(
             stats.chunks += len(batch)
             todo = [chunk for chunk in batch if chunk.ordinal > skip_through]
             if todo:
-                vectors = await asyncio.to_thread(embedder.embed, [c.text for c in todo])
+                vectors = await _embed(embedder, [c.text for c in todo])
                 await to_store.put((todo, vectors))
         await to_store.put(_DONE)
 
@@ -127,6 +133,13 @@ async def run_pipeline(
             await asyncio.gather(producer, *stages, return_exceptions=True)
         raise
     return stats
+
+
+async def _embed(embedder: Embedder | AsyncEmbedder, texts: list[str]) -> np.ndarray:
+    """A provider embedder is awaited; the local one runs in a thread (CPU bound)."""
+    if isinstance(embedder, AsyncEmbedder):
+        return await embedder.embed_async(texts)
+    return await asyncio.to_thread(embedder.embed, texts)
 
 
 def vector_literal(vector: np.ndarray) -> str:
@@ -168,8 +181,8 @@ class Ingestor:
     def __init__(
         self,
         db: Database,
-        store: LocalStore,
-        embedders: Callable[[str], Embedder],
+        store: DocumentStore,
+        embedders: Callable[[str], DocumentEmbedder],
         first_version: FirstVersion,
         *,
         batch_size: int,
@@ -201,8 +214,9 @@ class Ingestor:
             chunking = document.chunking or {}
             owner_id, collection = document.owner_id, document.collection
             content_type = document.content_type
-        path = self.store.path(document_id, revision)
         embedder = await asyncio.to_thread(self.embedders, version.embedder)
+        if isinstance(embedder, ProviderEmbedder):  # billed to the document's owner
+            embedder = embedder.bind(await self._owner_context(owner_id, ctx))
         chunker = Chunker(
             embedder.tokenizer,
             chunk_size=int(chunking.get("chunk_size", version.chunk_size)),
@@ -229,22 +243,29 @@ class Ingestor:
             await ctx.progress(chunks=stats.chunks, embedded=stats.embedded)
 
         try:
-            stats = await run_pipeline(
-                path,
-                content_type,
-                chunker=chunker,
-                embedder=embedder,
-                batch_size=self.batch_size,
-                sink=sink,
-                limits=self.limits,
-                skip_through=stored,
-                on_batch=report,
-            )
+            async with self.store.local_copy(document_id, revision) as path:
+                stats = await run_pipeline(
+                    path,
+                    content_type,
+                    chunker=chunker,
+                    embedder=embedder,
+                    batch_size=self.batch_size,
+                    sink=sink,
+                    limits=self.limits,
+                    skip_through=stored,
+                    on_batch=report,
+                )
         except DocumentError as exc:
             await self._failed(document_id, revision, exc.reason)
             raise PermanentError(exc.reason) from None
         except FileNotFoundError:
             reason = "The uploaded file is no longer in storage; upload it again."
+            await self._failed(document_id, revision, reason)
+            raise PermanentError(reason) from None
+        except (QuotaExceeded, UpstreamRejected) as exc:
+            # Trying again will not help: the owner's budget is spent until the reset (an
+            # admin may raise it, then re-queue the job), or the provider refuses the text.
+            reason = exc.detail if isinstance(exc, QuotaExceeded) else exc.message
             await self._failed(document_id, revision, reason)
             raise PermanentError(reason) from None
         except Exception as exc:
@@ -260,7 +281,7 @@ class Ingestor:
                 session, document_id, revision, version.id
             )
         if activated:
-            self.store.delete_revisions(document_id, below=revision)
+            await asyncio.to_thread(self.store.delete_revisions, document_id, below=revision)
         await ctx.progress(chunks=stats.chunks, embedded=stats.embedded, done=True)
         log.info(
             "ingested",
@@ -268,6 +289,15 @@ class Ingestor:
             revision=revision,
             chunks=stats.chunks,
             embedded=stats.embedded,
+        )
+
+    async def _owner_context(self, owner_id: uuid.UUID, job: JobContext) -> CallContext:
+        """The owner as the caller of the model: their budget (by their role) is reserved
+        and the usage is theirs, with the job's id where a request id would be."""
+        async with self.db.unit_of_work() as session:
+            user = await identity.get_user(session, owner_id)
+        return CallContext(
+            user_id=owner_id, request_id=str(job.id), kind="ingest", role=user.role.value
         )
 
     async def _failed(self, document_id: uuid.UUID, revision: int, reason: str) -> None:

@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mainsail.core.db import utcnow
+from mainsail.core.migrations import RUNTIME_INDEX_PREFIX
 from mainsail.core.principal import Principal
 from mainsail.documents.models import (
     ACTIVE,
@@ -40,7 +41,28 @@ async def ensure_index_version(
         )
         session.add(version)
         await session.flush()
+        # No chunks belong to it yet, so this is instant (later versions build theirs
+        # CONCURRENTLY once their chunks are written). An index of that name is a leftover of
+        # a version whose row is gone (the id sequence was reset): it may be of another
+        # dimension, so it goes first.
+        await session.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(version.id)}"))
+        await session.execute(text(vector_index_ddl(version.id, version.dimension)))
     return version
+
+
+def vector_index_name(version_id: int) -> str:
+    return f"{RUNTIME_INDEX_PREFIX}{int(version_id)}"
+
+
+def vector_index_ddl(version_id: int, dimension: int, *, concurrently: bool = False) -> str:
+    """The HNSW (cosine) index over one version's chunks: a partial index on the embedding
+    cast to the version's dimension, so versions of different models share the table."""
+    return (
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS "
+        f"{vector_index_name(version_id)} ON chunks "
+        f"USING hnsw ((embedding::vector({int(dimension)})) vector_cosine_ops) "
+        f"WHERE index_version = {int(version_id)}"
+    )
 
 
 async def find_same_bytes(

@@ -19,7 +19,7 @@ from mainsail.core.principal import Scope
 from mainsail.documents import repository, service
 from mainsail.documents.schemas import ChunkingIn, DocumentOut, Status, TextDocumentIn
 from mainsail.documents.service import Chunking
-from mainsail.documents.storage import LocalStore
+from mainsail.documents.storage import DocumentStore
 from mainsail.documents.upload import parse_json_field, read_multipart, stage_text
 from mainsail.identity.deps import CurrentPrincipal, require_scope
 
@@ -28,8 +28,8 @@ Readable = require_scope(Scope.DOCUMENTS_READ)
 Writable = require_scope(Scope.DOCUMENTS_WRITE)
 
 
-def _store(request: Request) -> LocalStore:
-    store: LocalStore = request.app.state.documents.store
+def _store(request: Request) -> DocumentStore:
+    store: DocumentStore = request.app.state.documents.store
     return store
 
 

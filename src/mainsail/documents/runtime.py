@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from mainsail.core.db import Database
@@ -12,33 +13,51 @@ from mainsail.documents.embedders import (
     local_name,
 )
 from mainsail.documents.pipeline import FirstVersion, Ingestor
-from mainsail.documents.storage import LocalStore
+from mainsail.documents.storage import DocumentStore, open_store
+from mainsail.llm.gateway import Gateway
 from mainsail.settings import Settings
 
 
 @dataclass
 class DocumentsKit:
-    store: LocalStore
+    store: DocumentStore
     embedders: Embedders
     ingestor: Ingestor
-    max_tokens: int  # the most a chunk may hold: the model's limit less [CLS] and [SEP]
+    # The most a chunk may hold: the local model's limit less [CLS] and [SEP], or a provider
+    # model's context window.
+    max_tokens: int
 
 
-async def start_documents(settings: Settings, db: Database) -> DocumentsKit:
+async def start_documents(
+    settings: Settings, db: Database, gateway: Gateway | None = None
+) -> DocumentsKit:
+    """``gateway`` serves a provider embedder (``documents.embedder`` naming a catalogue
+    model); without one only the local model works. A provider embedder that cannot work
+    (unknown, not an embedding model, provider not configured, no dimension) stops start-up
+    with the reason."""
     config = settings.documents
-    store = LocalStore(config.storage_dir or settings.data_dir / "documents")
+    store = await asyncio.to_thread(open_store, config, settings.data_dir)
     embedders = Embedders(
         config.model_cache_dir or settings.data_dir / "models",
         threads=config.embed_threads,
         batch_size=config.embed_batch_size,
+        gateway=gateway,
     )
+    name, dimension, max_tokens = (
+        local_name(quantized=config.embed_quantized),
+        LOCAL_DIMENSION,
+        LOCAL_MAX_TOKENS - 2,
+    )
+    if config.embedder != "local":
+        provider = embedders.provider(config.embedder)
+        name, dimension, max_tokens = provider.name, provider.dimension, provider.max_tokens
     # The first index version, made by the first job that needs one (the service starts
     # even when the database is not there yet).
     first = FirstVersion(
-        embedder=local_name(quantized=config.embed_quantized),
-        dimension=LOCAL_DIMENSION,
+        embedder=name,
+        dimension=dimension,
         chunk_size=config.chunk_size,
         chunk_overlap=config.chunk_overlap,
     )
-    ingestor = Ingestor(db, store, embedders, first, batch_size=config.embed_window)
-    return DocumentsKit(store, embedders, ingestor, max_tokens=LOCAL_MAX_TOKENS - 2)
+    ingestor = Ingestor(db, store, embedders.load, first, batch_size=config.embed_window)
+    return DocumentsKit(store, embedders, ingestor, max_tokens=max_tokens)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from mainsail.documents import repository
 from mainsail.documents.models import QUEUED, Document
 from mainsail.documents.parsing import SUPPORTED, UnsupportedType, sniff_file
 from mainsail.documents.pipeline import INGEST
-from mainsail.documents.storage import LocalStore, StagedFile
+from mainsail.documents.storage import DocumentStore, StagedFile
 from mainsail.jobs import service as jobs
 from mainsail.settings import JobSettings
 
@@ -53,7 +54,7 @@ def check_chunking(chunking: Chunking | None, *, max_tokens: int) -> None:
 
 async def create(
     session: AsyncSession,
-    store: LocalStore,
+    store: DocumentStore,
     job_settings: JobSettings,
     principal: Principal,
     staged: StagedFile,
@@ -124,7 +125,7 @@ async def create(
     )
     document.job_id = job.id
     await session.flush()
-    store.keep(staged, document.id, document.revision)
+    await asyncio.to_thread(store.keep, staged, document.id, document.revision)
     return Created(document, created=True)
 
 

@@ -12,7 +12,7 @@ from python_multipart.multipart import MultipartParser
 from starlette.requests import Request
 
 from mainsail.core.errors import AppError, BadRequest
-from mainsail.documents.storage import LocalStore, StagedFile, StagingWriter
+from mainsail.documents.storage import DocumentStore, StagedFile, StagingWriter
 
 MAX_FIELD_BYTES = 65_536
 MAX_FIELDS = 16
@@ -33,7 +33,7 @@ def _disposition(value: str) -> tuple[str | None, str | None]:
     return (name if isinstance(name, str) else None), message.get_filename()
 
 
-async def read_multipart(request: Request, store: LocalStore, max_bytes: int) -> Upload:
+async def read_multipart(request: Request, store: DocumentStore, max_bytes: int) -> Upload:
     content_type = request.headers.get("content-type", "")
     message = Message()
     message["content-type"] = content_type
@@ -123,7 +123,7 @@ async def read_multipart(request: Request, store: LocalStore, max_bytes: int) ->
     return Upload(writer.finish(), filename, fields)
 
 
-def stage_text(store: LocalStore, text: str, max_bytes: int) -> StagedFile:
+def stage_text(store: DocumentStore, text: str, max_bytes: int) -> StagedFile:
     writer = store.writer(max_bytes)
     try:
         data = text.encode("utf-8")

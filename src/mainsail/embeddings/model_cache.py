@@ -26,7 +26,7 @@ import onnxruntime
 
 from mainsail.core.logging import get_logger
 from mainsail.embeddings.onnx_export import BUILDER_VERSION, OPSET, SOURCE_FILES, build_graph
-from mainsail.embeddings.quantize import build_int8, calibration_texts
+from mainsail.embeddings.quantize import build_int8, calibration_texts, needs_reduced_range
 
 log = get_logger("mainsail.embeddings")
 
@@ -47,6 +47,8 @@ def source_digest(model_dir: Path, precision: Precision) -> str:
 
 def cache_key(model_dir: Path, precision: Precision) -> str:
     recipe = f"builder {BUILDER_VERSION}|{precision}|opset {OPSET}|ort {onnxruntime.__version__}"
+    if precision != "fp32" and needs_reduced_range():  # 7-bit weights: another file
+        recipe += "|reduce_range"
     return hashlib.sha256(f"{source_digest(model_dir, precision)}|{recipe}".encode()).hexdigest()
 
 
@@ -91,7 +93,12 @@ def _build(model_dir: Path, path: Path, *, precision: Precision, key: str) -> No
         if precision == "fp32":
             onnx.save_model(build_graph(model_dir), built)
         else:
-            build_int8(model_dir, built, smooth=precision == "int8")
+            build_int8(
+                model_dir,
+                built,
+                smooth=precision == "int8",
+                reduce_range=needs_reduced_range(),
+            )
         with built.open("rb+") as out:
             os.fsync(out.fileno())
         sha256 = _file_sha256(built)

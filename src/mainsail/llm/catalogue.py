@@ -12,6 +12,11 @@ user file may also declare extra OpenAI-compatible providers (Ollama, vLLM, LM S
     [models."llama3.1"]
     provider = "ollama"
     model = "llama3.1:8b"
+
+    [models."nomic-embed-text"]   # an embedding model: kind and the vectors' dimension
+    provider = "ollama"
+    kind = "embedding"
+    dimension = 768
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from typing import Any, Literal, cast
 from mainsail.llm.types import Usage
 
 ProviderKind = Literal["openai", "anthropic", "bedrock", "scripted", "extractive"]
+ModelKind = Literal["chat", "embedding"]
+# Provider kinds whose adapters can embed (OpenAI and compatible servers; Titan on Bedrock).
+EMBEDDING_PROVIDERS: frozenset[ProviderKind] = frozenset({"openai", "bedrock"})
 BUILTIN_PROVIDERS: dict[str, ProviderKind] = {
     "openai": "openai",
     "anthropic": "anthropic",
@@ -54,7 +62,7 @@ class ModelEntry:
     name: str
     provider: str
     model: str
-    kind: Literal["chat", "embedding"] = "chat"
+    kind: ModelKind = "chat"
     input_per_mtok: Decimal = Decimal(0)
     output_per_mtok: Decimal = Decimal(0)
     cached_input_per_mtok: Decimal | None = None
@@ -63,6 +71,7 @@ class ModelEntry:
     max_output_tokens: int = 4096
     timeout_s: float | None = None
     fallbacks: tuple[str, ...] = ()
+    dimension: int | None = None  # embedding models: length of the vectors they return
 
     def cost_usd(self, usage: Usage) -> Decimal:
         """Exact cost: cached and cache-write input tokens at their own prices where known."""
@@ -125,9 +134,21 @@ def load_catalogue(user_file: Path | None = None) -> Catalogue:
             raise CatalogueError(f"model {name!r}: unknown provider {entry.provider!r}")
         models[name] = entry
     for entry in models.values():
+        if entry.kind == "embedding" and providers[entry.provider].kind not in EMBEDDING_PROVIDERS:
+            raise CatalogueError(
+                f"model {entry.name!r}: provider {entry.provider!r} has no embeddings "
+                f"(embedding models need a provider of kind {sorted(EMBEDDING_PROVIDERS)})"
+            )
+        if entry.kind == "embedding" and entry.fallbacks:
+            # Vectors of two models live in different spaces: a fallback's would be garbage.
+            raise CatalogueError(f"model {entry.name!r}: embedding models cannot have fallbacks")
         for fallback in entry.fallbacks:
             if fallback not in models:
                 raise CatalogueError(f"model {entry.name!r}: unknown fallback {fallback!r}")
+            if models[fallback].kind != entry.kind:
+                raise CatalogueError(
+                    f"model {entry.name!r}: fallback {fallback!r} is not a {entry.kind} model"
+                )
     return Catalogue(models=models, providers=providers)
 
 
@@ -186,6 +207,7 @@ _KNOWN_FIELDS = {
     "timeout_s",
     "fallbacks",
     "enabled",
+    "dimension",
     *_PRICE_FIELDS,
 }
 
@@ -207,6 +229,7 @@ def _model(name: str, spec: dict[str, Any]) -> ModelEntry:
             max_output_tokens=int(spec.get("max_output_tokens", 4096)),
             timeout_s=float(spec["timeout_s"]) if spec.get("timeout_s") is not None else None,
             fallbacks=tuple(spec.get("fallbacks", ())),
+            dimension=int(spec["dimension"]) if spec.get("dimension") is not None else None,
             **prices,
         )
     except (KeyError, ValueError, ArithmeticError) as exc:
@@ -215,4 +238,6 @@ def _model(name: str, spec: dict[str, Any]) -> ModelEntry:
         raise CatalogueError(f"model {name!r}: kind must be chat or embedding")
     if any(price < 0 for price in prices.values()):
         raise CatalogueError(f"model {name!r}: prices cannot be negative")
+    if entry.dimension is not None and (entry.kind != "embedding" or entry.dimension < 1):
+        raise CatalogueError(f"model {name!r}: dimension is a positive number, for embeddings")
     return entry

@@ -86,6 +86,32 @@ class ModelNotFound(LLMError):
         self.available = available
 
 
+class WrongModelKind(LLMError):
+    """The model exists but does another job: a chat model named for embeddings, or back."""
+
+    code = "wrong_model_kind"
+
+    def __init__(self, model: str, kind: str, wanted: str, available: list[str]):
+        names = ", ".join(available) or "none is configured"
+        super().__init__(
+            f"The model {model!r} is {_a(kind)} {kind} model; this call needs {_a(wanted)} "
+            f"{wanted} model ({names}).",
+            model=model,
+        )
+        self.available = available
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+class EmbeddingsUnsupported(LLMError):
+    """The provider has no embeddings API (Anthropic, the local providers), or not for this
+    model (Bedrock models other than Amazon Titan text embeddings)."""
+
+    code = "embeddings_unsupported"
+
+
 class ProviderNotConfigured(LLMError):
     """The model exists in the catalogue but its provider has no credentials."""
 

@@ -1,30 +1,34 @@
-"""The gateway: every model call in the system goes through ``Gateway.complete`` or ``.stream``.
+"""The gateway: every model call in the system goes through ``Gateway.complete``, ``.stream``
+or ``.embed``.
 
-It resolves the model, refuses what cannot work before any upstream call (unknown model,
-unconfigured provider, too long for the context window, invalid tool schemas), reserves budget,
-calls through the resilience stack, then settles the budget to the real usage, writes one usage
-event and one log line. Quota and the usage ledger are protocols: the database implementations
-live outside ``llm``.
+It resolves the model, refuses what cannot work before any upstream call (unknown model, a
+model of the wrong kind, unconfigured provider, too long for the context window, invalid tool
+schemas), reserves budget, calls through the resilience stack, then settles the budget to the
+real usage, writes one usage event and one log line. Quota and the usage ledger are protocols:
+the database implementations live outside ``llm``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
+import numpy as np
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from mainsail.core.logging import get_logger
 from mainsail.core.principal import Principal
 from mainsail.llm.cache import CacheMode, ResponseCache
-from mainsail.llm.catalogue import Catalogue, ModelEntry
+from mainsail.llm.catalogue import Catalogue, ModelEntry, ModelKind, ProviderKind
 from mainsail.llm.errors import (
     InternalError,
     InvalidChatRequest,
@@ -32,12 +36,15 @@ from mainsail.llm.errors import (
     ModelNotFound,
     ProviderNotConfigured,
     StreamInterrupted,
+    WrongModelKind,
 )
 from mainsail.llm.resilience import ModelClient
 from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     EventStream,
     Message,
     StreamEnd,
@@ -49,6 +56,15 @@ from mainsail.llm.types import (
 
 log = get_logger("mainsail.llm")
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Texts per upstream embedding request, and their tokens (None: no limit), by provider kind:
+# OpenAI takes 2048 inputs and 300k tokens a request; Bedrock's Titan one text per call, which
+# the adapter runs concurrently, so the gateway hands it a slice at a time.
+EMBED_BATCH: dict[ProviderKind, tuple[int, int | None]] = {
+    "openai": (2048, 300_000),
+    "bedrock": (64, None),
+}
+# Inputs longer than this (characters, all together) are counted off the event loop.
+_COUNT_INLINE_CHARS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +187,13 @@ class Gateway:
             if self.catalogue.models[name].kind == kind
         ]
 
-    def resolve(self, name: str) -> ModelEntry:
+    def resolve(self, name: str, kind: ModelKind = "chat") -> ModelEntry:
         entry = self.catalogue.get(name)
-        if entry is None or entry.kind != "chat":
-            raise ModelNotFound(name, sorted(m.name for m in self.available_models()))
+        if entry is None:
+            raise ModelNotFound(name, sorted(m.name for m in self.available_models(kind)))
+        if entry.kind != kind:
+            available = sorted(m.name for m in self.available_models(kind))
+            raise WrongModelKind(name, entry.kind, kind, available)
         if name not in self.clients:
             raise ProviderNotConfigured(
                 name, entry.provider, self.unconfigured.get(entry.provider, [])
@@ -296,6 +315,39 @@ class Gateway:
         if key is not None and self.cache is not None and response.model == entry.name:
             await self.cache.put(key, response)
 
+    @asynccontextmanager
+    async def _metered(
+        self, ctx: CallContext, entry: ModelEntry, reservation: Reservation
+    ) -> AsyncIterator[_Meter]:
+        """Around one answered call: however the block ends (answer, error, cancellation),
+        the reservation is settled to what the meter says was used, and one usage event and
+        one log line are written. The block fills in the meter as it learns the usage."""
+        meter = _Meter(started=self.clock(), served=entry)
+        status, error = "ok", None
+        try:
+            yield meter
+        except Exception as exc:
+            status, error = "error", _as_llm_error(exc)
+            raise
+        except BaseException:  # cancelled: the caller went away
+            status = "cancelled"
+            raise
+        finally:
+            usage = meter.usage
+            await self.quota.settle(
+                reservation, tokens=usage.total_tokens if usage else 0, cost=meter.cost
+            )
+            self._record(
+                ctx,
+                entry,
+                started=meter.started,
+                status=status,
+                served=meter.served,
+                usage=usage,
+                cost=meter.cost,
+                error=error,
+            )
+
     async def complete(self, request: ChatRequest, ctx: CallContext) -> ChatResponse:
         entry = self.resolve(request.model)
         request, prompt = self.check(request, entry)
@@ -304,29 +356,94 @@ class Gateway:
         if cached is not None:
             return cached
         reservation = await self._reserve(request, ctx, entry, prompt)
-        started = self.clock()
-        try:
+        async with self._metered(ctx, entry, reservation) as meter:
             response = await self.clients[entry.name].complete(request)
-        except BaseException as exc:
-            # Every call is metered, also one that was cancelled or broke unexpectedly.
-            await self.quota.settle(reservation, tokens=0, cost=Decimal(0))
-            if isinstance(exc, Exception):
-                self._record(ctx, entry, started=started, status="error", error=_as_llm_error(exc))
-            else:  # cancelled: the caller went away
-                self._record(ctx, entry, started=started, status="cancelled")
-            raise
-        usage = response.usage
-        if usage.estimated:
-            usage = _estimate(prompt, response.message.content or "", usage)
-            response = replace(response, usage=usage)
-        served = self.catalogue.models[response.model]
-        cost = served.cost_usd(usage)
-        await self.quota.settle(reservation, tokens=usage.total_tokens, cost=cost)
-        self._record(
-            ctx, entry, started=started, status="ok", served=served, usage=usage, cost=cost
-        )
+            usage = response.usage
+            if usage.estimated:
+                usage = _estimate(prompt, response.message.content or "", usage)
+                response = replace(response, usage=usage)
+            meter.served = self.catalogue.models[response.model]
+            meter.usage, meter.cost = usage, meter.served.cost_usd(usage)
         await self._keep(key, entry, response)
         return response
+
+    # --- embeddings -----------------------------------------------------------------------
+
+    def check_embedding(self, request: EmbeddingRequest, entry: ModelEntry) -> list[int]:
+        """Validate; the token count of each input (cl100k: exact for OpenAI's embedding
+        models, an estimate for others, as for chat prompts)."""
+        if not request.inputs:
+            raise InvalidChatRequest("input must hold at least one text.", param="input")
+        if not all(request.inputs):
+            raise InvalidChatRequest("input must not hold empty strings.", param="input")
+        dimensions = request.dimensions
+        if dimensions is not None and (
+            dimensions < 1 or (entry.dimension is not None and dimensions > entry.dimension)
+        ):
+            raise InvalidChatRequest(
+                f"dimensions must be between 1 and {entry.dimension or 'the model size'} for "
+                f"{entry.name}.",
+                param="dimensions",
+            )
+        counts = [count_tokens(text) for text in request.inputs]
+        for index, tokens in enumerate(counts):
+            if tokens > entry.context_window:
+                raise InvalidChatRequest(
+                    f"input[{index}] takes about {tokens} tokens; {entry.name} reads at most "
+                    f"{entry.context_window}.",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+        return counts
+
+    async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
+        """Vectors for ``request.inputs``, in order: the same path as ``complete`` (budget
+        held for the input tokens at the model's input price, then settled; retries, breaker,
+        concurrency bound and deadline per upstream request; one usage event for the call).
+        Inputs beyond one upstream request's limits go in several, one after the other."""
+        entry = self.resolve(request.model, kind="embedding")
+        if sum(map(len, request.inputs)) > _COUNT_INLINE_CHARS:
+            counts = await asyncio.to_thread(self.check_embedding, request, entry)
+        else:
+            counts = self.check_embedding(request, entry)
+        held = self._hold(sum(counts))
+        reservation = await self.quota.reserve(
+            ctx, tokens=held, cost=self._worst_case_cost(entry, held, 0)
+        )
+        client = self.clients[entry.name]
+        vectors: list[np.ndarray] = []
+        async with self._metered(ctx, entry, reservation) as meter:
+            for start, stop in self._embed_batches(entry, counts):
+                batch = replace(request, inputs=request.inputs[start:stop])
+                response = await client.embed(batch)
+                usage = response.usage
+                if usage.estimated or not usage.input_tokens:
+                    usage = Usage(input_tokens=sum(counts[start:stop]), estimated=True)
+                # A later batch may fail: what the earlier ones used is still paid for.
+                meter.usage = _add(meter.usage, usage)
+                meter.cost = entry.cost_usd(meter.usage)
+                vectors.append(response.vectors)
+        return EmbeddingResponse(
+            model=entry.name,
+            provider=entry.provider,
+            vectors=vectors[0] if len(vectors) == 1 else np.concatenate(vectors),
+            usage=meter.usage or Usage(),
+        )
+
+    def _embed_batches(self, entry: ModelEntry, counts: Sequence[int]) -> list[tuple[int, int]]:
+        """Slices of the inputs, each within the provider's per-request limits."""
+        kind = self.catalogue.provider(entry.provider).kind
+        max_inputs, max_tokens = EMBED_BATCH.get(kind, (2048, None))
+        batches: list[tuple[int, int]] = []
+        start, tokens = 0, 0
+        for index, count in enumerate(counts):
+            full = index - start >= max_inputs
+            if full or (max_tokens is not None and index > start and tokens + count > max_tokens):
+                batches.append((start, index))
+                start, tokens = index, 0
+            tokens += count
+        batches.append((start, len(counts)))
+        return batches
 
     async def stream(self, request: ChatRequest, ctx: CallContext) -> EventStream:
         """Events of one answer. Failures before the first event raise (and fall back);
@@ -473,6 +590,28 @@ class Gateway:
             error=error.code if error else None,
             cache_hit=cache_hit,
         )
+
+
+@dataclass(slots=True)
+class _Meter:
+    """What a call used, as far as it got (see ``Gateway._metered``)."""
+
+    started: float
+    served: ModelEntry
+    usage: Usage | None = None
+    cost: Decimal = Decimal(0)
+
+
+def _add(total: Usage | None, more: Usage) -> Usage:
+    if total is None:
+        return more
+    return Usage(
+        input_tokens=total.input_tokens + more.input_tokens,
+        output_tokens=total.output_tokens + more.output_tokens,
+        cached_input_tokens=total.cached_input_tokens + more.cached_input_tokens,
+        cache_write_tokens=total.cache_write_tokens + more.cache_write_tokens,
+        estimated=total.estimated or more.estimated,
+    )
 
 
 def _as_llm_error(exc: Exception) -> LLMError:

@@ -4,7 +4,8 @@
 
 Each wrapper does one thing and has the same interface as what it wraps. Streams are retried
 and fall back only before their first event; once a token has gone out, a failure is reported
-as ``StreamInterrupted``, never hidden by a silent second attempt.
+as ``StreamInterrupted``, never hidden by a silent second attempt. ``complete`` and ``embed``
+are both one awaited answer, and share each wrapper's ``_call``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import (
@@ -25,7 +26,17 @@ from mainsail.llm.errors import (
     UpstreamTimeout,
 )
 from mainsail.llm.providers.base import ProviderAdapter
-from mainsail.llm.types import ChatRequest, ChatResponse, EventStream, StreamStart
+from mainsail.llm.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EventStream,
+    StreamStart,
+)
+
+_Request = TypeVar("_Request", ChatRequest, EmbeddingRequest)
+_Answer = TypeVar("_Answer", ChatResponse, EmbeddingResponse)
 
 
 async def held_start(events: EventStream) -> EventStream:
@@ -53,6 +64,8 @@ class ModelClient(Protocol):
 
     def stream(self, request: ChatRequest) -> EventStream: ...
 
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse: ...
+
 
 class ProviderModel:
     """One catalogue entry served by one adapter."""
@@ -67,6 +80,9 @@ class ProviderModel:
     def stream(self, request: ChatRequest) -> EventStream:
         return self.adapter.stream(request, self.entry)
 
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        return await self.adapter.embed(request, self.entry)
+
 
 class Bounded:
     """At most N calls in flight per provider (the semaphore is shared by its models), so a
@@ -76,8 +92,16 @@ class Bounded:
         self.inner, self.entry, self.slots = inner, inner.entry, slots
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
+        return await self._call(self.inner.complete, request)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        return await self._call(self.inner.embed, request)
+
+    async def _call(
+        self, call: Callable[[_Request], Awaitable[_Answer]], request: _Request
+    ) -> _Answer:
         async with self.slots:
-            return await self.inner.complete(request)
+            return await call(request)
 
     async def stream(self, request: ChatRequest) -> EventStream:
         async with self.slots, contextlib.aclosing(self.inner.stream(request)) as events:
@@ -104,9 +128,17 @@ class Deadline:
         )
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
+        return await self._call(self.inner.complete, request)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        return await self._call(self.inner.embed, request)
+
+    async def _call(
+        self, call: Callable[[_Request], Awaitable[_Answer]], request: _Request
+    ) -> _Answer:
         try:
             async with asyncio.timeout(self.total_s):
-                return await self.inner.complete(request)
+                return await call(request)
         except TimeoutError:
             raise self._timeout() from None
 
@@ -199,9 +231,17 @@ class Breaker:
             self.opened_at = self.clock()
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
+        return await self._call(self.inner.complete, request)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        return await self._call(self.inner.embed, request)
+
+    async def _call(
+        self, call: Callable[[_Request], Awaitable[_Answer]], request: _Request
+    ) -> _Answer:
         probe = self._admit()
         try:
-            response = await self.inner.complete(request)
+            response = await call(request)
         except LLMError as exc:
             self._failed(exc, probe)
             raise
@@ -267,10 +307,18 @@ class Retrying:
         return min(self.max_delay_s, self.base_delay_s * 2.0**attempt) * self.jitter()
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
+        return await self._call(self.inner.complete, request)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        return await self._call(self.inner.embed, request)
+
+    async def _call(
+        self, call: Callable[[_Request], Awaitable[_Answer]], request: _Request
+    ) -> _Answer:
         attempt = 0
         while True:
             try:
-                return await self.inner.complete(request)
+                return await call(request)
             except LLMError as exc:
                 delay = self._delay(exc, attempt)
                 if delay is None:
@@ -317,6 +365,11 @@ class Fallback:
         if last is None:  # pragma: no cover - the chain is never empty
             raise RuntimeError("empty fallback chain")
         raise last
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        # Never another model: its vectors would live in another space (and the catalogue
+        # refuses fallbacks on embedding models).
+        return await self.chain[0].embed(request)
 
     async def stream(self, request: ChatRequest) -> EventStream:
         last: LLMError | None = None

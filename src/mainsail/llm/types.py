@@ -1,4 +1,5 @@
-"""Normalized chat types. Providers map to and from these; nothing above ``llm`` sees an SDK type.
+"""Normalized chat and embedding types. Providers map to and from these; nothing above ``llm``
+sees an SDK type.
 
 Plain dataclasses (slots): they are built on every request on the gateway's hot path.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -144,3 +147,21 @@ class StreamEnd:
 StreamEvent = StreamStart | TextDelta | ToolCallDelta | StreamEnd
 # What every stream method returns: an async generator, so callers can close it early.
 EventStream = AsyncGenerator[StreamEvent, None]
+
+
+# --- embeddings -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    model: str
+    inputs: tuple[str, ...]  # texts, embedded in this order
+    dimensions: int | None = None  # shorter vectors, where the model supports it
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EmbeddingResponse:
+    model: str  # the public name of the model
+    provider: str
+    vectors: np.ndarray  # float32 (len(inputs), dimension), as the provider gave them
+    usage: Usage  # input_tokens only

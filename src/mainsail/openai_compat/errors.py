@@ -13,6 +13,7 @@ from starlette.requests import Request
 from mainsail.core.errors import AppError, problem_response
 from mainsail.llm.errors import (
     CircuitOpen,
+    EmbeddingsUnsupported,
     GenerationUnavailable,
     InvalidChatRequest,
     LLMError,
@@ -21,6 +22,7 @@ from mainsail.llm.errors import (
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
+    WrongModelKind,
 )
 
 _TYPES = {
@@ -67,7 +69,9 @@ def _llm_headers(exc: LLMError) -> dict[str, str]:
 def llm_error_status(exc: LLMError) -> int:
     if isinstance(exc, ModelNotFound):
         return 404
-    if isinstance(exc, InvalidChatRequest | UpstreamRejected):
+    if isinstance(
+        exc, InvalidChatRequest | UpstreamRejected | WrongModelKind | EmbeddingsUnsupported
+    ):
         return 400
     if isinstance(exc, ProviderNotConfigured | GenerationUnavailable | CircuitOpen):
         return 503
@@ -87,6 +91,8 @@ def to_openai_error(exc: Exception, request_id: str | None) -> JSONResponse | No
         code = exc.code
         if isinstance(exc, ModelNotFound):
             message += f" Available models: {', '.join(exc.available) or 'none'}."
+            param = "model"
+        if isinstance(exc, WrongModelKind):
             param = "model"
         if isinstance(exc, InvalidChatRequest):
             param, code = exc.param, exc.error_code
@@ -132,7 +138,7 @@ async def llm_problem(request: Request, exc: Exception) -> JSONResponse:
     status = llm_error_status(exc)
     headers = _llm_headers(exc)
     extra: dict[str, Any] = {}
-    if isinstance(exc, ModelNotFound):
+    if isinstance(exc, ModelNotFound | WrongModelKind):
         extra["available_models"] = exc.available
     if isinstance(exc, InvalidChatRequest) and exc.param:
         extra["param"] = exc.param

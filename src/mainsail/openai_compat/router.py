@@ -20,7 +20,13 @@ from mainsail.llm.errors import InternalError, LLMError, StreamInterrupted
 from mainsail.llm.types import StreamEnd, StreamEvent, StreamStart, TextDelta, ToolCallDelta
 from mainsail.openai_compat.deps import GatewayDep, call_context
 from mainsail.openai_compat.errors import llm_error_status, to_openai_error
-from mainsail.openai_compat.schemas import ChatCompletionRequest, chunk_json, completion_json
+from mainsail.openai_compat.schemas import (
+    ChatCompletionRequest,
+    EmbeddingsRequest,
+    chunk_json,
+    completion_json,
+    embeddings_json,
+)
 
 log = get_logger(__name__)
 # Marks an answer replayed from the response cache (no upstream call, no cost).
@@ -53,15 +59,24 @@ router = APIRouter(
 )
 
 
-@router.get("/models", summary="Models this server can answer with")
+@router.get("/models", summary="Models this server can answer with (chat and embeddings)")
 async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [
             {"id": entry.name, "object": "model", "created": 0, "owned_by": entry.provider}
-            for entry in gateway.available_models()
+            for entry in [*gateway.available_models(), *gateway.available_models("embedding")]
         ],
     }
+
+
+@router.post("/embeddings", summary="Embeddings of one text or a list of texts")
+async def embeddings(
+    body: EmbeddingsRequest, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> JSONResponse:
+    ctx = call_context(request, principal, kind="v1.embeddings")
+    response = await gateway.embed(body.to_request(), ctx)
+    return JSONResponse(embeddings_json(response, encoding_format=body.encoding_format))
 
 
 @router.post("/chat/completions", summary="Chat completion (JSON, or SSE with stream: true)")

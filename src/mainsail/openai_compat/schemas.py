@@ -1,4 +1,5 @@
-"""The OpenAI Chat Completions wire format, and its mapping to the gateway's types.
+"""The OpenAI Chat Completions and Embeddings wire formats, and their mapping to the gateway's
+types.
 
 Unknown request fields are ignored, as OpenAI-compatible servers do: clients send fields
 (``logprobs``, ``store``, ``metadata``...) that change nothing here.
@@ -6,13 +7,17 @@ Unknown request fields are ignored, as OpenAI-compatible servers do: clients sen
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     Message,
     ResponseFormat,
     SamplingParams,
@@ -230,3 +235,58 @@ def chunk_json(
     if usage is not None:
         body["usage"] = usage_json(usage)
     return body
+
+
+# --- embeddings -----------------------------------------------------------------------------
+
+# Texts per request, as OpenAI allows (the gateway splits them further where a provider
+# takes fewer at once).
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingsRequest(_Lenient):
+    model: Annotated[str, Field(min_length=1, max_length=128)]
+    # One text or a list of texts (token-id arrays are not supported: send the text). Empty
+    # ones are refused by the gateway, as for every caller.
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts(cls, value: object) -> object:
+        if isinstance(value, list):
+            if len(value) > MAX_EMBEDDING_INPUTS:
+                raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} texts per request")
+            if not all(isinstance(item, str) for item in value):
+                raise ValueError("texts only: token arrays are not supported")
+        elif not isinstance(value, str):
+            raise ValueError("a text or a list of texts")
+        return value
+
+    def to_request(self) -> EmbeddingRequest:
+        inputs = (self.input,) if isinstance(self.input, str) else tuple(self.input)
+        return EmbeddingRequest(model=self.model, inputs=inputs, dimensions=self.dimensions)
+
+
+def embeddings_json(
+    response: EmbeddingResponse, *, encoding_format: Literal["float", "base64"]
+) -> dict[str, Any]:
+    """OpenAI's embedding list: base64 is the float32 little-endian bytes of each vector."""
+    vectors = np.ascontiguousarray(response.vectors, dtype="<f4")
+    data: list[Any]
+    if encoding_format == "base64":
+        data = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
+    else:
+        data = vectors.tolist()
+    tokens = response.usage.input_tokens
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": index, "embedding": embedding}
+            for index, embedding in enumerate(data)
+        ],
+        "model": response.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

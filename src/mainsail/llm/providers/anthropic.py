@@ -20,6 +20,7 @@ from mainsail.llm.providers.base import (
     Timeouts,
     alternating_turns,
     new_response_id,
+    no_embeddings,
     parse_arguments,
     status_error,
     transport_error,
@@ -28,6 +29,8 @@ from mainsail.llm.providers.base import (
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     EventStream,
     FinishReason,
     Message,
@@ -81,6 +84,9 @@ class AnthropicAdapter:
 
     async def aclose(self) -> None:
         await self.client.close()
+
+    async def embed(self, request: EmbeddingRequest, entry: ModelEntry) -> EmbeddingResponse:
+        raise no_embeddings(self.name, entry)
 
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
         structured = wants_structured(request)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import (
+    EmbeddingsUnsupported,
     LLMError,
     UpstreamBadResponse,
     UpstreamMisconfigured,
@@ -25,6 +26,8 @@ from mainsail.llm.errors import (
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     EventStream,
     Message,
     StreamEnd,
@@ -49,8 +52,10 @@ class Timeouts:
 class ProviderAdapter(Protocol):
     """Maps normalized requests to one provider's API and its answers and errors back.
 
-    ``complete`` and ``stream`` raise only ``mainsail.llm.errors.LLMError`` subclasses.
-    A stream yields ``StreamStart`` first and ends with ``StreamEnd``.
+    ``complete``, ``stream`` and ``embed`` raise only ``mainsail.llm.errors.LLMError``
+    subclasses. A stream yields ``StreamStart`` first and ends with ``StreamEnd``. ``embed``
+    returns one vector per input, in order; providers without embeddings raise
+    ``EmbeddingsUnsupported`` (``no_embeddings``).
     """
 
     name: str
@@ -59,7 +64,18 @@ class ProviderAdapter(Protocol):
 
     def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream: ...
 
+    async def embed(self, request: EmbeddingRequest, entry: ModelEntry) -> EmbeddingResponse: ...
+
     async def aclose(self) -> None: ...
+
+
+def no_embeddings(provider: str, entry: ModelEntry) -> EmbeddingsUnsupported:
+    return EmbeddingsUnsupported(
+        f"The {provider} provider has no embeddings; use an OpenAI, OpenAI-compatible or "
+        "Bedrock Titan embedding model.",
+        provider=provider,
+        model=entry.name,
+    )
 
 
 def last_user_text(messages: tuple[Message, ...]) -> str:

@@ -1,7 +1,10 @@
-"""AWS Bedrock through the Converse / ConverseStream API (boto3, standard credential chain).
+"""AWS Bedrock through the Converse / ConverseStream API (boto3, standard credential chain), and
+Amazon Titan text embeddings through InvokeModel.
 
 boto3 is synchronous: calls run in worker threads, and a stream is read in a thread that hands
-events to the event loop through a queue, so the loop never blocks on the network.
+events to the event loop through a queue, so the loop never blocks on the network. Titan
+embeds one text per InvokeModel call: a batch runs as that many calls at once on the same
+threads, so the provider's concurrency bound (the pool's size) holds for them too.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import (
+    EmbeddingsUnsupported,
     LLMError,
     UpstreamBadResponse,
     UpstreamMisconfigured,
@@ -33,6 +39,8 @@ from mainsail.llm.providers.base import (
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     EventStream,
     FinishReason,
     Message,
@@ -53,6 +61,7 @@ _FINISH: dict[str, FinishReason] = {
     "content_filtered": "content_filter",
 }
 STRUCTURED_TOOL = "structured_answer"
+TITAN_EMBED_PREFIX = "amazon.titan-embed-text"
 _THROTTLED = {"ThrottlingException", "TooManyRequestsException"}
 _UNAVAILABLE = {
     "ServiceUnavailableException",
@@ -150,6 +159,69 @@ class BedrockAdapter:
             usage=_usage(response.get("usage")),
         )
 
+    async def embed(self, request: EmbeddingRequest, entry: ModelEntry) -> EmbeddingResponse:
+        """Titan text embeddings: one InvokeModel per text, all of them at once in the
+        adapter's threads (at most ``max_connections`` run; the rest wait for a thread).
+        If one fails, the ones not yet started are cancelled."""
+        if not entry.model.startswith(TITAN_EMBED_PREFIX):
+            raise EmbeddingsUnsupported(
+                f"{self.name} embeddings support Amazon Titan text models only.",
+                provider=self.name,
+                model=entry.name,
+            )
+        settings: dict[str, Any] = {}
+        if "-v2" in entry.model:  # v1 takes the text alone
+            settings["normalize"] = True
+            if request.dimensions is not None:
+                settings["dimensions"] = request.dimensions
+
+        def invoke(text: str) -> tuple[list[float], int]:
+            response = self.client.invoke_model(
+                modelId=entry.model,
+                body=json.dumps({"inputText": text, **settings}),
+                contentType="application/json",
+                accept="application/json",
+            )
+            raw = response["body"].read()
+            try:
+                payload = json.loads(raw)
+                return payload["embedding"], int(payload.get("inputTextTokenCount") or 0)
+            except (KeyError, TypeError, ValueError):
+                raise UpstreamBadResponse(
+                    f"{self.name} sent an embedding we could not read.",
+                    provider=self.name,
+                    model=entry.name,
+                ) from None
+
+        loop = asyncio.get_running_loop()
+        calls = [loop.run_in_executor(self._threads, invoke, text) for text in request.inputs]
+        try:
+            results = await asyncio.gather(*calls)
+        except BaseException as exc:
+            for call in calls:  # those still queued for a thread never start
+                call.cancel()
+                call.add_done_callback(_retrieve)  # a running one's late error is not news
+            if not isinstance(exc, Exception):
+                raise
+            raise map_bedrock_error(exc, provider=self.name, model=entry.name) from None
+        try:
+            vectors = np.asarray([vector for vector, _ in results], dtype=np.float32)
+        except ValueError:  # ragged
+            vectors = np.empty(0, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(request.inputs):
+            raise UpstreamBadResponse(
+                f"{self.name} sent embeddings of different lengths.",
+                provider=self.name,
+                model=entry.name,
+            )
+        tokens = sum(count for _, count in results)
+        return EmbeddingResponse(
+            model=entry.name,
+            provider=self.name,
+            vectors=vectors,
+            usage=Usage(input_tokens=tokens) if tokens else Usage(estimated=True),
+        )
+
     async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
         structured = wants_structured(request)
         loop = asyncio.get_running_loop()
@@ -245,6 +317,11 @@ class BedrockAdapter:
         if structured and finish == "tool_calls":
             finish = "stop"
         yield StreamEnd(finish_reason=finish, usage=usage or Usage(estimated=True))
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:

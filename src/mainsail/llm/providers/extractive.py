@@ -13,11 +13,18 @@ from collections import Counter
 
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import GenerationUnavailable
-from mainsail.llm.providers.base import last_user_text, new_response_id, replay_as_stream
+from mainsail.llm.providers.base import (
+    last_user_text,
+    new_response_id,
+    no_embeddings,
+    replay_as_stream,
+)
 from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     EventStream,
     Message,
     Passage,
@@ -150,6 +157,9 @@ class ExtractiveAdapter:
 
     async def aclose(self) -> None:
         return None
+
+    async def embed(self, request: EmbeddingRequest, entry: ModelEntry) -> EmbeddingResponse:
+        raise no_embeddings(self.name, entry)
 
     def _respond(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
         fmt = request.response_format

@@ -31,11 +31,18 @@ from mainsail.llm.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from mainsail.llm.providers.base import last_user_text, new_response_id, replay_as_stream
+from mainsail.llm.providers.base import (
+    last_user_text,
+    new_response_id,
+    no_embeddings,
+    replay_as_stream,
+)
 from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
     EventStream,
     Message,
     ToolCall,
@@ -104,6 +111,9 @@ class ScriptedAdapter:
 
     async def aclose(self) -> None:
         return None
+
+    async def embed(self, request: EmbeddingRequest, entry: ModelEntry) -> EmbeddingResponse:
+        raise no_embeddings(self.name, entry)
 
     def _pick(self, request: ChatRequest) -> Rule | None:
         question = last_user_text(request.messages)

@@ -1,0 +1,1 @@
+"""``/chat`` and ``/conversations``: answers from the caller's documents, with citations."""

@@ -1,0 +1,206 @@
+"""The pure parts of an answer: prompts, packing passages into a token budget, and turning
+the model's citation markers into verified citations."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from string import Template
+from typing import Any
+
+from mainsail.llm.types import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    name: str
+    version: int
+    system: str
+    user: Template
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@cache
+def prompt(name: str) -> Prompt:
+    text = resources.files("mainsail.chat").joinpath("prompts", f"{name}.toml").read_text()
+    raw = tomllib.loads(text)
+    return Prompt(name, int(raw["version"]), raw["system"].strip(), Template(raw["user"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A retrieved passage as the answer sees it."""
+
+    chunk_id: int
+    document_id: str
+    title: str | None
+    filename: str | None
+    text: str
+    page: int | None
+    page_end: int | None
+    heading: tuple[str, ...]
+    char_start: int
+    char_end: int
+    score: float
+
+    def label(self) -> str:
+        where = self.title or self.filename or "untitled"
+        if self.page is not None:
+            pages = (
+                f"{self.page}"
+                if self.page_end in (None, self.page)
+                else (f"{self.page}-{self.page_end}")
+            )
+            where += f", page {pages}"
+        if self.heading:
+            where += f", {' > '.join(self.heading)}"
+        return where
+
+
+def render_source(number: int, source: Source) -> str:
+    return f"[{number}] ({source.label()})\n{source.text}"
+
+
+Count = Callable[[Sequence[Message]], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    sources: list[Source]  # numbered 1..n in this order
+    messages: list[Message]
+    prompt_tokens: int  # counted with the same tokenizer the budget uses
+    dropped: int  # retrieved passages that did not fit
+
+
+def pack(
+    *,
+    question: str,
+    history: Sequence[Message],
+    candidates: Sequence[Source],
+    budget: int,
+    count: Count,
+) -> Packed:
+    """The prompt for ``question``: the system prompt, as much recent ``history`` as fits
+    (already trimmed by the caller to its own budget; dropped oldest first here if needed),
+    and the candidates in rank order, each added only if the whole prompt still fits in
+    ``budget`` tokens. Deterministic: the same inputs always pack the same way."""
+    answer = prompt("answer")
+    system = Message(role="system", content=answer.system)
+
+    def build(sources: Sequence[Source], turns: Sequence[Message]) -> list[Message]:
+        rendered = "\n\n".join(render_source(i, s) for i, s in enumerate(sources, start=1))
+        user = answer.user.substitute(sources=rendered or "(none)", question=question).strip()
+        return [system, *turns, Message(role="user", content=user)]
+
+    turns = list(history)
+    while turns and count(build([], turns)) > budget:
+        turns = turns[1:]  # the oldest goes first
+    chosen: list[Source] = []
+    for candidate in candidates:
+        if count(build([*chosen, candidate], turns)) <= budget:
+            chosen.append(candidate)
+    messages = build(chosen, turns)
+    return Packed(chosen, messages, count(messages), len(candidates) - len(chosen))
+
+
+# --- citations -------------------------------------------------------------------------------
+
+# A run of markers: [1], [2, 3], [2][3]; also the full-width brackets some models write.
+_MARKER = re.compile(r"(\s?)((?:[\[【]\s*\d+(?:\s*,\s*\d+)*\s*[\]】])+)")
+# A sentence may wrap over single line breaks; a blank line or a heading line ends it.
+_SENTENCE = re.compile(r"[^.!?\n]+(?:\n(?!\n)[^.!?\n]+)*(?:[.!?]+|$)", re.MULTILINE)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True, slots=True)
+class Cited:
+    answer: str  # the answer with every marker kept or removed
+    citations: list[dict[str, Any]]
+    removed: int  # markers that pointed at no supplied passage
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
+
+
+def _quote(source: Source, claim: str) -> tuple[str, int] | None:
+    """The sentence of the passage that shares the most words with the claim that cites it,
+    and where it starts in the passage; verified to occur in the stored text."""
+    wanted = _words(claim)
+    best: tuple[int, int, str] | None = None  # (-overlap, start, sentence)
+    for match in _SENTENCE.finditer(source.text):
+        sentence = match.group(0).strip()
+        if len(sentence) < 3:
+            continue
+        start = source.text.find(sentence, match.start())
+        key = (-len(wanted & _words(sentence)), start, sentence)
+        if best is None or key < best:
+            best = key
+    if best is None:
+        return None
+    _, start, sentence = best
+    if start < 0 or source.text[start : start + len(sentence)] != sentence:
+        return None
+    return sentence, start
+
+
+def cite(answer: str, sources: Sequence[Source]) -> Cited:
+    """Keeps markers that name a supplied passage (1..n), removes the others (and counts
+    them), and returns one citation per passage cited, in order of first citation, with a
+    quote from the passage that backs the sentence citing it."""
+    removed = 0
+    first_claim: dict[int, str] = {}
+    sentences = {m.start(): m.group(0) for m in _SENTENCE.finditer(answer)}
+    starts = sorted(sentences)
+
+    def claim_at(position: int) -> str:
+        # The sentence holding the marker, or the one before it when the marker follows a
+        # full stop ("... the sun. [2]").
+        inside = [s for s in starts if s <= position]
+        if not inside:
+            return answer
+        text = sentences[inside[-1]]
+        if len(_words(_MARKER.sub("", text))) == 0 and len(inside) > 1:
+            text = sentences[inside[-2]]
+        return text
+
+    def keep(match: re.Match[str]) -> str:
+        nonlocal removed
+        numbers = [int(n) for n in re.findall(r"\d+", match.group(2))]
+        valid = list(dict.fromkeys(n for n in numbers if 1 <= n <= len(sources)))
+        removed += sum(1 for n in numbers if not 1 <= n <= len(sources))
+        if not valid:
+            return ""
+        for n in valid:
+            first_claim.setdefault(n, _MARKER.sub("", claim_at(match.start())))
+        return match.group(1) + "".join(f"[{n}]" for n in valid)
+
+    cleaned = _MARKER.sub(keep, answer)
+    citations: list[dict[str, Any]] = []
+    for n, claim in first_claim.items():
+        source = sources[n - 1]
+        quoted = _quote(source, claim)
+        citations.append(
+            {
+                "marker": n,
+                "chunk_id": source.chunk_id,
+                "document_id": source.document_id,
+                "title": source.title,
+                "filename": source.filename,
+                "page": source.page,
+                "page_end": source.page_end,
+                "heading": list(source.heading),
+                "quote": quoted[0] if quoted else None,
+                # Offsets of the quote in the document's extracted text.
+                "quote_start": source.char_start + quoted[1] if quoted else None,
+                "quote_end": source.char_start + quoted[1] + len(quoted[0]) if quoted else None,
+            }
+        )
+    return Cited(cleaned, citations, removed)

@@ -1,0 +1,365 @@
+"""One turn of a conversation: condense a follow-up, retrieve, pack, ask, cite, keep.
+
+The question is stored before the model is asked (a failed call never loses it); the answer
+after, with its citations and usage. Every model call goes through the gateway, so budgets,
+metering, retries and fallbacks apply as everywhere else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from mainsail.chat import repository
+from mainsail.chat.answering import Cited, Packed, Source, cite, pack, prompt
+from mainsail.chat.models import ChatMessage, Conversation
+from mainsail.chat.schemas import ChatIn
+from mainsail.core.db import Database
+from mainsail.core.errors import NotFound
+from mainsail.core.logging import get_logger
+from mainsail.llm.errors import StreamInterrupted
+from mainsail.llm.gateway import CallContext, Gateway
+from mainsail.llm.tokens import count_message_tokens
+from mainsail.llm.types import (
+    ChatRequest,
+    Message,
+    Passage,
+    SamplingParams,
+    StreamEnd,
+    StreamStart,
+    TextDelta,
+    Usage,
+)
+from mainsail.search.schemas import Filters, SearchIn
+from mainsail.search.service import Searcher
+from mainsail.settings import ChatSettings
+
+log = get_logger(__name__)
+
+NO_DOCUMENTS = (
+    "You have no documents to answer from yet. Upload some with POST /documents, then ask "
+    "again once they are ready."
+)
+NOTHING_IN_SCOPE = (
+    "None of your documents matched the filters of this question, so there is nothing to "
+    "answer from."
+)
+CONDENSED_MAX_CHARS = 1000
+
+
+@dataclass
+class Turn:
+    """What one question needs from retrieval to the model's request."""
+
+    conversation: Conversation
+    question_id: uuid.UUID
+    model: str
+    extractive: bool
+    standalone: str
+    packed: Packed | None  # None: nothing to answer from, and no model call
+    canned: str | None = None
+    request: ChatRequest | None = None
+    usage: list[tuple[str, Usage]] = field(default_factory=list)  # (model, usage) per call
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    turn: Turn
+    cited: Cited
+    message_id: uuid.UUID
+    model: str
+    usage: dict[str, Any]
+
+
+class ChatService:
+    def __init__(
+        self, db: Database, gateway: Gateway, searcher: Searcher, settings: ChatSettings
+    ) -> None:
+        self.db = db
+        self.gateway = gateway
+        self.searcher = searcher
+        self.settings = settings
+
+    # --- the model ------------------------------------------------------------------------
+
+    def pick_model(self, requested: str | None) -> str:
+        if requested or self.settings.model:
+            name = requested or self.settings.model or ""
+            self.gateway.resolve(name)  # unknown or unconfigured: the gateway's clear error
+            return name
+        available = self.gateway.available_models()
+        for entry in available:
+            if self.gateway.catalogue.provider(entry.provider).kind != "extractive":
+                return entry.name
+        for entry in available:
+            return entry.name  # the extractive model
+        return "extractive"
+
+    def _is_extractive(self, model: str) -> bool:
+        entry = self.gateway.resolve(model)
+        return self.gateway.catalogue.provider(entry.provider).kind == "extractive"
+
+    # --- a turn ---------------------------------------------------------------------------
+
+    async def prepare(self, owner_id: uuid.UUID, body: ChatIn, ctx: CallContext) -> Turn:
+        model = self.pick_model(body.model)
+        extractive = self._is_extractive(model)
+        async with self.db.unit_of_work() as session:
+            if body.conversation_id is not None:
+                conversation = await repository.get_conversation(
+                    session, body.conversation_id, owner_id
+                )
+                if conversation is None:
+                    raise NotFound("No such conversation.")
+                history = await repository.recent_messages(
+                    session, conversation.id, self.settings.history_messages
+                )
+            else:
+                conversation = await repository.new_conversation(
+                    session,
+                    owner_id,
+                    title=body.question,
+                    filters=body.filters.model_dump(mode="json", exclude_none=True)
+                    if body.filters
+                    else {},
+                )
+                history = []
+            question = await repository.add_message(session, conversation.id, "user", body.question)
+        turns = self._history(history)
+        standalone = body.question
+        usage: list[tuple[str, Usage]] = []
+        if turns:
+            standalone = await self._condense(model, extractive, turns, body.question, ctx, usage)
+        filters = body.filters or Filters.model_validate(conversation.filters or {})
+        found = await self.searcher.search(
+            owner_id,
+            SearchIn(query=standalone, top_k=self.settings.retrieve_k, filters=filters),
+            ctx=replace(ctx, kind="search"),
+        )
+        turn = Turn(conversation, question.id, model, extractive, standalone, None, usage=usage)
+        if not found.results:
+            has_any = await self._has_documents(owner_id)
+            turn.canned = NOTHING_IN_SCOPE if has_any else NO_DOCUMENTS
+            return turn
+        candidates = [
+            Source(
+                chunk_id=hit.chunk_id,
+                document_id=str(hit.document_id),
+                title=hit.title,
+                filename=hit.filename,
+                text=hit.text,
+                page=hit.page,
+                page_end=hit.page_end,
+                heading=tuple(hit.heading),
+                char_start=hit.char_start,
+                char_end=hit.char_end,
+                score=hit.score,
+            )
+            for hit in found.results
+        ]
+        entry = self.gateway.resolve(model)
+        answer_tokens = min(self.settings.answer_tokens, entry.max_output_tokens)
+        budget = entry.context_window - answer_tokens
+        if self.settings.max_prompt_tokens is not None:
+            budget = min(budget, self.settings.max_prompt_tokens)
+        packed = pack(
+            question=body.question,
+            history=turns,
+            candidates=candidates,
+            budget=budget,
+            count=count_message_tokens,
+        )
+        turn.packed = packed
+        params = SamplingParams(temperature=self.settings.temperature, max_tokens=answer_tokens)
+        if extractive:
+            # It quotes the passages that match the question: give it the question alone.
+            turn.request = ChatRequest(
+                model=model,
+                messages=(Message(role="user", content=standalone),),
+                params=params,
+                context=tuple(
+                    Passage(id=str(i), text=s.text, source=s.label())
+                    for i, s in enumerate(packed.sources, start=1)
+                ),
+            )
+        else:
+            turn.request = ChatRequest(model=model, messages=tuple(packed.messages), params=params)
+        return turn
+
+    def _history(self, messages: list[ChatMessage]) -> list[Message]:
+        """Newest first within the history budget, then back in order."""
+        kept: list[Message] = []
+        spent = 0
+        for message in reversed(messages):
+            item = Message(role=message.role, content=message.content)  # type: ignore[arg-type]
+            cost = count_message_tokens([item])
+            if spent + cost > self.settings.history_tokens:
+                break
+            kept.append(item)
+            spent += cost
+        return list(reversed(kept))
+
+    async def _condense(
+        self,
+        model: str,
+        extractive: bool,
+        turns: list[Message],
+        question: str,
+        ctx: CallContext,
+        usage: list[tuple[str, Usage]],
+    ) -> str:
+        earlier = [m.content or "" for m in turns if m.role == "user"]
+        if extractive or not self.settings.condense:
+            # No model to rewrite it: search with the previous question as context.
+            return f"{earlier[-1]} {question}" if earlier else question
+        condense = prompt("condense")
+        history = "\n".join(f"{m.role}: {m.content}" for m in turns)
+        request = ChatRequest(
+            model=model,
+            messages=(
+                Message(role="system", content=condense.system),
+                Message(
+                    role="user",
+                    content=condense.user.substitute(history=history, question=question).strip(),
+                ),
+            ),
+            params=SamplingParams(temperature=0.0, max_tokens=200),
+        )
+        response = await self.gateway.complete(
+            request, _with_prompt(ctx, condense.tag, kind="chat")
+        )
+        usage.append((response.model, response.usage))
+        rewritten = (response.message.content or "").strip()[:CONDENSED_MAX_CHARS]
+        return rewritten or question
+
+    async def _has_documents(self, owner_id: uuid.UUID) -> bool:
+        async with self.db.autocommit() as connection:
+            return await repository.has_searchable_documents(connection, owner_id)
+
+    async def ask(self, owner_id: uuid.UUID, body: ChatIn, ctx: CallContext) -> Answer:
+        turn = await self.prepare(owner_id, body, ctx)
+        if turn.request is None:
+            return await self._finish(turn, turn.canned or NO_DOCUMENTS, None)
+        response = await self.gateway.complete(
+            turn.request, _with_prompt(ctx, prompt("answer").tag, kind="chat")
+        )
+        turn.usage.append((response.model, response.usage))
+        return await self._finish(turn, response.message.content or "", response.model)
+
+    async def stream(
+        self, owner_id: uuid.UUID, body: ChatIn, ctx: CallContext
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(event, data) pairs: ``retrieval`` once, ``token`` per piece of the answer, then
+        ``answer`` with the cleaned text and its citations. Markers that point at no passage
+        were already sent as tokens; the final event says how many it removed."""
+        turn = await self.prepare(owner_id, body, ctx)
+        yield (
+            "retrieval",
+            {
+                "conversation_id": str(turn.conversation.id),
+                "standalone_question": turn.standalone,
+                "sources": sources_out(turn),
+            },
+        )
+        if turn.request is None:
+            text = turn.canned or NO_DOCUMENTS
+            yield "token", {"text": text}
+            answer = await self._finish(turn, text, None)
+            yield "answer", answer_out(answer)
+            return
+        pieces: list[str] = []
+        model = turn.model
+        usage: Usage | None = None
+        events = self.gateway.stream(
+            turn.request, _with_prompt(ctx, prompt("answer").tag, kind="chat")
+        )
+        try:
+            async for event in events:
+                if isinstance(event, StreamStart):
+                    model = event.model
+                elif isinstance(event, TextDelta) and event.text:
+                    pieces.append(event.text)
+                    yield "token", {"text": event.text}
+                elif isinstance(event, StreamEnd):
+                    usage = event.usage
+        finally:
+            await events.aclose()
+        if usage is None:  # an answer without its end is not an answer
+            raise StreamInterrupted("The answer ended without finishing.")
+        turn.usage.append((model, usage))
+        answer = await self._finish(turn, "".join(pieces), model)
+        yield "answer", answer_out(answer)
+
+    async def _finish(self, turn: Turn, text: str, model: str | None) -> Answer:
+        sources = turn.packed.sources if turn.packed else []
+        cited = cite(text, sources) if sources else Cited(text, [], 0)
+        usage = self._usage(turn)
+        usage["model"] = model
+        async with self.db.unit_of_work() as session:
+            message = await repository.add_message(
+                session,
+                turn.conversation.id,
+                "assistant",
+                cited.answer,
+                citations=cited.citations,
+                usage=usage,
+            )
+        if cited.removed:
+            log.info("chat_citations_removed", removed=cited.removed, model=model)
+        return Answer(turn, cited, message.id, model or "none", usage)
+
+    def _usage(self, turn: Turn) -> dict[str, Any]:
+        tokens_in = sum(u.input_tokens for _, u in turn.usage)
+        tokens_out = sum(u.output_tokens for _, u in turn.usage)
+        cost = Decimal(0)
+        for model, u in turn.usage:
+            entry = self.gateway.catalogue.models.get(model)
+            if entry is not None:
+                cost += entry.cost_usd(u)
+        return {
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "cost_usd": f"{cost:.8f}",
+            "model_calls": len(turn.usage),
+            "prompt_tokens_budgeted": turn.packed.prompt_tokens if turn.packed else 0,
+        }
+
+
+def _with_prompt(ctx: CallContext, tag: str, *, kind: str) -> CallContext:
+    return replace(ctx, prompt_version=tag, kind=kind)
+
+
+def sources_out(turn: Turn) -> list[dict[str, Any]]:
+    if turn.packed is None:
+        return []
+    return [
+        {
+            "marker": i,
+            "chunk_id": s.chunk_id,
+            "document_id": s.document_id,
+            "title": s.title,
+            "page": s.page,
+            "score": s.score,
+        }
+        for i, s in enumerate(turn.packed.sources, start=1)
+    ]
+
+
+def answer_out(answer: Answer) -> dict[str, Any]:
+    turn = answer.turn
+    return {
+        "conversation_id": str(turn.conversation.id),
+        "message_id": str(answer.message_id),
+        "answer": answer.cited.answer,
+        "citations": answer.cited.citations,
+        "removed_citations": answer.cited.removed,
+        "model": answer.model,
+        "prompt_version": prompt("answer").tag,
+        "standalone_question": turn.standalone,
+        "sources": sources_out(turn),
+        "dropped_passages": turn.packed.dropped if turn.packed else 0,
+        "usage": answer.usage,
+    }

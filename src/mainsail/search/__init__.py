@@ -1,0 +1,1 @@
+"""``POST /search``: vector, keyword and hybrid retrieval over the caller's chunks."""

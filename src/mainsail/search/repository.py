@@ -1,0 +1,280 @@
+"""The SQL of search: the caller's scope, the two retrievers, and the passages of a page.
+
+Every statement reads chunks of one index version, of the caller's documents, of each
+document's active revision only: a document being re-ingested shows its old chunks until one
+transaction swaps them, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import TextClause, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mainsail.search.schemas import Filters
+
+# Stems and stop words of the generated ``chunks.tsv`` column (migration 0008).
+TEXT_CONFIG = "english"
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveVersion:
+    id: int
+    embedder: str
+    dimension: int
+    # Changes whenever the owner's documents change (upload, new revision, delete).
+    corpus_stamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """A WHERE clause over ``chunks c JOIN documents d`` and its parameters."""
+
+    where: str
+    params: dict[str, Any]
+
+
+def _scoped(sql: str, where: Scope) -> TextClause:
+    """A statement with the scope's WHERE clause in place of ``{where}``. The clause is made
+    of fixed fragments (``scope``); every value in it is a bound parameter."""
+    return text(sql.replace("{where}", where.where))
+
+
+def scope(version_id: int, owner_id: uuid.UUID, filters: Filters) -> Scope:
+    clauses = [
+        "c.index_version = :version",
+        "c.owner_id = :owner",
+        "d.owner_id = :owner",
+        "c.revision = d.active_revision",
+    ]
+    params: dict[str, Any] = {"version": version_id, "owner": owner_id}
+    if filters.collections is not None:
+        clauses.append("c.collection = ANY(CAST(:collections AS text[]))")
+        params["collections"] = list(filters.collections)
+    if filters.document_ids is not None:
+        clauses.append("c.document_id = ANY(CAST(:document_ids AS uuid[]))")
+        params["document_ids"] = list(filters.document_ids)
+    for i, (key, value) in enumerate(sorted((filters.metadata or {}).items())):
+        values = value if isinstance(value, list) else [value]
+        # jsonb equality: 2 matches 2.0, "2" does not match 2, true matches only true.
+        clauses.append(f"d.metadata -> CAST(:mk{i} AS text) = ANY(CAST(:mv{i} AS jsonb[]))")
+        params[f"mk{i}"] = key
+        params[f"mv{i}"] = [json.dumps(v) for v in values]
+    if filters.created_after is not None:
+        clauses.append("d.created_at >= :created_after")
+        params["created_after"] = filters.created_after
+    if filters.created_before is not None:
+        clauses.append("d.created_at < :created_before")
+        params["created_before"] = filters.created_before
+    return Scope(" AND ".join(clauses), params)
+
+
+_VERSION = """
+    SELECT v.id, v.embedder, v.dimension,
+           (SELECT count(*)::text || '/' || coalesce(max(updated_at)::text, '-')
+            FROM documents WHERE owner_id = :owner) AS stamp
+    FROM index_versions v
+    """
+_ACTIVE = text(_VERSION + "WHERE v.state = 'active'")
+_BY_ID = text(_VERSION + "WHERE v.id = :version AND v.state IN ('ready', 'active')")
+
+
+async def active_version(
+    connection: AsyncConnection, owner_id: uuid.UUID, version_id: int | None = None
+) -> ActiveVersion | None:
+    """The active index version, or the given one if it is built (ready) or active."""
+    if version_id is None:
+        result = await connection.execute(_ACTIVE, {"owner": owner_id})
+    else:
+        result = await connection.execute(_BY_ID, {"owner": owner_id, "version": version_id})
+    row = result.one_or_none()
+    if row is None:
+        return None
+    return ActiveVersion(int(row.id), row.embedder, int(row.dimension), row.stamp)
+
+
+async def count_scope(connection: AsyncConnection, where: Scope, *, cap: int) -> int:
+    """Chunks in scope, counted up to ``cap + 1`` (enough to choose exact or HNSW)."""
+    value = await connection.scalar(
+        _scoped(
+            """
+            SELECT count(*) FROM (
+                SELECT 1 FROM chunks c JOIN documents d ON d.id = c.document_id
+                WHERE {where} LIMIT :cap
+            ) AS s
+            """,
+            where,
+        ),
+        {**where.params, "cap": cap + 1},
+    )
+    return int(value or 0)
+
+
+def vector_literal(vector: np.ndarray) -> str:
+    return "[" + ",".join(f"{value:.7g}" for value in vector.tolist()) + "]"
+
+
+async def vector_exact(
+    connection: AsyncConnection, where: Scope, query: np.ndarray, limit: int
+) -> list[tuple[int, float]]:
+    """(chunk id, cosine distance), nearest first, over every chunk in scope."""
+    rows = await connection.execute(
+        _scoped(
+            """
+            SELECT c.id, c.embedding <=> CAST(:query AS vector) AS distance
+            FROM chunks c JOIN documents d ON d.id = c.document_id
+            WHERE {where}
+            ORDER BY distance, c.id
+            LIMIT :limit
+            """,
+            where,
+        ),
+        {**where.params, "query": vector_literal(query), "limit": limit},
+    )
+    return [(int(r.id), float(r.distance)) for r in rows]
+
+
+async def vector_hnsw(
+    connection: AsyncConnection,
+    where: Scope,
+    query: np.ndarray,
+    *,
+    dimension: int,
+    limit: int,
+    ef_search: int,
+) -> list[tuple[int, float]]:
+    """The version's HNSW index (its expression and partial predicate must match the
+    index's: ``embedding::vector(dim)``, ``index_version = n``); scope filters apply to what
+    the index returns, so fewer than ``limit`` rows come back when they drop many.
+
+    Call it inside a transaction: ``ef_search`` is set for that transaction only."""
+    await connection.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
+    # The caller chose the index (the scope is large): keep the planner from sorting the
+    # scope instead, which its estimates for an ORDER BY distance often favour.
+    await connection.execute(text("SET LOCAL enable_sort = off"))
+    rows = await connection.execute(
+        _scoped(
+            """
+            SELECT c.id,
+                   (c.embedding::vector({dim})) <=> CAST(:query AS vector({dim}))
+                       AS distance
+            FROM chunks c JOIN documents d ON d.id = c.document_id
+            WHERE {where}
+            ORDER BY (c.embedding::vector({dim})) <=> CAST(:query AS vector({dim}))
+            LIMIT :limit
+            """.replace("{dim}", str(int(dimension))),
+            where,
+        ),
+        {**where.params, "query": vector_literal(query), "limit": limit},
+    )
+    hits = [(int(r.id), float(r.distance)) for r in rows]
+    # Equal distances come back in index order: make the order stable.
+    return sorted(hits, key=lambda hit: (hit[1], hit[0]))
+
+
+async def scope_stats(connection: AsyncConnection, where: Scope) -> tuple[int, float]:
+    """(chunks in scope, their mean length in tokens), for BM25."""
+    row = (
+        await connection.execute(
+            _scoped(
+                """
+                SELECT count(*) AS n, coalesce(avg(c.token_count), 1) AS mean
+                FROM chunks c JOIN documents d ON d.id = c.document_id
+                WHERE {where}
+                """,
+                where,
+            ),
+            where.params,
+        )
+    ).one()
+    return int(row.n), float(row.mean)
+
+
+async def keyword_bm25(
+    connection: AsyncConnection,
+    where: Scope,
+    query: str,
+    *,
+    chunks: int,
+    mean_tokens: float,
+    k1: float,
+    b: float,
+    limit: int,
+) -> list[tuple[int, float]]:
+    """(chunk id, BM25 score), best first. Any query term may match (OR): a question's words
+    rarely all occur in one passage. Document frequencies are counted in the caller's scope,
+    so another tenant's documents never shape the scores."""
+    rows = await connection.execute(
+        _scoped(
+            """
+            WITH terms AS (
+                SELECT DISTINCT u.lexeme
+                FROM unnest(to_tsvector(CAST(:config AS regconfig), :query)) AS u
+                WHERE u.lexeme !~ '[\\\\]'
+            ),
+            matches AS MATERIALIZED (
+                SELECT c.id, c.token_count, c.tsv
+                FROM chunks c JOIN documents d ON d.id = c.document_id
+                WHERE {where}
+                  AND c.tsv @@ (
+                      SELECT CAST(string_agg(quote_literal(lexeme), ' | ') AS tsquery)
+                      FROM terms
+                  )
+            ),
+            tf AS (
+                SELECT m.id, m.token_count, u.lexeme,
+                       coalesce(array_length(u.positions, 1), 1) AS tf
+                FROM matches m, unnest(m.tsv) AS u
+                WHERE u.lexeme IN (SELECT lexeme FROM terms)
+            ),
+            df AS (SELECT lexeme, count(*) AS df FROM tf GROUP BY lexeme)
+            SELECT tf.id,
+                   sum(
+                       ln(1 + (CAST(:n AS float8) - df.df + 0.5) / (df.df + 0.5))
+                       * tf.tf * (CAST(:k1 AS float8) + 1)
+                       / (tf.tf + CAST(:k1 AS float8) * (1 - CAST(:b AS float8)
+                          + CAST(:b AS float8) * tf.token_count / CAST(:mean AS float8)))
+                   ) AS score
+            FROM tf JOIN df USING (lexeme)
+            GROUP BY tf.id
+            ORDER BY score DESC, tf.id
+            LIMIT :limit
+            """,
+            where,
+        ),
+        {
+            **where.params,
+            "query": query,
+            "config": TEXT_CONFIG,
+            "n": float(chunks),
+            "mean": max(float(mean_tokens), 1.0),
+            "k1": float(k1),
+            "b": float(b),
+            "limit": limit,
+        },
+    )
+    return [(int(r.id), float(r.score)) for r in rows]
+
+
+_PASSAGES = text(
+    """
+    SELECT c.id, c.document_id, c.collection, c.ordinal, c.text, c.page, c.page_end,
+           c.heading, c.char_start, c.char_end, d.filename, d.metadata
+    FROM chunks c JOIN documents d ON d.id = c.document_id
+    WHERE c.id = ANY(CAST(:ids AS bigint[])) AND c.owner_id = :owner
+    """
+)
+
+
+async def passages(
+    connection: AsyncConnection, ids: list[int], owner_id: uuid.UUID
+) -> dict[int, Any]:
+    if not ids:
+        return {}
+    rows = await connection.execute(_PASSAGES, {"ids": ids, "owner": owner_id})
+    return {int(row.id): row for row in rows}

@@ -1,0 +1,105 @@
+"""Bodies of ``POST /search``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mainsail.core.schemas import OutModel, StrictModel
+
+Mode = Literal["hybrid", "vector", "keyword"]
+MetadataValue = str | int | float | bool
+MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Filters(StrictModel):
+    """All given filters must hold (AND); a list means any of its values (IN)."""
+
+    collections: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=64)]
+        | None
+    ) = None
+    document_ids: Annotated[list[uuid.UUID], Field(max_length=1000)] | None = None
+    # Equality on a document's metadata, or membership when the value is a list.
+    metadata: (
+        Annotated[
+            dict[
+                MetadataKey, MetadataValue | Annotated[list[MetadataValue], Field(max_length=100)]
+            ],
+            Field(max_length=16),
+        ]
+        | None
+    ) = None
+    # Documents uploaded in [created_after, created_before).
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered_dates(self) -> Filters:
+        if self.created_after and self.created_before and self.created_after >= self.created_before:
+            raise ValueError("created_after must be before created_before")
+        return self
+
+    @field_validator("created_after", "created_before")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone (e.g. 2026-01-31T00:00:00Z)")
+        return value
+
+
+class SearchIn(StrictModel):
+    query: Annotated[str, Field(min_length=1, max_length=100_000)]
+    mode: Mode = "hybrid"
+    top_k: Annotated[int, Field(ge=1, le=1000)] = 10
+    # Results to skip: the next page starts at the previous page's ``next_offset``.
+    offset: Annotated[int, Field(ge=0, le=100_000)] = 0
+    filters: Filters = Field(default_factory=Filters)
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the query is blank")
+        return value
+
+
+class Ranks(OutModel):
+    """1-based rank of the passage in each retriever's list (null: not in its candidates)."""
+
+    vector: int | None = None
+    keyword: int | None = None
+
+
+class SearchHit(OutModel):
+    chunk_id: int
+    document_id: uuid.UUID
+    collection: str
+    title: str | None  # the document's metadata "title", else its filename
+    filename: str | None
+    ordinal: int
+    text: str
+    # hybrid: the fused (RRF) score; vector: cosine similarity; keyword: BM25.
+    score: float
+    ranks: Ranks
+    page: int | None
+    page_end: int | None
+    heading: list[str]
+    # Character offsets of the text in the document's extracted text.
+    char_start: int
+    char_end: int
+    metadata: dict[str, Any]
+
+
+class SearchOut(OutModel):
+    results: list[SearchHit]
+    mode: Mode
+    index_version: int | None  # null when nothing is indexed yet
+    offset: int
+    next_offset: int | None  # null on the last page
+    # Whether the vector retriever scanned exactly (small filtered sets) or used HNSW.
+    vector_strategy: Literal["exact", "hnsw"] | None = None
+    cached: bool = False

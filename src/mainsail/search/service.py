@@ -1,0 +1,283 @@
+"""Search: embed the query, run the retrievers, fuse their rankings, cut a page.
+
+Each retriever ranks a fixed pool of candidates (``SEARCH__CANDIDATES``, at least the largest
+page); pages are cut from the fused ranking of those pools, so paging through it never
+repeats or skips a passage. Vector search is exact when the caller's filtered scope is small
+(``exact_below`` chunks) and uses the version's HNSW index otherwise; when the scope filters
+drop too many of the index's candidates it asks again with a list ``hnsw_overfetch`` times
+longer (up to pgvector's 1000), and ranks the scope exactly if that is still too few.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from mainsail.core.cache import ByteCache
+from mainsail.core.db import Database
+from mainsail.core.logging import get_logger
+from mainsail.llm.gateway import CallContext
+from mainsail.search import repository
+from mainsail.search.repository import ActiveVersion, Scope
+from mainsail.search.schemas import Mode, Ranks, SearchHit, SearchIn, SearchOut
+from mainsail.settings import SearchSettings
+
+log = get_logger(__name__)
+
+# (embedder name, texts, the caller) -> float32 vectors, L2-normalized. A provider embedder
+# bills the caller's budget; the local one ignores it.
+EmbedQuery = Callable[[str, Sequence[str], CallContext | None], Awaitable[np.ndarray]]
+Strategy = Literal["exact", "hnsw"]
+HNSW_EF_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
+STATS_TTL_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """One retriever's candidates, best first: (chunk id, its own score)."""
+
+    hits: list[tuple[int, float]]
+    strategy: Strategy | None = None
+
+
+@dataclass
+class _StatsCache:
+    """Figures of a scope (its size; BM25's chunk count and mean length), briefly kept:
+    counting a large scope costs more than the rest of a query, and they move slowly."""
+
+    entries: dict[str, tuple[float, tuple[int, float]]] = field(default_factory=dict)
+
+    def get(self, key: str) -> tuple[int, float] | None:
+        entry = self.entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key: str, value: tuple[int, float]) -> None:
+        if len(self.entries) >= 4096:
+            now = time.monotonic()
+            self.entries = {k: v for k, v in self.entries.items() if v[0] >= now}
+            if len(self.entries) >= 4096:
+                self.entries.clear()
+        self.entries[key] = (time.monotonic() + STATS_TTL_S, value)
+
+
+def fuse(rankings: dict[str, Ranking], k: int) -> list[tuple[int, float, dict[str, int]]]:
+    """Reciprocal Rank Fusion: each passage scores sum(1 / (k + rank)) over the retrievers
+    that ranked it; ties go to the lower chunk id, so the order is total and stable."""
+    scores: dict[int, float] = {}
+    ranks: dict[int, dict[str, int]] = {}
+    for name, ranking in rankings.items():
+        for rank, (chunk_id, _) in enumerate(ranking.hits, start=1):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (k + rank)
+            ranks.setdefault(chunk_id, {})[name] = rank
+    order = sorted(scores, key=lambda chunk_id: (-scores[chunk_id], chunk_id))
+    return [(chunk_id, scores[chunk_id], ranks[chunk_id]) for chunk_id in order]
+
+
+class Searcher:
+    def __init__(
+        self,
+        db: Database,
+        settings: SearchSettings,
+        embed: EmbedQuery,
+        cache: ByteCache | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.embed = embed
+        self.cache = cache
+        self._stats = _StatsCache()
+
+    @property
+    def pool(self) -> int:
+        return max(self.settings.candidates, self.settings.max_top_k)
+
+    async def search(
+        self,
+        owner_id: uuid.UUID,
+        request: SearchIn,
+        *,
+        version_id: int | None = None,
+        ctx: CallContext | None = None,
+    ) -> SearchOut:
+        """``version_id``: a built but not yet active version (admins comparing versions);
+        by default the active one. ``ctx``: who a provider embedder's call is billed to."""
+        async with self.db.autocommit() as connection:
+            version = await repository.active_version(connection, owner_id, version_id)
+        if version is None:
+            return SearchOut(
+                results=[],
+                mode=request.mode,
+                index_version=None,
+                offset=request.offset,
+                next_offset=None,
+            )
+        key = self._cache_key(version, owner_id, request)
+        if self.cache is not None:
+            raw = await self.cache.get(key)
+            if raw is not None:
+                return SearchOut.model_validate_json(raw).model_copy(update={"cached": True})
+        result = await self._search(version, owner_id, request, ctx)
+        if self.cache is not None:
+            await self.cache.set(key, result.model_dump_json().encode(), self.settings.cache_ttl_s)
+        return result
+
+    @staticmethod
+    def _cache_key(version: ActiveVersion, owner_id: uuid.UUID, request: SearchIn) -> str:
+        material = json.dumps(
+            [version.id, version.corpus_stamp, str(owner_id), request.model_dump(mode="json")],
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return "search:" + hashlib.sha256(material.encode()).hexdigest()
+
+    async def _search(
+        self,
+        version: ActiveVersion,
+        owner_id: uuid.UUID,
+        request: SearchIn,
+        ctx: CallContext | None,
+    ) -> SearchOut:
+        where = repository.scope(version.id, owner_id, request.filters)
+        retrievers: dict[str, Awaitable[Ranking]] = {}
+        if request.mode in ("hybrid", "vector"):
+            retrievers["vector"] = self._vector(version, where, request.query, ctx)
+        if request.mode in ("hybrid", "keyword"):
+            retrievers["keyword"] = self._keyword(version, where, request.query)
+        rankings = dict(zip(retrievers, await asyncio.gather(*retrievers.values()), strict=True))
+        ordered = self._order(request.mode, rankings)
+        end = request.offset + request.top_k
+        page = ordered[request.offset : end]
+        async with self.db.autocommit() as connection:
+            rows = await repository.passages(connection, [hit[0] for hit in page], owner_id)
+        results = [
+            _hit(rows[chunk_id], score, ranks)
+            for chunk_id, score, ranks in page
+            if chunk_id in rows  # deleted between the two statements
+        ]
+        vector = rankings.get("vector")
+        return SearchOut(
+            results=results,
+            mode=request.mode,
+            index_version=version.id,
+            offset=request.offset,
+            next_offset=end if end < len(ordered) else None,
+            vector_strategy=vector.strategy if vector else None,
+        )
+
+    def _order(
+        self, mode: Mode, rankings: dict[str, Ranking]
+    ) -> list[tuple[int, float, dict[str, int]]]:
+        if mode == "hybrid":
+            return fuse(rankings, self.settings.rrf_k)
+        ((name, ranking),) = rankings.items()
+        return [
+            (chunk_id, 1.0 - value if name == "vector" else value, {name: rank})
+            for rank, (chunk_id, value) in enumerate(ranking.hits, start=1)
+        ]
+
+    async def _vector(
+        self, version: ActiveVersion, where: Scope, query: str, ctx: CallContext | None
+    ) -> Ranking:
+        vectors = await self.embed(version.embedder, [query], ctx)
+        vector = vectors[0]
+        pool = self.pool
+        # One transaction: the HNSW candidate list is set for it alone (SET LOCAL).
+        cap = max(self.settings.exact_below, pool)
+        async with self.db.engine.begin() as connection:
+            # Exact up to the cap; cap + 1 means "more". Kept briefly, like BM25's figures.
+            count_key = self._scope_key("count", version, where, cap)
+            counted = self._stats.get(count_key)
+            if counted is None:
+                counted = (await repository.count_scope(connection, where, cap=cap), 0.0)
+                self._stats.put(count_key, counted)
+            in_scope = counted[0]
+            if in_scope <= self.settings.exact_below:
+                hits = await repository.vector_exact(connection, where, vector, pool)
+                return Ranking(hits, "exact")
+            # The candidate list covers the pool; it does not depend on the page, so every
+            # page of a query sees the same ranking.
+            ef = min(HNSW_EF_MAX, max(self.settings.ef_search, pool))
+            wanted = min(pool, in_scope)
+            while True:
+                hits = await repository.vector_hnsw(
+                    connection,
+                    where,
+                    vector,
+                    dimension=version.dimension,
+                    limit=pool,
+                    ef_search=ef,
+                )
+                wider = min(HNSW_EF_MAX, ef * self.settings.hnsw_overfetch)
+                if len(hits) >= wanted or wider <= ef:
+                    break
+                ef = wider  # the scope filters dropped too many: a longer candidate list
+            if len(hits) < wanted:
+                # Still too few: rank the scope exactly rather than return too little.
+                log.info("search_exact_fallback", returned=len(hits), wanted=wanted)
+                hits = await repository.vector_exact(connection, where, vector, pool)
+                return Ranking(hits, "exact")
+        return Ranking(hits, "hnsw")
+
+    @staticmethod
+    def _scope_key(kind: str, version: ActiveVersion, where: Scope, *extra: object) -> str:
+        """The corpus stamp changes with the owner's documents, so a stale figure lives at
+        most until the next upload or delete (or ``STATS_TTL_S``)."""
+        return json.dumps(
+            [kind, version.id, version.corpus_stamp, where.where, where.params, *extra],
+            sort_keys=True,
+            default=str,
+        )
+
+    async def _keyword(self, version: ActiveVersion, where: Scope, query: str) -> Ranking:
+        stats_key = self._scope_key("bm25", version, where)
+        async with self.db.autocommit() as connection:
+            stats = self._stats.get(stats_key)
+            if stats is None:
+                stats = await repository.scope_stats(connection, where)
+                self._stats.put(stats_key, stats)
+            chunks, mean_tokens = stats
+            if chunks == 0:
+                return Ranking([])
+            hits = await repository.keyword_bm25(
+                connection,
+                where,
+                query,
+                chunks=chunks,
+                mean_tokens=mean_tokens,
+                k1=self.settings.bm25_k1,
+                b=self.settings.bm25_b,
+                limit=self.pool,
+            )
+        return Ranking(hits)
+
+
+def _hit(row: Any, score: float, ranks: dict[str, int]) -> SearchHit:
+    metadata = dict(row.metadata or {})
+    title = metadata.get("title")
+    return SearchHit(
+        chunk_id=row.id,
+        document_id=row.document_id,
+        collection=row.collection,
+        title=title if isinstance(title, str) and title else row.filename,
+        filename=row.filename,
+        ordinal=row.ordinal,
+        text=row.text,
+        score=score,
+        ranks=Ranks(**ranks),
+        page=row.page,
+        page_end=row.page_end,
+        heading=list(row.heading or []),
+        char_start=row.char_start,
+        char_end=row.char_end,
+        metadata=metadata,
+    )

@@ -1,0 +1,219 @@
+"""POST /search: modes, ranks, pagination, filters, scoping, bad input, cache."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.identity import Account
+from tests.search.conftest import Ingest, Search
+from tests.search.corpus import ASTRONOMY, BAKING, SAILING
+
+
+@pytest.fixture
+async def library(alice: Account, ingest: Ingest) -> dict[str, str]:
+    """Three documents of alice's in two collections."""
+    return {
+        "sailing": await ingest(
+            alice, SAILING, "sailing.md", collection="sea", metadata={"year": 2024, "tag": "s"}
+        ),
+        "baking": await ingest(
+            alice, BAKING, "baking.md", collection="kitchen", metadata={"year": 2023}
+        ),
+        "astronomy": await ingest(
+            alice,
+            ASTRONOMY,
+            "astronomy.md",
+            collection="sea",
+            metadata={"year": 2025, "title": "Looking up"},
+        ),
+    }
+
+
+def documents_of(response: httpx.Response) -> list[str]:
+    return [hit["document_id"] for hit in response.json()["results"]]
+
+
+async def test_hybrid_finds_the_passage_with_both_ranks_and_its_source(
+    alice: Account, library: dict[str, str], search: Search
+) -> None:
+    response = await search(alice, "how much chain when anchoring?")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["mode"] == "hybrid"
+    assert body["index_version"] is not None
+    top = body["results"][0]
+    assert top["document_id"] == library["sailing"]
+    assert "chain" in top["text"]
+    assert top["ranks"]["vector"] is not None
+    assert top["ranks"]["keyword"] is not None
+    assert top["filename"] == top["title"] == "sailing.md"
+    assert top["heading"] == ["Anchoring"]
+    assert top["collection"] == "sea"
+    assert 0 <= top["char_start"] < top["char_end"]
+    scores = [hit["score"] for hit in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_the_title_comes_from_metadata_when_given(
+    alice: Account, library: dict[str, str], search: Search
+) -> None:
+    response = await search(alice, "eclipse filter", mode="keyword")
+    top = response.json()["results"][0]
+    assert top["document_id"] == library["astronomy"]
+    assert (top["title"], top["filename"]) == ("Looking up", "astronomy.md")
+
+
+async def test_each_mode_ranks_with_its_own_retriever(
+    alice: Account, library: dict[str, str], search: Search
+) -> None:
+    vector = (await search(alice, "bread starter fermentation", mode="vector")).json()
+    assert vector["results"][0]["document_id"] == library["baking"]
+    assert all(hit["ranks"]["keyword"] is None for hit in vector["results"])
+    assert [hit["ranks"]["vector"] for hit in vector["results"]] == list(
+        range(1, len(vector["results"]) + 1)
+    )
+    assert all(-1.0 <= hit["score"] <= 1.0 for hit in vector["results"])
+    assert vector["vector_strategy"] == "exact"  # a handful of chunks: exact search
+    # Keyword search stems ("telescopes" finds "telescope") and skips stop words.
+    keyword = (await search(alice, "the telescopes", mode="keyword")).json()
+    assert keyword["results"]
+    assert all(hit["document_id"] == library["astronomy"] for hit in keyword["results"])
+    assert all(hit["ranks"]["vector"] is None for hit in keyword["results"])
+    assert keyword["vector_strategy"] is None
+
+
+async def test_keyword_search_with_no_matching_word_is_empty(
+    alice: Account, library: dict[str, str], search: Search
+) -> None:
+    response = await search(alice, "zeppelin", mode="keyword")
+    assert response.status_code == 200
+    assert response.json()["results"] == []
+    # Only stop words: nothing to match either.
+    assert (await search(alice, "the and of", mode="keyword")).json()["results"] == []
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
+async def test_pages_have_no_duplicates_or_gaps(
+    alice: Account, ingest: Ingest, search: Search, mode: str
+) -> None:
+    for i, text in enumerate([SAILING, BAKING, ASTRONOMY]):
+        await ingest(alice, text, f"doc-{i}.md", chunking={"chunk_size": 24, "chunk_overlap": 4})
+    query = "anchor light at night, dough and its crust, a telescope mirror"
+    whole = (await search(alice, query, mode=mode, top_k=50)).json()
+    assert len(whole["results"]) >= 8
+    paged: list[int] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = (await search(alice, query, mode=mode, top_k=3, offset=offset)).json()
+        assert page["offset"] == offset
+        paged += [hit["chunk_id"] for hit in page["results"]]
+        offset = page["next_offset"]
+    assert paged == [hit["chunk_id"] for hit in whole["results"]]
+    assert len(set(paged)) == len(paged)
+    past_the_end = (await search(alice, query, mode=mode, offset=len(paged))).json()
+    assert past_the_end["results"] == []
+    assert past_the_end["next_offset"] is None
+
+
+async def test_filters_are_exact(alice: Account, library: dict[str, str], search: Search) -> None:
+    query = "light"
+    by_collection = await search(alice, query, filters={"collections": ["sea"]}, top_k=50)
+    assert set(documents_of(by_collection)) == {library["sailing"], library["astronomy"]}
+    by_id = await search(alice, query, filters={"document_ids": [library["baking"]]}, top_k=50)
+    assert set(documents_of(by_id)) == {library["baking"]}
+    by_year = await search(alice, query, filters={"metadata": {"year": 2024}}, top_k=50)
+    assert set(documents_of(by_year)) == {library["sailing"]}
+    by_years = await search(alice, query, filters={"metadata": {"year": [2023, 2025]}}, top_k=50)
+    assert set(documents_of(by_years)) == {library["baking"], library["astronomy"]}
+    # Values compare as JSON: the string "2024" is not the number 2024.
+    assert (await search(alice, query, filters={"metadata": {"year": "2024"}})).json()[
+        "results"
+    ] == []
+    both = await search(
+        alice, query, filters={"collections": ["sea"], "metadata": {"tag": "s"}}, top_k=50
+    )
+    assert set(documents_of(both)) == {library["sailing"]}
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert (await search(alice, query, filters={"created_after": later.isoformat()})).json()[
+        "results"
+    ] == []
+    earlier = datetime.now(UTC) - timedelta(hours=1)
+    window = {"created_after": earlier.isoformat(), "created_before": later.isoformat()}
+    assert len(set(documents_of(await search(alice, query, filters=window, top_k=50)))) == 3
+
+
+async def test_unknown_collection_and_other_users_documents_give_empty_results(
+    alice: Account, bob: Account, library: dict[str, str], search: Search
+) -> None:
+    nowhere = await search(alice, "anchor", filters={"collections": ["no-such"]})
+    assert nowhere.status_code == 200
+    assert nowhere.json()["results"] == []
+    # bob names alice's document: an empty result, not an error that confirms it exists.
+    theirs = await search(bob, "anchor", filters={"document_ids": [library["sailing"]]})
+    assert theirs.status_code == 200
+    assert theirs.json()["results"] == []
+    # bob has no documents: nothing of alice's ever shows.
+    for mode in ("hybrid", "vector", "keyword"):
+        assert (await search(bob, "anchor chain", mode=mode)).json()["results"] == []
+
+
+async def test_a_user_with_no_index_yet_gets_an_empty_answer(
+    alice: Account, search: Search
+) -> None:
+    response = await search(alice, "anything at all")
+    assert response.status_code == 200
+    assert response.json()["results"] == []
+    assert response.json()["index_version"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"query": ""}, "query"),
+        ({"query": "   \n"}, "query"),
+        ({"query": "x" * 2001}, "query"),
+        ({"query": "sail", "top_k": 101}, "top_k"),
+        ({"query": "sail", "top_k": 0}, "top_k"),
+        ({"query": "sail", "mode": "fuzzy"}, "mode"),
+        ({"query": "sail", "offset": -1}, "offset"),
+        ({"query": "sail", "filters": {"colour": "red"}}, "filters.colour"),
+        ({"query": "sail", "filters": {"document_ids": ["not-a-uuid"]}}, "filters.document_ids.0"),
+        ({"query": "sail", "filters": {"created_after": "2026-01-01T00:00:00"}}, "filters"),
+    ],
+)
+async def test_bad_input_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, alice: Account, body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/search", json=body, headers=alice.headers)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    fields = [error["field"] for error in response.json()["errors"]]
+    assert any(name.removeprefix("body.").startswith(field) for name in fields), fields
+
+
+async def test_search_needs_authentication(client: httpx.AsyncClient) -> None:
+    response = await client.post("/search", json={"query": "sail"})
+    assert response.status_code == 401
+
+
+async def test_repeated_search_is_served_from_cache_until_the_documents_change(
+    alice: Account, library: dict[str, str], ingest: Ingest, search: Search
+) -> None:
+    first = await search(alice, "croissant butter")
+    assert first.json()["cached"] is False
+    assert "mainsail-cache" not in first.headers
+    second = await search(alice, "croissant butter")
+    assert second.headers["mainsail-cache"] == "hit"
+    assert second.json()["cached"] is True
+    assert second.json()["results"] == first.json()["results"]
+    # Another page, mode or filter is another entry.
+    assert (await search(alice, "croissant butter", top_k=2)).json()["cached"] is False
+    # A new document changes what the answer could be: the cache is bypassed.
+    new = await ingest(alice, "Croissant butter must be cold and pliable.", "tips.txt")
+    third = await search(alice, "croissant butter")
+    assert third.json()["cached"] is False
+    assert new in documents_of(third)
