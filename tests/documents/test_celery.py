@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL
 
 from mainsail.settings import Settings
 from tests.documents.conftest import Upload, chunk_rows, essay, wait_for_status, worker_env
-from tests.fixtures.app import make_settings
+from tests.fixtures.app import make_settings, wait_until
 from tests.fixtures.identity import Account
 
 
@@ -70,7 +70,15 @@ async def test_a_celery_worker_ingests_what_the_service_dispatches(
             assert ready["status"] == "ready", ready["error"]
             chunks = await chunk_rows(app, created.json()["id"])
             assert [c["ordinal"] for c in chunks] == list(range(ready["chunk_count"]))
-            job = await client.get(f"/jobs/{created.json()['job_id']}", headers=alice.headers)
+            # The document is ready when its chunks are; the job is marked done just after.
+            job_url = f"/jobs/{created.json()['job_id']}"
+
+            async def finished(url: str = job_url) -> bool:
+                job = await client.get(url, headers=alice.headers)
+                return bool(job.json()["state"] != "running")
+
+            await wait_until(finished, within_s=30, interval=0.1)
+            job = await client.get(job_url, headers=alice.headers)
             assert (job.json()["state"], job.json()["attempts"]) == ("succeeded", 1)
         assert app.state.dispatcher.sent >= 2
         # A duplicate message for a finished job changes nothing (the claim finds no work).

@@ -144,6 +144,7 @@ async def vector_hnsw(
     where: Scope,
     query: np.ndarray,
     *,
+    version_id: int,
     dimension: int,
     limit: int,
     ef_search: int,
@@ -153,10 +154,20 @@ async def vector_hnsw(
     the index returns, so fewer than ``limit`` rows come back when they drop many.
 
     Call it inside a transaction: ``ef_search`` is set for that transaction only."""
-    await connection.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
-    # The caller chose the index (the scope is large): keep the planner from sorting the
-    # scope instead, which its estimates for an ORDER BY distance often favour.
-    await connection.execute(text("SET LOCAL enable_sort = off"))
+    # One round trip for both, for this transaction only. enable_sort off: the caller chose
+    # the index (the scope is large), so the planner must not sort the scope instead.
+    await connection.execute(
+        text(
+            "SELECT set_config('hnsw.ef_search', :ef, true), set_config('enable_sort', 'off', true)"
+        ),
+        {"ef": str(int(ef_search))},
+    )
+    # The version as a literal: the partial index's predicate must be provable from the
+    # statement itself, or a cached generic plan could not use the index.
+    where = Scope(
+        where.where.replace("c.index_version = :version", f"c.index_version = {int(version_id)}"),
+        where.params,
+    )
     rows = await connection.execute(
         _scoped(
             """

@@ -213,6 +213,7 @@ class Searcher:
                     connection,
                     where,
                     vector,
+                    version_id=version.id,
                     dimension=version.dimension,
                     limit=pool,
                     ef_search=ef,
