@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +33,18 @@ COLLECTION = "scifact-subset"
 MODES = ("keyword", "vector", "hybrid")
 UPLOADS_IN_FLIGHT = 8
 # Sanity floors, well below what the system measured on this subset when the test was
-# written (keyword 0.710, vector 0.690, hybrid 0.750); a broken retriever falls far below.
-FLOORS = {"keyword": 0.45, "vector": 0.45, "hybrid": 0.55}
+# written (keyword 0.710, vector 0.686, hybrid 0.741); a broken retriever falls far below.
+FLOORS = {"keyword": 0.55, "vector": 0.55, "hybrid": 0.60}
 
 
 @pytest.fixture
 def settings(database_url: URL, search_settings: dict[str, Any]) -> Settings:
     # ~200 uploads, status polls and 120 searches in well under a minute: more than the
-    # default per-user rate limit allows.
+    # default per-user rate limit allows. Four ingestion jobs at a time overlap one job's
+    # database work with another's embedding (about 40 s instead of 52 s for the 195 files).
     return make_settings(
         database_url,
-        jobs=QUICK_JOBS,
+        jobs={**QUICK_JOBS, "concurrency": 4},
         search=search_settings,
         rate_limit={"user": "100000/minute"},
     )
@@ -123,7 +125,9 @@ async def test_hybrid_beats_each_single_mode_on_a_scifact_subset(
 ) -> None:
     corpus, queries, qrels = load_subset()
     assert len(queries) == len(qrels) >= 30
+    started = time.perf_counter()
     await upload_all(client, alice, corpus)
+    ingested_s = time.perf_counter() - started
 
     figures: dict[str, float] = {}
     for mode in MODES:
@@ -133,7 +137,11 @@ async def test_hybrid_beats_each_single_mode_on_a_scifact_subset(
         ]
         figures[mode] = sum(per_query) / len(per_query)
     shown = ", ".join(f"{mode} {value:.3f}" for mode, value in figures.items())
-    print(f"nDCG@10 on the SciFact subset ({len(qrels)} queries): {shown}")  # shown with -s
+    searched_s = time.perf_counter() - started - ingested_s
+    print(  # shown with -s
+        f"nDCG@10 on the SciFact subset ({len(qrels)} queries, {len(corpus)} documents "
+        f"ingested in {ingested_s:.1f} s, searched in {searched_s:.1f} s): {shown}"
+    )
 
     for mode, floor in FLOORS.items():
         assert figures[mode] >= floor, f"{mode} nDCG@10 below {floor}: {shown}"
