@@ -16,16 +16,19 @@ What is measured
                 indexes are dropped before the COPY and built again after it (the HNSW DDL is
                 ``vector_index_ddl``'s; ``--maintenance-work-mem``, 2 parallel maintenance
                 workers), then VACUUM ANALYZE. Each step is timed.
-    SQL alone   ``mainsail.search.repository.vector_hnsw`` (the service's own statement:
-                chunks joined to documents on owner and active revision, the partial HNSW
-                index's expression, ``SET LOCAL hnsw.ef_search`` and ``enable_sort = off``),
-                through an SQLAlchemy asyncpg engine like the service's, one transaction per
-                query (BEGIN, the two SETs, the SELECT, COMMIT: what the service's vector
-                retriever pays once its scope count is cached). Per ``--ef`` value: recall@10
+    SQL alone   ``mainsail.search.repository.vector_hnsw_session`` (the service's own
+                statement for scopes over ``HNSW_PLAN_ROWS`` chunks: the partial HNSW index's
+                ef_search candidates in a subquery, joined to documents on owner and active
+                revision; ``hnsw.ef_search`` kept on the session and set only when it
+                changes), through an SQLAlchemy asyncpg engine like the service's, on an
+                autocommit connection: one round trip per query, what the service's vector
+                retriever pays once its scope count is cached. Per ``--ef`` value: recall@10
                 against the exact top-10, p50/p95 over the queries after a warm-up pass. The
-                lowest ef with recall@10 >= 0.95 is the comparison row. One more row runs the
-                statement as the service issues it with its default settings (LIMIT
-                = candidates = 100, ef = max(ef_search, 100 x hnsw_overfetch) = 400).
+                lowest ef with recall@10 >= 0.95 is the comparison row. More rows: the
+                statement as the service issues it with its default settings (LIMIT =
+                candidates = 100, ef = max(ef_search 200, 100) = 200), and the small
+                versions' statement (``vector_hnsw``: BEGIN, ``set_config`` of ef_search and
+                enable_sort = off, the SELECT, COMMIT) at the chosen ef.
     End to end  ``POST /search`` (mode vector, top_k 10; then hybrid) with short texts,
                 sequential requests on one keep-alive connection after a warm-up, p50/p95;
                 the response cache is off (``MAINSAIL_SEARCH__CACHE_URL=""``) so every
@@ -44,6 +47,9 @@ What is measured
 
 Usage (from the repository root)
     .venv/bin/python bench/retrieval_speed.py --n 100000          # validation, ~12 min
+    .venv/bin/python bench/retrieval_speed.py --chroma-only bench/.work/chroma.json
+    .venv/bin/python bench/retrieval_speed.py --chroma-from bench/.work/chroma.json
+        # ChromaDB measured once (~25 min at 1M), reused by Mainsail-only runs
     nohup .venv/bin/python bench/retrieval_speed.py > bench/.work/retrieval-speed.log 2>&1 &
         # 1M: ~45 min on 2 cores (data ~2.5 min, COPY ~1 min, HNSW build ~13 min,
         # measurements ~6 min, ChromaDB add ~22 min); needs ~12 GB of disk and ~8 GB of RAM
@@ -57,6 +63,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import http.client
@@ -108,7 +115,9 @@ COLLECTION = "synthetic"
 TINY_TEXT = "Mainsail benchmark: a tiny document that creates the first index version.\n"
 DEFAULT_EFS = (40, 64, 100, 200, 400)
 SERVICE_POOL = 100  # SearchSettings defaults: max(candidates, max_top_k)
-SERVICE_EF = 400  # max(ef_search 100, pool 100 x hnsw_overfetch 4)
+SERVICE_EF = 200  # max(ef_search 200, pool 100)
+PG_MEMORY_SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem", "work_mem")
+TX_LABEL = "small versions' statement (BEGIN, set_config, SELECT, COMMIT)"
 EXPLAIN_SAMPLE = 100  # queries per ef explained for the server-side figures
 
 log = ingest.log
@@ -586,6 +595,7 @@ class SqlBench:
         self.owner = owner
         self.id_map = id_map
         self.captured: tuple[str, Sequence[Any]] | None = None
+        self.last_hits: list[tuple[int, float]] = []
 
     async def __aenter__(self) -> SqlBench:
         from sqlalchemy import event
@@ -618,13 +628,23 @@ class SqlBench:
     async def __aexit__(self, *_: object) -> None:
         await self.engine.dispose()
 
-    async def one(self, query: np.ndarray, ef: int, limit: int) -> tuple[float, list[int]]:
+    async def one(
+        self, query: np.ndarray, ef: int, limit: int, *, transaction: bool = False
+    ) -> tuple[float, list[int]]:
+        """One query as the service's vector retriever runs it once its scope count is
+        cached: ``vector_hnsw_session`` on an autocommit connection (``transaction``: the
+        small versions' ``vector_hnsw`` in BEGIN..COMMIT)."""
+        options = {"version_id": 1, "dimension": DIM, "limit": limit, "ef_search": ef}
         started = time.perf_counter()
-        async with self.engine.begin() as connection:
-            hits = await self.repository.vector_hnsw(
-                connection, self.where, query, dimension=DIM, limit=limit, ef_search=ef
-            )
+        if transaction:
+            async with self.engine.begin() as connection:
+                hits = await self.repository.vector_hnsw(connection, self.where, query, **options)
+        else:
+            async with self.engine.connect() as connection:  # the service's db.autocommit()
+                auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                hits = await self.repository.vector_hnsw_session(auto, self.where, query, **options)
         elapsed = time.perf_counter() - started
+        self.last_hits = hits
         return elapsed, [int(self.id_map[i]) if i < len(self.id_map) else -1 for i, _ in hits]
 
     async def other_statements(self, queries: np.ndarray, ef: int) -> dict[str, Latency]:
@@ -638,10 +658,8 @@ class SqlBench:
                 auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
                 await self.repository.active_version(auto, self.owner)
             version_times.append(time.perf_counter() - started)
-            async with self.engine.begin() as connection:
-                hits = await self.repository.vector_hnsw(
-                    connection, self.where, query, dimension=DIM, limit=K, ef_search=ef
-                )
+            await self.one(query, ef, K)
+            hits = self.last_hits
             started = time.perf_counter()
             async with self.engine.connect() as connection:
                 auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -652,7 +670,9 @@ class SqlBench:
             "passages of the page (10 chunks)": Latency.of(passage_times),
         }
 
-    async def server_side(self, queries: np.ndarray, ef: int, limit: int) -> str:
+    async def server_side(
+        self, queries: np.ndarray, ef: int, limit: int, *, transaction: bool = False
+    ) -> str:
         """EXPLAIN (ANALYZE, BUFFERS) of the service's statement for a sample of queries:
         p50 execution and planning time in the server, and mean shared buffers hit/read."""
         conn = await self.service.connect()
@@ -660,12 +680,13 @@ class SqlBench:
         try:
             for query in queries:
                 self.captured = None
-                await self.one(query, ef, limit)
+                await self.one(query, ef, limit, transaction=transaction)
                 assert self.captured is not None
                 sql = inline_params(*self.captured)
                 async with conn.transaction():
                     await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}")
-                    await conn.execute("SET LOCAL enable_sort = off")
+                    if transaction:
+                        await conn.execute("SET LOCAL enable_sort = off")
                     plan = json.loads(
                         await conn.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
                     )[0]
@@ -695,8 +716,9 @@ class SqlBench:
         for label, ef, limit in runs:
             load0 = os.getloadavg()
             times, found = [], []
+            transaction = label == TX_LABEL
             for query in queries:
-                elapsed, ids = await self.one(query, ef, limit)
+                elapsed, ids = await self.one(query, ef, limit, transaction=transaction)
                 times.append(elapsed)
                 found.append(ids)
             row = SqlRow(
@@ -708,7 +730,9 @@ class SqlBench:
                 _loadavg(load0) + " / " + _loadavg(os.getloadavg()),
                 variant=variant,
             )
-            row.server = await self.server_side(queries[:sample], ef, limit)
+            row.server = await self.server_side(
+                queries[:sample], ef, limit, transaction=transaction
+            )
             log(
                 f"SQL {label} ef {ef} limit {limit}: recall@10 {row.recall:.3f}, p50 "
                 f"{row.latency.p50_ms:.2f} ms, p95 {row.latency.p95_ms:.2f} ms; server "
@@ -718,9 +742,8 @@ class SqlBench:
         return rows
 
     async def explain(self, query: np.ndarray, ef: int, limit: int) -> list[Explain]:
-        """EXPLAIN ANALYZE of the captured statement: as the service runs it, without its
-        enable_sort = off, and the generic plan (what a prepared statement could fall back
-        to: no parameter values, so the partial index's predicate cannot be proven)."""
+        """EXPLAIN ANALYZE of the captured statement as the service runs it (no enable_sort
+        setting), and its generic plan (what a cached prepared statement could switch to)."""
         self.captured = None
         await self.one(query, ef, limit)
         assert self.captured is not None
@@ -729,10 +752,7 @@ class SqlBench:
         conn = await self.service.connect()
         out = []
         try:
-            cases = [
-                (f"as the service runs it (ef_search {ef}, enable_sort off, LIMIT {limit})", True),
-                (f"the same without the service's enable_sort = off (ef_search {ef})", False),
-            ]
+            cases = [(f"as the service runs it (ef_search {ef}, LIMIT {limit})", False)]
             for title, sort_off in cases:
                 async with conn.transaction():
                     await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}")
@@ -755,8 +775,6 @@ class SqlBench:
                     "-X",
                     "-q",
                     "-c",
-                    "SET enable_sort = off",
-                    "-c",
                     "EXPLAIN (GENERIC_PLAN) " + statement,
                 ],
                 capture_output=True,
@@ -766,8 +784,8 @@ class SqlBench:
             )
             out.append(
                 Explain(
-                    "generic plan (EXPLAIN (GENERIC_PLAN), enable_sort off): what a cached "
-                    "prepared statement could switch to",
+                    "generic plan (EXPLAIN (GENERIC_PLAN)): what a cached prepared statement "
+                    "could switch to",
                     statement,
                     (generic.stdout + generic.stderr).strip(),
                 )
@@ -980,6 +998,16 @@ def chroma_child(work_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(result.read_text()))
 
 
+def save_chroma(facts: ChromaFacts, path: Path) -> None:
+    path.write_text(json.dumps(dataclasses.asdict(facts), indent=1))
+
+
+def load_chroma(path: Path) -> ChromaFacts:
+    raw = json.loads(path.read_text())
+    rows = [SqlRow(**{**row, "latency": Latency(**row["latency"])}) for row in raw.pop("rows")]
+    return ChromaFacts(**raw, rows=rows)
+
+
 def bench_chroma(data: Data, efs: Sequence[int], work_dir: Path) -> ChromaFacts:
     facts = ChromaFacts(version=ensure_chroma())
     path = work_dir / "chroma"
@@ -1041,6 +1069,7 @@ class Config:
     workers: int
     shared_buffers: str
     skip_chroma: bool
+    chroma_from: Path | None
     keep_work: bool
 
 
@@ -1061,6 +1090,7 @@ class Run:
     chroma: ChromaFacts | None = None
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pg_settings: str = ""  # the embedded server's memory settings, as it reports them
     interrupted: bool = False
 
     def failed(self, what: str, exc: BaseException) -> None:
@@ -1078,7 +1108,12 @@ def _loadavg(values: Sequence[float]) -> str:
 
 def pick_ef(rows: Sequence[SqlRow]) -> SqlRow | None:
     good = [
-        row for row in rows if not row.variant and row.limit == K and row.recall >= RECALL_TARGET
+        row
+        for row in rows
+        if not row.variant
+        and row.limit == K
+        and row.label != TX_LABEL
+        and row.recall >= RECALL_TARGET
     ]
     return min(good, key=lambda row: row.ef) if good else None
 
@@ -1099,12 +1134,21 @@ async def pg_phase_load(run: Run, service: Service) -> tuple[uuid.UUID, np.ndarr
 async def pg_phase_sql(run: Run, service: Service, owner: uuid.UUID, id_map: np.ndarray) -> None:
     assert run.data is not None
     data = run.data
+    conn = await service.connect()
+    try:
+        shown = [f"{name} {await conn.fetchval(f'SHOW {name}')}" for name in PG_MEMORY_SETTINGS]
+    finally:
+        await conn.close()
+    run.pg_settings = ", ".join(shown)
     async with SqlBench(service, owner, id_map) as sql:
         runs = [("pgvector HNSW, service statement", ef, K) for ef in run.config.efs]
         runs.append(("as the service runs it with default settings", SERVICE_EF, SERVICE_POOL))
         run.sql = await sql.sweep(data.queries, data.truth, runs, EXPLAIN_SAMPLE)
         best = pick_ef(run.sql)
         run.chosen_ef = best.ef if best else max(run.config.efs)
+        run.sql += await sql.sweep(
+            data.queries, data.truth, [(TX_LABEL, run.chosen_ef, K)], EXPLAIN_SAMPLE
+        )
         sanity = await sql.one(data.queries[0], run.chosen_ef, K)
         run.other_sql = await sql.other_statements(data.queries[:EXPLAIN_SAMPLE], run.chosen_ef)
         run.explains = await sql.explain(data.queries[0], run.chosen_ef, K)
@@ -1263,7 +1307,14 @@ def execute(run: Run, work_dir: Path) -> None:
         pg_part(run, work_dir)
     except (gateway.StartError, OSError, RuntimeError, ValueError) as exc:
         run.failed("Mainsail / pgvector", exc)
-    if not config.skip_chroma:
+    if config.chroma_from is not None:
+        run.chroma = load_chroma(config.chroma_from)
+        run.notes.append(
+            f"ChromaDB figures from `{config.chroma_from.name}`: measured by this script's "
+            "ChromaDB part on the same data (same seed, queries and ground truth) on this "
+            "machine the same day, in a separate process before the Mainsail part."
+        )
+    elif not config.skip_chroma:
         try:
             run.chroma = bench_chroma(run.data, config.efs, work_dir)
         except (gateway.StartError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
@@ -1304,8 +1355,10 @@ def machine_facts(run: Run) -> str:
         "mainsail": importlib.metadata.version("mainsail"),
         "PostgreSQL": "16 from pgserver "
         + importlib.metadata.version("pgserver")
-        + ", pgvector 0.6.2 (no iterative index scans), shared_buffers 128MB (pgserver's "
-        "default; the diagnostic rows say when larger), one `mainsail serve` worker",
+        + ", pgvector 0.6.2 (no iterative index scans), "
+        + (run.pg_settings or "memory settings not read")
+        + " (the service's own, sized from the machine's memory; the diagnostic rows say "
+        "when different), one `mainsail serve` worker",
         "asyncpg / SQLAlchemy": importlib.metadata.version("asyncpg")
         + " / "
         + importlib.metadata.version("SQLAlchemy"),
@@ -1334,7 +1387,10 @@ def sweep_table(run: Run) -> list[str]:
         statement = (
             "collection.query, n_results 10"
             if system == "ChromaDB"
-            else ("vector_hnsw: " + row.label.replace("pgvector HNSW, ", ""))
+            else (
+                ("vector_hnsw: " if row.label == TX_LABEL else "vector_hnsw_session: ")
+                + row.label.replace("pgvector HNSW, ", "")
+            )
         )
         if row.variant:
             statement += f" ({row.variant})"
@@ -1355,7 +1411,7 @@ def comparison_table(run: Run) -> list[str]:
     theirs = pick_ef(run.chroma.rows) if run.chroma else None
     if ours is not None:
         lines.append(
-            f"| Mainsail SQL alone (service's statement, BEGIN..COMMIT) | ef_search {ours.ef}, "
+            f"| Mainsail SQL alone (service's statement, one round trip) | ef_search {ours.ef}, "
             f"LIMIT 10 | {ours.recall:.3f} | {_ms(ours.latency.p50_ms)} | "
             f"{_ms(ours.latency.p95_ms)} | p95 <= {SQL_P95_TARGET_MS:g} ms | "
             f"{_verdict(ours.latency.p95_ms <= SQL_P95_TARGET_MS)} |"
@@ -1471,21 +1527,21 @@ def http_table(run: Run) -> list[str]:
 NOTES = [
     "Latencies are wall-clock per request/query, sequential, one client, after a warm-up "
     "pass; p50/p95 over all measured queries. SQL alone is timed around "
-    "`async with engine.begin(): await repository.vector_hnsw(...)` on an SQLAlchemy asyncpg "
-    "engine configured like the service's (so it includes BEGIN, `SET LOCAL hnsw.ef_search`, "
-    "`SET LOCAL enable_sort = off`, the SELECT and COMMIT: 5 round trips on a Unix socket). "
-    "ChromaDB's figure is `collection.query` in-process (no network, no SQL), ids and "
-    "distances only.",
+    "`repository.vector_hnsw_session(...)` on an autocommit connection of an SQLAlchemy "
+    "asyncpg engine configured like the service's: one round trip on a Unix socket "
+    "(`hnsw.ef_search` is kept on the session and set only when the ef changes). The small "
+    "versions' row times `vector_hnsw` in BEGIN..COMMIT (BEGIN, `set_config` of ef_search "
+    "and enable_sort, the SELECT, COMMIT: 4 round trips). ChromaDB's figure is "
+    "`collection.query` in-process (no network, no SQL), ids and distances only.",
     "recall@10: the share of the exact top-10 (numpy, float32 cosine) among the 10 nearest "
     "results, averaged over the queries. End-to-end requests use text queries embedded by "
     "the service, so their recall cannot be measured; the SQL row of the same settings "
     "stands for it.",
-    "The service's effective HNSW scan: `ef = min(1000, max(ef_search, pool * "
-    "hnsw_overfetch))` and `LIMIT pool` with `pool = max(candidates, max_top_k)`. With the "
-    "defaults (ef_search 100, candidates 100, max_top_k 100, overfetch 4) every vector "
-    "query scans at ef 400 and returns 100 rows, whatever top_k asks for; setting only "
-    "`MAINSAIL_SEARCH__EF_SEARCH` cannot lower it. The tuned configuration sets "
-    "candidates = max_top_k = 10 and overfetch 1 to run at the chosen ef.",
+    "The service's effective HNSW scan: `ef = min(1000, max(ef_search, pool))` and `LIMIT "
+    "pool` with `pool = max(candidates, max_top_k)`; `hnsw_overfetch` only multiplies ef "
+    "when the scope filters left too few. With the defaults (ef_search 200, candidates 100, "
+    "max_top_k 100) every vector query scans at ef 200 and returns 100 ids. The tuned "
+    "configuration sets candidates = max_top_k = 10 to run at the chosen ef with LIMIT 10.",
     "Index parameters are each system's defaults: pgvector m 16, ef_construction 64; "
     "ChromaDB max_neighbors 16, ef_construction 100. Both are HNSW; recall at equal ef is "
     "close (see the sweep).",
@@ -1599,10 +1655,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--shared-buffers",
-        default="4GB",
-        help="diagnostic rows after a restart with this shared_buffers ('' to skip; default 4GB)",
+        default="",
+        help="diagnostic rows after a restart with this shared_buffers (default: none)",
     )
     parser.add_argument("--skip-chroma", action="store_true", help="Mainsail only")
+    parser.add_argument(
+        "--chroma-only",
+        type=Path,
+        metavar="JSON",
+        help="run only the ChromaDB part and save its figures to JSON",
+    )
+    parser.add_argument(
+        "--chroma-from",
+        type=Path,
+        metavar="JSON",
+        help="ChromaDB figures saved by --chroma-only on the same data, instead of measuring",
+    )
     parser.add_argument(
         "--keep-work", action="store_true", help="keep the work dir (database, Chroma)"
     )
@@ -1630,9 +1698,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         shared_buffers=args.shared_buffers,
         skip_chroma=args.skip_chroma,
+        chroma_from=args.chroma_from,
         keep_work=args.keep_work,
     )
     signal.signal(signal.SIGTERM, _terminate)
+    if args.chroma_only is not None:
+        data = load_data(config.n, config.queries, config.clusters)
+        chroma_dir = WORK_ROOT / f"chroma-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        chroma_dir.mkdir(parents=True)
+        try:
+            save_chroma(bench_chroma(data, config.efs, chroma_dir), args.chroma_only)
+        finally:
+            shutil.rmtree(chroma_dir, ignore_errors=True)
+        log(f"ChromaDB figures written to {args.chroma_only}")
+        return 0
     started = dt.datetime.now()
     run = Run(config, started, os.getloadavg())
     work_dir = WORK_ROOT / f"retrieval-speed-{started:%Y%m%d-%H%M%S}"

@@ -85,3 +85,20 @@ async def test_when_filters_drop_the_index_s_candidates_it_falls_back_to_exact(
     # Approximate with a candidate list this short, but only ever his own chunks.
     assert {hit["chunk_id"] for hit in bobs["results"]} <= set(await exact_ranking(app, bob, query))
     assert len(bobs["results"]) == POOL
+
+
+async def test_the_one_round_trip_statement_agrees_with_exact_search(
+    app: FastAPI, alice: Account, ingest: Ingest, search: Search, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large versions take the statement that keeps ef_search on the session; force it here.
+    from mainsail.search import service
+
+    monkeypatch.setattr(service, "HNSW_PLAN_ROWS", 0)
+    for i, doc in enumerate([SAILING, BAKING, ASTRONOMY]):
+        await ingest(alice, doc, f"d{i}.md")
+    query = "a lens or a mirror to see faint stars"
+    expected = await exact_ranking(app, alice, query)
+    for _ in range(2):  # the second finds ef_search already set on the connection
+        response = (await search(alice, query, mode="vector", top_k=POOL)).json()
+        assert response["vector_strategy"] == "hnsw"
+        assert [hit["chunk_id"] for hit in response["results"]] == expected[:POOL]

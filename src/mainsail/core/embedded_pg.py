@@ -5,12 +5,23 @@ a live ``mainsail serve``) calls ``attach()`` on the same data directory. The fi
 server; the others find it running and register themselves as users of it. The server stops
 when the last user releases it. Users that died without releasing (SIGKILL) are pruned on the
 next attach, so a crashed process never pins the server forever.
+
+Memory: pgserver starts PostgreSQL with its defaults (128MB of shared buffers), far too little
+for an HNSW index of any size. Before each start, ``attach`` writes ``mainsail.conf`` in the
+data directory (included from ``postgresql.conf``; ``ALTER SYSTEM`` still overrides it) with
+``shared_buffers``, ``effective_cache_size``, ``maintenance_work_mem`` and ``work_mem`` sized
+from the machine's memory (``memory_settings``) or taken from the settings. A fresh data
+directory is initialised and started by pgserver with the defaults, then restarted once with
+the file in place (an empty cluster restarts in about a second). A server that will not start
+with the file starts again without it, with a warning. A server already running (another
+process attached first) keeps what it started with.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import warnings
 from dataclasses import dataclass, field
@@ -21,9 +32,13 @@ import psutil
 from sqlalchemy.engine import URL, make_url
 
 from mainsail.core.logging import get_logger
+from mainsail.settings import DatabaseSettings, SettingsError, load_settings
 
 DATABASE_NAME = "mainsail"
 _HANDLES_FILE = ".handle_pids.json"
+TUNING_FILE = "mainsail.conf"
+_INCLUDE = f"include_if_exists = '{TUNING_FILE}'"
+MIB = 2**20
 
 log = get_logger(__name__)
 
@@ -69,27 +84,42 @@ class EmbeddedPostgres:
         self.release()
 
 
-def attach(data_dir: Path) -> EmbeddedPostgres:
-    """Start (or join) the embedded server for ``data_dir`` and make sure our database exists."""
+def attach(data_dir: Path, settings: DatabaseSettings | None = None) -> EmbeddedPostgres:
+    """Start (or join) the embedded server for ``data_dir`` and make sure our database exists.
+
+    ``settings``: the ``embedded_*`` memory options; unset, read from the environment."""
     data_dir = data_dir.expanduser().resolve()
     _prepare_directory(data_dir)
+    if settings is None:
+        settings = _environment_settings()
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
             warnings.simplefilter("ignore")
-            from pgserver.postgres_server import PostgresServer, get_server
+            from pgserver.postgres_server import PostgresServer
+            from pgserver.utils import PostmasterInfo
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
         raise EmbeddedDatabaseError(f"the pgserver package is not importable: {exc}") from None
 
+    tuning = memory_settings(settings) if settings.embedded_tune else {}
     with PostgresServer._lock:
         _prune_dead_handles(data_dir)
-    try:
-        server = get_server(data_dir, cleanup_mode="stop")
-    except (subprocess.SubprocessError, OSError, AssertionError, RuntimeError) as exc:
-        raise EmbeddedDatabaseError(
-            f"the embedded PostgreSQL server in {data_dir} failed to start "
-            f"({type(exc).__name__}); its log is {data_dir / 'log'}"
-        ) from None
+        fresh = not (data_dir / "PG_VERSION").exists()
+        info = None if fresh else PostmasterInfo.read_from_pgdata(data_dir)
+        running = info is not None and info.is_running()
+        if not fresh and not running:
+            write_tuning(data_dir, tuning)  # read by the start just below
+    server = _start(data_dir, tuning if not fresh and not running else None)
+    if fresh and tuning and not _claims.get(data_dir):
+        # initdb made postgresql.conf only now: restart once with the file in place.
+        write_tuning(data_dir, tuning)
+        server.cleanup()
+        server = _start(data_dir, tuning)
+    elif running and tuning and _tuning_differs(data_dir, tuning):
+        log.info(
+            "embedded_postgres_tuning_deferred",
+            reason="the server was already running; the settings apply at its next start",
+        )
     raw_url = make_url(server.get_uri(database="postgres"))
     if not _claims.get(data_dir):
         try:
@@ -101,6 +131,137 @@ def attach(data_dir: Path) -> EmbeddedPostgres:
     url = raw_url.set(drivername="postgresql+asyncpg", database=DATABASE_NAME, password=None)
     log.info("embedded_postgres_attached", data_dir=str(data_dir), pid=server.get_pid())
     return EmbeddedPostgres(data_dir=data_dir, url=url, _server=server)
+
+
+def _start(data_dir: Path, tuning: dict[str, str] | None) -> Any:
+    """pgserver's server for ``data_dir``, started if need be. ``tuning``: the memory settings
+    just written for this start; if the server will not start with them, it is started once
+    more without them (a machine that cannot map that much shared memory still gets a
+    database), and the failure is logged."""
+    from pgserver.postgres_server import PostgresServer, get_server
+
+    try:
+        return get_server(data_dir, cleanup_mode="stop")
+    except (subprocess.SubprocessError, OSError, AssertionError, RuntimeError) as exc:
+        failure = exc
+    if tuning:
+        log.warning(
+            "embedded_postgres_tuning_rejected",
+            settings=tuning,
+            error=type(failure).__name__,
+            log=str(data_dir / "log"),
+        )
+        # pgserver registers a server object before starting it; drop the failed one.
+        PostgresServer._instances.pop(data_dir, None)
+        write_tuning(data_dir, {})
+        try:
+            return get_server(data_dir, cleanup_mode="stop")
+        except (subprocess.SubprocessError, OSError, AssertionError, RuntimeError) as exc:
+            failure = exc
+    raise EmbeddedDatabaseError(
+        f"the embedded PostgreSQL server in {data_dir} failed to start "
+        f"({type(failure).__name__}); its log is {data_dir / 'log'}"
+    ) from None
+
+
+def _environment_settings() -> DatabaseSettings:
+    try:
+        return load_settings().database
+    except SettingsError:  # the caller reports bad settings; the server still starts
+        return DatabaseSettings()
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower."""
+    total = int(psutil.virtual_memory().total)
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+        break
+    return total
+
+
+def _shm_bytes() -> int | None:
+    try:
+        stats = os.statvfs("/dev/shm")  # noqa: S108 - where POSIX shared memory lives
+    except OSError:
+        return None
+    return stats.f_frsize * stats.f_blocks or None
+
+
+def _mb(value: float, low: int, high: int) -> str:
+    return f"{int(min(max(value / MIB, low), high))}MB"
+
+
+def memory_settings(
+    settings: DatabaseSettings, *, memory: int | None = None, shm: int | None = -1
+) -> dict[str, str]:
+    """The embedded server's memory settings: each ``embedded_*`` value that is set, the
+    rest sized from ``memory`` (bytes; default ``machine_memory()``):
+
+    - ``shared_buffers``: a quarter, 128MB to 8GB (the HNSW index and the rows it returns
+      are read from it; pgserver's default 128MB holds neither for a million vectors);
+    - ``effective_cache_size``: half (a planner hint, nothing is allocated);
+    - ``maintenance_work_mem``: an eighth, 64MB to 4GB, and at most half of ``shm`` (bytes of
+      /dev/shm by default, where a parallel index build keeps its graph): an HNSW build that
+      fits in it runs many times faster;
+    - ``work_mem``: memory / 512, 4MB to 64MB (it is per sort, per connection).
+    """
+    ram = machine_memory() if memory is None else memory
+    shm_bytes = _shm_bytes() if shm == -1 else shm
+    maintenance_cap = 4096
+    if shm_bytes:
+        maintenance_cap = max(64, min(maintenance_cap, shm_bytes // 2 // MIB))
+    sized = {
+        "shared_buffers": _mb(ram / 4, 128, 8192),
+        "effective_cache_size": _mb(ram / 2, 256, 1 << 30),
+        "maintenance_work_mem": _mb(ram / 8, 64, maintenance_cap),
+        "work_mem": _mb(ram / 512, 4, 64),
+    }
+    chosen = {
+        "shared_buffers": settings.embedded_shared_buffers,
+        "effective_cache_size": settings.embedded_effective_cache_size,
+        "maintenance_work_mem": settings.embedded_maintenance_work_mem,
+        "work_mem": settings.embedded_work_mem,
+    }
+    return {name: chosen[name] or value for name, value in sized.items()}
+
+
+def _render(tuning: dict[str, str]) -> str:
+    lines = [
+        "# Written by Mainsail before each start of the embedded server (DatabaseSettings,",
+        "# embedded_*); edits here are replaced. ALTER SYSTEM (postgresql.auto.conf) wins.",
+    ]
+    lines += [f"{name} = '{value}'" for name, value in sorted(tuning.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_tuning(data_dir: Path, tuning: dict[str, str]) -> None:
+    """``mainsail.conf`` with ``tuning`` (none: PostgreSQL's defaults), and its include line
+    at the end of ``postgresql.conf`` (added once)."""
+    conf = data_dir / "postgresql.conf"
+    try:
+        text = conf.read_text()
+        if not re.search(rf"^\s*{re.escape(_INCLUDE)}\s*$", text, flags=re.MULTILINE):
+            with conf.open("a") as out:
+                out.write(("" if text.endswith("\n") else "\n") + _INCLUDE + "\n")
+        target = data_dir / TUNING_FILE
+        rendered = _render(tuning)
+        if not target.is_file() or target.read_text() != rendered:
+            target.write_text(rendered)
+    except OSError as exc:  # never a reason not to start: the defaults still work
+        log.warning("embedded_postgres_tuning_not_written", error=str(exc))
+
+
+def _tuning_differs(data_dir: Path, tuning: dict[str, str]) -> bool:
+    try:
+        return (data_dir / TUNING_FILE).read_text() != _render(tuning)
+    except OSError:
+        return True
 
 
 def _prepare_directory(data_dir: Path) -> None:

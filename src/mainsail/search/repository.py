@@ -188,6 +188,66 @@ async def vector_hnsw(
     return sorted(hits, key=lambda hit: (hit[1], hit[0]))
 
 
+_EF_KEY = "mainsail.hnsw.ef_search"  # the session value set on a pooled connection
+
+
+async def vector_hnsw_session(
+    connection: AsyncConnection,
+    where: Scope,
+    query: np.ndarray,
+    *,
+    version_id: int,
+    dimension: int,
+    limit: int,
+    ef_search: int,
+) -> list[tuple[int, float]]:
+    """What ``vector_hnsw`` returns, in one round trip on an autocommit connection, for
+    versions too large for the planner ever to sort them (the caller's check).
+
+    ``hnsw.ef_search`` is kept at session level on the pooled connection and set only when it
+    differs (it steers HNSW scans alone, which only search runs). The index's ``ef_search``
+    candidates are taken in a subquery of their own that reads the version alone, so the
+    planner's only other plan sorts the whole version: no ``enable_sort = off`` (a setting
+    other statements on the connection must not inherit) is needed. The scope filters apply
+    to those candidates, as they do in ``vector_hnsw`` (pgvector returns at most
+    ``ef_search`` rows from an index scan)."""
+    ef = int(ef_search)
+    if connection.info.get(_EF_KEY) != ef:
+        connection.info.pop(_EF_KEY, None)
+        await connection.execute(
+            text("SELECT set_config('hnsw.ef_search', :ef, false)"), {"ef": str(ef)}
+        )
+        connection.info[_EF_KEY] = ef
+    where = Scope(where.where.replace("c.index_version = :version", "true"), where.params)
+    # Integers are written in: the version must be, for the partial index's predicate; ef and
+    # the limit make a generic plan as good as a custom one.
+    rows = await connection.execute(
+        _scoped(
+            """
+            SELECT c.id, c.distance
+            FROM (
+                SELECT c.id, c.document_id, c.revision, c.owner_id, c.collection,
+                       (c.embedding::vector({dim})) <=> CAST(:query AS vector({dim}))
+                           AS distance
+                FROM chunks c
+                WHERE c.index_version = {version}
+                ORDER BY (c.embedding::vector({dim})) <=> CAST(:query AS vector({dim}))
+                LIMIT {ef}
+            ) AS c JOIN documents d ON d.id = c.document_id
+            WHERE {where}
+            ORDER BY c.distance, c.id
+            LIMIT {limit}
+            """.replace("{dim}", str(int(dimension)))
+            .replace("{version}", str(int(version_id)))
+            .replace("{ef}", str(ef))
+            .replace("{limit}", str(int(limit))),
+            where,
+        ),
+        {**where.params, "query": vector_literal(query)},
+    )
+    return [(int(r.id), float(r.distance)) for r in rows]
+
+
 async def scope_stats(connection: AsyncConnection, where: Scope) -> tuple[int, float]:
     """(chunks in scope, their mean length in tokens), for BM25."""
     row = (

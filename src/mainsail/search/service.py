@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mainsail.core.cache import ByteCache
 from mainsail.core.db import Database
@@ -35,8 +36,12 @@ log = get_logger(__name__)
 # (embedder name, texts, the caller) -> float32 vectors, L2-normalized. A provider embedder
 # bills the caller's budget; the local one ignores it.
 EmbedQuery = Callable[[str, Sequence[str], CallContext | None], Awaitable[np.ndarray]]
+HnswStatement = Callable[..., Awaitable[list[tuple[int, float]]]]
 Strategy = Literal["exact", "hnsw"]
 HNSW_EF_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
+# Scopes (so versions) above this many chunks take HNSW's one-round-trip statement: sorting
+# that many rows costs the planner far more than HNSW_EF_MAX index candidates.
+HNSW_PLAN_ROWS = 20_000
 STATS_TTL_S = 60.0
 
 
@@ -191,43 +196,76 @@ class Searcher:
         vectors = await self.embed(version.embedder, [query], ctx)
         vector = vectors[0]
         pool = self.pool
-        # One transaction: the HNSW candidate list is set for it alone (SET LOCAL).
-        cap = max(self.settings.exact_below, pool)
-        async with self.db.engine.begin() as connection:
-            # Exact up to the cap; cap + 1 means "more". Kept briefly, like BM25's figures.
+        # Counted exactly up to the cap (cap + 1 means "more"): enough to choose exact search,
+        # and to know the scope (so the version) is too large for the planner to sort.
+        cap = max(self.settings.exact_below, pool, HNSW_PLAN_ROWS)
+        async with self.db.autocommit() as connection:
             count_key = self._scope_key("count", version, where, cap)
             counted = self._stats.get(count_key)
-            if counted is None:
+            if counted is None:  # kept briefly, like BM25's figures
                 counted = (await repository.count_scope(connection, where, cap=cap), 0.0)
                 self._stats.put(count_key, counted)
             in_scope = counted[0]
             if in_scope <= self.settings.exact_below:
-                hits = await repository.vector_exact(connection, where, vector, pool)
-                return Ranking(hits, "exact")
-            # The candidate list covers the pool; it does not depend on the page, so every
-            # page of a query sees the same ranking.
-            ef = min(HNSW_EF_MAX, max(self.settings.ef_search, pool))
-            wanted = min(pool, in_scope)
-            while True:
-                hits = await repository.vector_hnsw(
-                    connection,
-                    where,
-                    vector,
-                    version_id=version.id,
-                    dimension=version.dimension,
-                    limit=pool,
-                    ef_search=ef,
+                return Ranking(
+                    await repository.vector_exact(connection, where, vector, pool), "exact"
                 )
-                wider = min(HNSW_EF_MAX, ef * self.settings.hnsw_overfetch)
-                if len(hits) >= wanted or wider <= ef:
-                    break
-                ef = wider  # the scope filters dropped too many: a longer candidate list
-            if len(hits) < wanted:
-                # Still too few: rank the scope exactly rather than return too little.
-                log.info("search_exact_fallback", returned=len(hits), wanted=wanted)
-                hits = await repository.vector_exact(connection, where, vector, pool)
-                return Ranking(hits, "exact")
-        return Ranking(hits, "hnsw")
+            if in_scope > HNSW_PLAN_ROWS:
+                # One round trip: the session keeps ef_search, the statement needs no
+                # enable_sort = off at this size.
+                found = await self._hnsw(
+                    repository.vector_hnsw_session, connection, version, where, vector, in_scope
+                )
+                if found is not None:
+                    return Ranking(found, "hnsw")
+        if in_scope <= HNSW_PLAN_ROWS:
+            # A small version: the planner could sort it rather than read the index, so the
+            # statement runs in a transaction of its own with enable_sort = off.
+            async with self.db.engine.begin() as connection:
+                found = await self._hnsw(
+                    repository.vector_hnsw, connection, version, where, vector, in_scope
+                )
+                if found is not None:
+                    return Ranking(found, "hnsw")
+        # Still too few: rank the scope exactly rather than return too little.
+        async with self.db.autocommit() as connection:
+            hits = await repository.vector_exact(connection, where, vector, pool)
+        return Ranking(hits, "exact")
+
+    async def _hnsw(
+        self,
+        statement: HnswStatement,
+        connection: AsyncConnection,
+        version: ActiveVersion,
+        where: Scope,
+        vector: np.ndarray,
+        in_scope: int,
+    ) -> list[tuple[int, float]] | None:
+        """The pool's HNSW candidates, or None when the scope filters left too few even with
+        the longest candidate list (the caller then ranks the scope exactly). The candidate
+        list covers the pool and does not depend on the page, so every page of a query sees
+        the same ranking."""
+        pool = self.pool
+        ef = min(HNSW_EF_MAX, max(self.settings.ef_search, pool))
+        wanted = min(pool, in_scope)
+        while True:
+            hits = await statement(
+                connection,
+                where,
+                vector,
+                version_id=version.id,
+                dimension=version.dimension,
+                limit=pool,
+                ef_search=ef,
+            )
+            wider = min(HNSW_EF_MAX, ef * self.settings.hnsw_overfetch)
+            if len(hits) >= wanted or wider <= ef:
+                break
+            ef = wider  # the scope filters dropped too many: a longer candidate list
+        if len(hits) < wanted:
+            log.info("search_exact_fallback", returned=len(hits), wanted=wanted)
+            return None
+        return hits
 
     @staticmethod
     def _scope_key(kind: str, version: ActiveVersion, where: Scope, *extra: object) -> str:
