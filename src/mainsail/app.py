@@ -22,7 +22,6 @@ from mainsail.core.middleware import BodySizeLimitMiddleware, RequestContextMidd
 from mainsail.core.notify import PgListener
 from mainsail.core.ratelimit import RateLimiter
 from mainsail.core.readiness import ReadinessRegistry, database_checks
-from mainsail.documents.pipeline import INGEST
 from mainsail.documents.runtime import start_documents
 from mainsail.idempotency.middleware import IdempotencyMiddleware
 from mainsail.idempotency.service import IdempotencyStore
@@ -41,7 +40,12 @@ from mainsail.openai_compat.errors import llm_problem, to_openai_error
 from mainsail.quotas.service import DbQuota
 from mainsail.ratelimits.middleware import RateLimitMiddleware
 from mainsail.ratelimits.policy import RateLimits
-from mainsail.search.runtime import search_cache, start_search
+from mainsail.search.runtime import (
+    register_jobs,
+    search_cache,
+    start_index_versions,
+    start_search,
+)
 from mainsail.settings import Settings, SettingsError, load_settings
 from mainsail.usage.writer import UsageWriter
 
@@ -58,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
             url = settings.async_database_url()
             if url is None:
                 embedded = await asyncio.to_thread(
-                    embedded_pg.attach, settings.database.embedded_dir
+                    embedded_pg.attach, settings.database.embedded_dir, settings.database
                 )
                 stack.callback(embedded.release)
                 url = embedded.url
@@ -117,13 +121,16 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.idempotency.start()  # purges expired keys periodically
             stack.push_async_callback(app.state.idempotency.stop)
             app.state.documents = await start_documents(settings, db, gateway)
-            runner.register(INGEST, app.state.documents.ingestor)
             search_results = search_cache(settings.search)
             if search_results is not None:
                 stack.push_async_callback(search_results.aclose)
             app.state.search = start_search(
                 settings.search, db, app.state.documents.embedders, search_results
             )
+            app.state.index_versions = start_index_versions(
+                settings, db, app.state.documents, app.state.search
+            )
+            register_jobs(runner, app.state.documents, app.state.index_versions)
             app.state.chat = start_chat(settings.chat, db, gateway, app.state.search)
             app.state.jobs = runner
             if dispatcher is not None:  # Celery workers run the jobs; send them there

@@ -73,7 +73,7 @@ def database_url(settings: Settings) -> Iterator[URL]:
         yield url
         return
     try:
-        server = embedded_pg.attach(settings.database.embedded_dir)
+        server = embedded_pg.attach(settings.database.embedded_dir, settings.database)
     except embedded_pg.EmbeddedDatabaseError as exc:
         fail(str(exc))
     with server:

@@ -277,6 +277,8 @@ class JobSettings(BaseModel):
     executor: Literal["inprocess", "external", "celery"] = "inprocess"
     # Jobs one process runs at once (embedding already uses every core).
     concurrency: int = Field(default=1, ge=1, le=64)
+    # Long jobs (rebuilding an index version) one process runs at once, beside the others.
+    long_concurrency: int = Field(default=1, ge=1, le=16)
     # Tries before a job is dead (the dead-letter list at GET /admin/jobs?state=dead).
     max_attempts: int = Field(default=5, ge=1, le=100)
     # A running job's claim, renewed while it runs; a dead worker's job is retaken after it.
@@ -376,6 +378,12 @@ class SearchSettings(BaseModel):
     cache_url: str = "memory://"
     cache_ttl_s: int = Field(default=300, ge=1, le=86_400)
     cache_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+    # The quality gate of index versions: a JSON file of queries and their relevant documents
+    # (docs/architecture.md, "Index versions"). Each new version is measured on it (nDCG@10,
+    # Recall@k), and activation is refused when it is worse than the active version by more
+    # than eval_margin on either figure, unless forced. Unset: no gate.
+    eval_set: Path | None = None
+    eval_margin: float = Field(default=0.01, ge=0, le=1)
 
     @field_validator("cache_url")
     @classmethod

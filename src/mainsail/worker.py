@@ -22,13 +22,13 @@ from mainsail import models  # noqa: F401
 from mainsail.core.db import Database
 from mainsail.core.logging import get_logger
 from mainsail.core.notify import PgListener
-from mainsail.documents.pipeline import INGEST
 from mainsail.documents.runtime import start_documents
 from mainsail.jobs import repository as jobs_repository
 from mainsail.jobs.service import JobRunner
 from mainsail.llm.factory import build_gateway
 from mainsail.llm.gateway import Gateway
 from mainsail.quotas.service import DbQuota
+from mainsail.search.runtime import register_jobs, start_index_versions, start_search
 from mainsail.settings import Settings
 from mainsail.usage.writer import UsageWriter
 
@@ -41,7 +41,9 @@ async def build_runner(
     """A runner with every job handler registered (``gateway``: for a provider embedder)."""
     runner = JobRunner(db, settings.jobs)
     documents = await start_documents(settings, db, gateway)
-    runner.register(INGEST, documents.ingestor)
+    # No result cache: a worker's searches only measure index versions.
+    searcher = start_search(settings.search, db, documents.embedders, None)
+    register_jobs(runner, documents, start_index_versions(settings, db, documents, searcher))
     return runner
 
 

@@ -104,7 +104,7 @@ async def test_pages_have_no_duplicates_or_gaps(
         await ingest(alice, text, f"doc-{i}.md", chunking={"chunk_size": 24, "chunk_overlap": 4})
     query = "anchor light at night, dough and its crust, a telescope mirror"
     whole = (await search(alice, query, mode=mode, top_k=50)).json()
-    assert len(whole["results"]) >= 8
+    assert len(whole["results"]) > 2 * 3  # pages of 3: at least two full ones and a third
     paged: list[int] = []
     offset: int | None = 0
     while offset is not None:

@@ -79,6 +79,19 @@ async def conversation_still_there(client: httpx.AsyncClient, owner: Account, id
     return response.status_code == 200
 
 
+async def index_version_of(client: httpx.AsyncClient, owner: Account) -> str:
+    """The version the owner's searches are served from (index versions are shared)."""
+    await document_of(client, owner)
+    response = await client.post("/search", json={"query": "notes"}, headers=owner.headers)
+    assert response.status_code == 200, response.text
+    return str(response.json()["index_version"])
+
+
+async def index_version_still_active(client: httpx.AsyncClient, owner: Account, ident: str) -> bool:
+    response = await client.post("/search", json={"query": "notes"}, headers=owner.headers)
+    return response.status_code == 200 and str(response.json()["index_version"]) == ident
+
+
 @dataclass(frozen=True)
 class IsolatedRoute:
     method: str
@@ -110,6 +123,27 @@ ISOLATED_ROUTES = [
     IsolatedRoute("GET", "/conversations/{id}", conversation_of, conversation_still_there),
     IsolatedRoute("DELETE", "/conversations/{id}", conversation_of, conversation_still_there),
     IsolatedRoute("POST", "/admin/jobs/{id}/requeue", job_of, job_still_there, expected=403),
+    IsolatedRoute(
+        "GET",
+        "/admin/index-versions/{id}",
+        index_version_of,
+        index_version_still_active,
+        expected=403,
+    ),
+    IsolatedRoute(
+        "POST",
+        "/admin/index-versions/{id}/activate",
+        index_version_of,
+        index_version_still_active,
+        expected=403,
+    ),
+    IsolatedRoute(
+        "POST",
+        "/admin/index-versions/{id}/retire",
+        index_version_of,
+        index_version_still_active,
+        expected=403,
+    ),
     IsolatedRoute(
         "PUT",
         "/admin/users/{id}/quota",

@@ -33,7 +33,7 @@ from mainsail.core.logging import get_logger
 from mainsail.documents import repository
 from mainsail.documents.chunking import Chunker, ChunkText
 from mainsail.documents.embedders import AsyncEmbedder, DocumentEmbedder, ProviderEmbedder
-from mainsail.documents.models import FAILED
+from mainsail.documents.models import FAILED, Document, IndexVersion
 from mainsail.documents.parsing import DocumentError, ParseLimits, parse
 from mainsail.documents.storage import DocumentStore
 from mainsail.embeddings.base import Embedder
@@ -175,8 +175,60 @@ class FirstVersion:
     chunk_overlap: int
 
 
+@dataclass(frozen=True, slots=True)
+class VersionSpec:
+    """What chunks of one index version are made with."""
+
+    id: int
+    embedder: str
+    dimension: int
+    chunk_size: int
+    chunk_overlap: int
+
+    @classmethod
+    def of(cls, version: IndexVersion) -> VersionSpec:
+        return cls(
+            version.id,
+            version.embedder,
+            version.dimension,
+            version.chunk_size,
+            version.chunk_overlap,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One revision of one document, as the jobs that chunk and embed it see it."""
+
+    document_id: uuid.UUID
+    revision: int
+    owner_id: uuid.UUID
+    collection: str
+    content_type: str
+    chunking: dict[str, Any]  # per-upload chunk_size/chunk_overlap, else the version's
+
+    @classmethod
+    def of(cls, document: Document, revision: int) -> Source:
+        return cls(
+            document.id,
+            revision,
+            document.owner_id,
+            document.collection,
+            document.content_type,
+            dict(document.chunking or {}),
+        )
+
+
+# How often ingestion looks again for versions created while it ran, before giving up.
+MAX_VERSION_ROUNDS = 5
+
+
 class Ingestor:
-    """The ``ingest`` job handler and what it needs."""
+    """The ``ingest`` job handler and what it needs.
+
+    A revision is written into every live index version (the active one, and any being built
+    or built and not retired), so a version built while uploads go on misses none of them.
+    """
 
     def __init__(
         self,
@@ -204,57 +256,45 @@ class Ingestor:
                 log.info("ingest_skipped", document_id=str(document_id), revision=revision)
                 return  # deleted, or a newer revision superseded this one
             first = self.first_version
-            version = await repository.ensure_index_version(
+            await repository.ensure_index_version(
                 session,
                 embedder=first.embedder,
                 dimension=first.dimension,
                 chunk_size=first.chunk_size,
                 chunk_overlap=first.chunk_overlap,
             )
-            chunking = document.chunking or {}
-            owner_id, collection = document.owner_id, document.collection
-            content_type = document.content_type
-        embedder = await asyncio.to_thread(self.embedders, version.embedder)
-        if isinstance(embedder, ProviderEmbedder):  # billed to the document's owner
-            embedder = embedder.bind(await self._owner_context(owner_id, ctx))
-        chunker = Chunker(
-            embedder.tokenizer,
-            chunk_size=int(chunking.get("chunk_size", version.chunk_size)),
-            chunk_overlap=int(chunking.get("chunk_overlap", version.chunk_overlap)),
-        )
-        async with self.db.autocommit() as connection:
-            stored = await repository.max_ordinal(connection, document_id, version.id, revision)
+            versions = [VersionSpec.of(v) for v in await repository.live_versions(session)]
+            source = Source.of(document, revision)
+        billing = await self.owner_context(source.owner_id, ctx)
+        totals: dict[int, PipelineStats] = {}
 
-        async def sink(chunks: list[ChunkText], vectors: np.ndarray) -> None:
-            async with self.db.autocommit() as connection:
-                await connection.execute(
-                    _INSERT,
-                    {
-                        "document_id": document_id,
-                        "index_version": version.id,
-                        "revision": revision,
-                        "owner_id": owner_id,
-                        "collection": collection,
-                        **_columns(chunks, vectors),
-                    },
-                )
+        async def report(version_id: int, stats: PipelineStats) -> None:
+            totals[version_id] = stats
+            chunks = sum(s.chunks for s in totals.values())
+            embedded = sum(s.embedded for s in totals.values())
+            await ctx.progress(chunks=chunks, embedded=embedded)
 
-        async def report(stats: PipelineStats) -> None:
-            await ctx.progress(chunks=stats.chunks, embedded=stats.embedded)
-
+        activated = False
         try:
-            async with self.store.local_copy(document_id, revision) as path:
-                stats = await run_pipeline(
-                    path,
-                    content_type,
-                    chunker=chunker,
-                    embedder=embedder,
-                    batch_size=self.batch_size,
-                    sink=sink,
-                    limits=self.limits,
-                    skip_through=stored,
-                    on_batch=report,
-                )
+            for _ in range(MAX_VERSION_ROUNDS):
+                for version in versions:
+                    if version.id not in totals:
+                        totals[version.id] = await self.write_version(
+                            source, version, billing=billing, on_batch=report
+                        )
+                async with self.db.unit_of_work() as session:
+                    # Shared with other ingestions, exclusive of a version being created or
+                    # activated: the versions seen here are all there are until commit.
+                    await repository.lock_versions(session, shared=True)
+                    live = [VersionSpec.of(v) for v in await repository.live_versions(session)]
+                    if all(v.id in totals for v in live):
+                        activated = await repository.activate_revision(
+                            session, document_id, revision, live[0].id
+                        )
+                        break
+                versions = live  # created while this ran: write those too
+            else:
+                raise RuntimeError("index versions kept changing while the document was written")
         except DocumentError as exc:
             await self._failed(document_id, revision, exc.reason)
             raise PermanentError(exc.reason) from None
@@ -276,22 +316,73 @@ class Ingestor:
                     f"Ingestion gave up after {ctx.attempt} attempts ({type(exc).__name__}).",
                 )
             raise
-        async with self.db.unit_of_work() as session:
-            activated = await repository.activate_revision(
-                session, document_id, revision, version.id
-            )
         if activated:
             await asyncio.to_thread(self.store.delete_revisions, document_id, below=revision)
-        await ctx.progress(chunks=stats.chunks, embedded=stats.embedded, done=True)
+        first_stats = next(iter(totals.values()))  # of the version active when it started
+        embedded = sum(s.embedded for s in totals.values())
+        await ctx.progress(chunks=first_stats.chunks, embedded=embedded, done=True)
         log.info(
             "ingested",
             document_id=str(document_id),
             revision=revision,
-            chunks=stats.chunks,
-            embedded=stats.embedded,
+            versions=sorted(totals),
+            chunks=first_stats.chunks,
+            embedded=embedded,
         )
 
-    async def _owner_context(self, owner_id: uuid.UUID, job: JobContext) -> CallContext:
+    async def write_version(
+        self,
+        source: Source,
+        version: VersionSpec,
+        *,
+        billing: CallContext | None,
+        on_batch: Callable[[int, PipelineStats], Awaitable[None]] | None = None,
+    ) -> PipelineStats:
+        """Chunks and embeds ``source`` into ``version``, resuming after the ordinals already
+        stored there. Raises ``DocumentError`` (unreadable), ``FileNotFoundError`` (gone from
+        storage), and the embedder's errors."""
+        embedder = await asyncio.to_thread(self.embedders, version.embedder)
+        if isinstance(embedder, ProviderEmbedder):  # billed to the document's owner
+            embedder = embedder.bind(billing)
+        chunker = Chunker(
+            embedder.tokenizer,
+            chunk_size=int(source.chunking.get("chunk_size", version.chunk_size)),
+            chunk_overlap=int(source.chunking.get("chunk_overlap", version.chunk_overlap)),
+        )
+        async with self.db.autocommit() as connection:
+            stored = await repository.max_ordinal(
+                connection, source.document_id, version.id, source.revision
+            )
+        fixed = {
+            "document_id": source.document_id,
+            "index_version": version.id,
+            "revision": source.revision,
+            "owner_id": source.owner_id,
+            "collection": source.collection,
+        }
+
+        async def sink(chunks: list[ChunkText], vectors: np.ndarray) -> None:
+            async with self.db.autocommit() as connection:
+                await connection.execute(_INSERT, {**fixed, **_columns(chunks, vectors)})
+
+        async def report(stats: PipelineStats) -> None:
+            if on_batch is not None:
+                await on_batch(version.id, stats)
+
+        async with self.store.local_copy(source.document_id, source.revision) as path:
+            return await run_pipeline(
+                path,
+                source.content_type,
+                chunker=chunker,
+                embedder=embedder,
+                batch_size=self.batch_size,
+                sink=sink,
+                limits=self.limits,
+                skip_through=stored,
+                on_batch=report,
+            )
+
+    async def owner_context(self, owner_id: uuid.UUID, job: JobContext) -> CallContext:
         """The owner as the caller of the model: their budget (by their role) is reserved
         and the usage is theirs, with the job's id where a request id would be."""
         async with self.db.unit_of_work() as session:

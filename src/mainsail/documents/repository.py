@@ -13,12 +13,40 @@ from mainsail.core.migrations import RUNTIME_INDEX_PREFIX
 from mainsail.core.principal import Principal
 from mainsail.documents.models import (
     ACTIVE,
+    BUILDING,
     PROCESSING,
     READY,
+    READY_TO_ACTIVATE,
     Chunk,
     Document,
     IndexVersion,
 )
+
+# Versions that receive every newly ingested revision: the active one, one being built, and
+# built ones not yet retired (searchable by admins, and ready to be switched back to).
+LIVE_STATES = (ACTIVE, BUILDING, READY_TO_ACTIVATE)
+_VERSIONS_LOCK = "SELECT pg_advisory_xact_lock{shared}(hashtext('mainsail.index_versions'))"
+
+
+async def lock_versions(session: AsyncSession, *, shared: bool) -> None:
+    """Orders version changes against ingestion, for the rest of the transaction.
+
+    Creating or activating a version takes it exclusively; an ingestion job takes it shared
+    while it checks it wrote every live version and activates its revision. So either the
+    job sees the new version (and writes it too), or its revision is active before the new
+    version's build lists the documents to copy: none is missed.
+    """
+    await session.execute(text(_VERSIONS_LOCK.format(shared="_shared" if shared else "")))
+
+
+async def live_versions(session: AsyncSession) -> list[IndexVersion]:
+    """The versions ingestion writes: the active one first, then the others by id."""
+    rows = await session.scalars(
+        select(IndexVersion)
+        .where(IndexVersion.state.in_(LIVE_STATES))
+        .order_by((IndexVersion.state == ACTIVE).desc(), IndexVersion.id)
+    )
+    return list(rows)
 
 
 async def ensure_index_version(
@@ -28,7 +56,7 @@ async def ensure_index_version(
     version = await session.scalar(select(IndexVersion).where(IndexVersion.state == ACTIVE))
     if version is not None:
         return version
-    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('mainsail.index_versions'))"))
+    await lock_versions(session, shared=False)
     version = await session.scalar(select(IndexVersion).where(IndexVersion.state == ACTIVE))
     if version is None:
         version = IndexVersion(
@@ -159,7 +187,8 @@ async def max_ordinal(
 async def activate_revision(
     session: AsyncSession, document_id: uuid.UUID, revision: int, index_version: int
 ) -> bool:
-    """In one transaction: the revision's chunks become the document's, the others go."""
+    """In one transaction: the revision's chunks become the document's, the others go (in
+    every index version). ``index_version``: the active one, whose count the document shows."""
     document = await session.get(Document, document_id, with_for_update=True)
     if document is None:
         return False
@@ -169,11 +198,7 @@ async def activate_revision(
         )
         return False
     await session.execute(
-        delete(Chunk).where(
-            Chunk.document_id == document_id,
-            Chunk.index_version == index_version,
-            Chunk.revision != revision,
-        )
+        delete(Chunk).where(Chunk.document_id == document_id, Chunk.revision != revision)
     )
     count = await session.scalar(
         select(func.count()).where(

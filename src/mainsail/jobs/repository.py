@@ -58,13 +58,28 @@ async def enqueue(
 
 
 async def claim(
-    connection: AsyncConnection, *, worker: str, lease_s: float, job_id: uuid.UUID | None = None
+    connection: AsyncConnection,
+    *,
+    worker: str,
+    lease_s: float,
+    job_id: uuid.UUID | None = None,
+    kinds: tuple[str, ...] | None = None,
+    exclude_kinds: tuple[str, ...] = (),
 ) -> dict[str, Any] | None:
-    """Takes the next runnable job (or the one given), counting an attempt."""
-    only = "AND id = :job_id" if job_id is not None else ""
+    """Takes the next runnable job (or the one given), counting an attempt; only of
+    ``kinds`` when given, never of ``exclude_kinds``."""
+    clauses: list[str] = []
     params: dict[str, Any] = {"worker": worker, "lease_s": lease_s}
     if job_id is not None:
+        clauses.append("AND id = :job_id")
         params["job_id"] = job_id
+    if kinds is not None:
+        clauses.append("AND kind = ANY(CAST(:kinds AS text[]))")
+        params["kinds"] = list(kinds)
+    if exclude_kinds:
+        clauses.append("AND kind <> ALL(CAST(:exclude_kinds AS text[]))")
+        params["exclude_kinds"] = list(exclude_kinds)
+    only = " ".join(clauses)
     row = (await connection.execute(text(_CLAIM.format(only=only)), params)).mappings().first()
     return dict(row) if row is not None else None
 

@@ -96,14 +96,20 @@ class JobRunner:
         self.db = db
         self.settings = settings
         self.handlers: dict[str, Handler] = dict(handlers or {})
+        # Kinds that may run for hours (rebuilding an index): they get lanes of their own, so
+        # uploads keep being ingested meanwhile.
+        self.long_kinds: tuple[str, ...] = ()
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.completed = 0  # runs finished by this runner, any outcome
 
-    def register(self, kind: str, handler: Handler) -> None:
+    def register(self, kind: str, handler: Handler, *, long: bool = False) -> None:
+        """``long``: the kind runs in the ``long_concurrency`` lanes, never in the others."""
         self.handlers[kind] = handler
+        if long and kind not in self.long_kinds:
+            self.long_kinds = (*self.long_kinds, kind)
 
     def wake(self, _payload: str = "") -> None:
         """Called when a job was queued (NOTIFY): look now instead of at the next poll."""
@@ -112,7 +118,10 @@ class JobRunner:
     async def start(self) -> None:
         self._stopping = False
         for index in range(self.settings.concurrency):
-            self._tasks.append(asyncio.create_task(self._loop(), name=f"jobs-{index}"))
+            self._tasks.append(asyncio.create_task(self._loop(False), name=f"jobs-{index}"))
+        if self.long_kinds:
+            for index in range(self.settings.long_concurrency):
+                self._tasks.append(asyncio.create_task(self._loop(True), name=f"jobs-long-{index}"))
 
     async def stop(self) -> None:
         """Stops taking jobs; a job still running is handed back (its attempt not counted)."""
@@ -125,10 +134,10 @@ class JobRunner:
                 await task
         self._tasks.clear()
 
-    async def _loop(self) -> None:
+    async def _loop(self, long: bool) -> None:
         while not self._stopping:
             try:
-                ran = await self.run_one()
+                ran = await self.run_one(long=long)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database is away: keep the loop, try again later
@@ -140,11 +149,17 @@ class JobRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
 
-    async def run_one(self, job_id: uuid.UUID | None = None) -> bool:
-        """Claims and runs one job (the next runnable one, or ``job_id``); False if none."""
+    async def run_one(self, job_id: uuid.UUID | None = None, *, long: bool | None = None) -> bool:
+        """Claims and runs one job (the next runnable one, or ``job_id``); False if none.
+        ``long``: only a long kind (True), only another kind (False), either (None)."""
         async with self.db.autocommit() as connection:
             row = await repository.claim(
-                connection, worker=self.worker, lease_s=self.settings.lease_s, job_id=job_id
+                connection,
+                worker=self.worker,
+                lease_s=self.settings.lease_s,
+                job_id=job_id,
+                kinds=self.long_kinds if long else None,
+                exclude_kinds=self.long_kinds if long is False else (),
             )
         if row is None:
             return False

@@ -58,6 +58,9 @@ class SearchIn(StrictModel):
     # Results to skip: the next page starts at the previous page's ``next_offset``.
     offset: Annotated[int, Field(ge=0, le=100_000)] = 0
     filters: Filters = Field(default_factory=Filters)
+    # Admins only: search a built (ready) index version instead of the active one, to compare
+    # versions before switching.
+    index_version: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("query")
     @classmethod
@@ -103,3 +106,46 @@ class SearchOut(OutModel):
     # Whether the vector retriever scanned exactly (small filtered sets) or used HNSW.
     vector_strategy: Literal["exact", "hnsw"] | None = None
     cached: bool = False
+
+
+VersionState = Literal["building", "ready", "active", "retired", "failed"]
+
+
+class IndexVersionIn(StrictModel):
+    """A new index version; what is left out comes from the settings (``DOCUMENTS__*``)."""
+
+    # "all-MiniLM-L6-v2@int8" / "@fp32" (local), or a catalogue model of kind embedding.
+    embedder: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    chunk_size: Annotated[int, Field(ge=16, le=8192)] | None = None
+    chunk_overlap: Annotated[int, Field(ge=0, le=4096)] | None = None
+
+
+class IndexVersionOut(OutModel):
+    id: int
+    state: VersionState
+    embedder: str
+    dimension: int
+    chunk_size: int
+    chunk_overlap: int
+    created_at: datetime
+    activated_at: datetime | None
+    retired_at: datetime | None
+    job_id: uuid.UUID | None  # the build (reindex) job
+    error: str | None
+    # While building: phase, documents, done, chunks, skipped, errors (the first few).
+    progress: dict[str, Any]
+    # On the evaluation set, when one is configured: ndcg_at_10, recall_at_k, k, queries.
+    quality: dict[str, Any] | None
+
+
+class ActivationOut(OutModel):
+    version: IndexVersionOut
+    previous_id: int | None  # the version that was active (now ready, still queryable)
+    # The gate's figures: {"candidate": ..., "active": ..., "margin": ...}; null when no
+    # evaluation set is configured or the activation was forced.
+    quality: dict[str, Any] | None
+
+
+class RetirementOut(OutModel):
+    version: IndexVersionOut
+    purge_job_id: uuid.UUID | None  # deletes its chunks and index

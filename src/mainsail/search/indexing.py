@@ -1,0 +1,693 @@
+"""Index versions: build one beside the active one, switch atomically, retire the old one.
+
+A version fixes the embedder (and so the dimension) and the chunking. Creating one records it
+as ``building`` and queues a ``reindex`` job, which
+
+1. copies every document's active revision into it (parse, chunk, embed, store: the code
+   ingestion runs, resuming after the ordinals already stored); ingestion meanwhile writes
+   each new revision into every live version, so uploads made during the build are not
+   missed (``documents.repository.lock_versions`` orders the two);
+2. sweeps for documents that became searchable while it ran and still have no chunks in it,
+   and drops its chunks of revisions superseded meanwhile;
+3. builds the version's HNSW index ``CONCURRENTLY`` (reads and writes go on);
+4. becomes ``ready`` and, when an evaluation set is configured, is measured on it.
+
+Search reads the active version throughout. Activation is one transaction: the old version
+becomes ``ready`` (still queryable by admins, still written, and can be switched back to).
+Retiring stops writes to a version and queues an ``index_purge`` job that drops its index and
+deletes its chunks in batches. A build that fails leaves the active version untouched: it
+only ever writes rows of its own version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mainsail.core.db import Database, utcnow
+from mainsail.core.errors import AppError, Conflict, NotFound, UnprocessableContent
+from mainsail.core.logging import get_logger
+from mainsail.documents import repository as documents
+from mainsail.documents.embedders import (
+    LOCAL_DIMENSION,
+    LOCAL_MAX_TOKENS,
+    Embedders,
+    is_local,
+    local_name,
+)
+from mainsail.documents.models import (
+    ACTIVE,
+    BUILD_FAILED,
+    BUILDING,
+    READY_TO_ACTIVATE,
+    RETIRED,
+    IndexVersion,
+)
+from mainsail.documents.parsing import DocumentError
+from mainsail.documents.pipeline import Ingestor, Source, VersionSpec
+from mainsail.identity.models import User
+from mainsail.jobs import service as jobs
+from mainsail.jobs.service import JobContext
+from mainsail.llm.errors import LLMError, UpstreamRejected
+from mainsail.quotas.service import QuotaExceeded
+from mainsail.search.schemas import Filters, IndexVersionIn, Mode, SearchIn
+from mainsail.search.service import Searcher
+from mainsail.settings import Settings
+
+log = get_logger(__name__)
+
+REINDEX = "reindex"
+PURGE = "index_purge"
+DOCUMENT_PAGE = 200  # documents listed per statement while copying
+PURGE_BATCH = 5000  # chunks deleted per statement when a version is retired
+MAX_SWEEPS = 5
+MAX_REPORTED_ERRORS = 20
+
+
+class QualityRegression(AppError):
+    status, code, title = 409, "quality_regression", "The new index version retrieves worse"
+
+
+class VersionStateConflict(Conflict):
+    code = "index_version_state"
+
+
+# The evaluation set ---------------------------------------------------------------------
+
+
+class _EvalQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: Annotated[str, Field(min_length=1, max_length=100_000)]
+    # Relevant documents by filename or id: a list (gain 1 each) or {name: gain}.
+    relevant: list[str] | dict[str, Annotated[float, Field(ge=0)]]
+
+
+class _EvalFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    owner: Annotated[str, Field(min_length=1)]  # email or user id: whose documents
+    mode: Mode = "hybrid"
+    k: Annotated[int, Field(ge=10, le=1000)] = 100  # Recall@k
+    filters: Filters = Field(default_factory=Filters)
+    queries: Annotated[list[_EvalQuery], Field(min_length=1)]
+
+
+@dataclass(frozen=True, slots=True)
+class EvalSet:
+    owner: str
+    mode: Mode
+    k: int
+    filters: Filters
+    queries: list[tuple[str, dict[str, float]]]
+    fingerprint: str  # of the file's bytes: figures from another file are not compared
+
+
+def load_eval_set(path: Path) -> EvalSet:
+    raw = path.read_bytes()
+    try:
+        parsed = _EvalFile.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ValueError(f"evaluation set {path}: {exc}") from None
+    queries = [
+        (
+            q.query,
+            dict.fromkeys(q.relevant, 1.0) if isinstance(q.relevant, list) else dict(q.relevant),
+        )
+        for q in parsed.queries
+    ]
+    return EvalSet(
+        owner=parsed.owner,
+        mode=parsed.mode,
+        k=parsed.k,
+        filters=parsed.filters,
+        queries=queries,
+        fingerprint=hashlib.sha256(raw).hexdigest()[:16],
+    )
+
+
+def ndcg_at(ranked: Sequence[uuid.UUID], gains: dict[uuid.UUID, float], k: int) -> float:
+    dcg = sum(gains.get(doc, 0.0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
+    ideal = sorted(gains.values(), reverse=True)[:k]
+    best = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(ideal))
+    return dcg / best if best > 0 else 0.0
+
+
+def recall(ranked: Sequence[uuid.UUID], gains: dict[uuid.UUID, float]) -> float:
+    relevant = {doc for doc, gain in gains.items() if gain > 0}
+    return len(relevant.intersection(ranked)) / len(relevant) if relevant else 0.0
+
+
+# The service ----------------------------------------------------------------------------
+
+
+class IndexVersions:
+    """Creates, builds, measures, activates and retires index versions."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        embedders: Embedders,
+        ingestor: Ingestor,
+        searcher: Searcher,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.embedders = embedders
+        self.ingestor = ingestor
+        self.searcher = searcher
+
+    # Requests --------------------------------------------------------------------------
+
+    def _spec(self, body: IndexVersionIn) -> tuple[str, int, int, int]:
+        """(embedder, dimension, chunk_size, chunk_overlap), checked; 422 otherwise."""
+        config = self.settings.documents
+        name = body.embedder or (
+            local_name(quantized=config.embed_quantized)
+            if config.embedder == "local"
+            else config.embedder
+        )
+        if is_local(name):
+            if name not in (local_name(quantized=True), local_name(quantized=False)):
+                raise UnprocessableContent(
+                    f"Unknown embedder {name!r}: the local model is "
+                    f"{local_name(quantized=True)!r} or {local_name(quantized=False)!r}."
+                )
+            dimension, max_tokens = LOCAL_DIMENSION, LOCAL_MAX_TOKENS - 2
+        else:
+            try:
+                provider = self.embedders.provider(name)
+            except (LookupError, LLMError) as exc:
+                message = exc.message if isinstance(exc, LLMError) else str(exc)
+                raise UnprocessableContent(f"Embedder {name!r} cannot be used: {message}") from None
+            name, dimension, max_tokens = provider.name, provider.dimension, provider.max_tokens
+        size = body.chunk_size or config.chunk_size
+        overlap = config.chunk_overlap if body.chunk_overlap is None else body.chunk_overlap
+        if body.chunk_size is not None and body.chunk_overlap is None:
+            overlap = min(overlap, size // 4)  # the default overlap may not fit a small size
+        if overlap >= size:
+            raise UnprocessableContent("chunk_overlap must be smaller than chunk_size.")
+        if size > max_tokens:
+            raise UnprocessableContent(
+                f"chunk_size {size} is more than {name} reads at once ({max_tokens} tokens)."
+            )
+        return name, dimension, size, overlap
+
+    async def create(self, body: IndexVersionIn) -> IndexVersion:
+        embedder, dimension, size, overlap = self._spec(body)
+        async with self.db.unit_of_work() as session:
+            # Exclusive of ingestion's final check: from here on every new revision is
+            # written into this version too, or was active before the build lists documents.
+            await documents.lock_versions(session, shared=False)
+            building = await session.scalar(
+                select(IndexVersion.id).where(IndexVersion.state == BUILDING).limit(1)
+            )
+            if building is not None:
+                raise VersionStateConflict(
+                    f"Index version {building} is being built; wait for it or retire it first."
+                )
+            version = IndexVersion(
+                embedder=embedder,
+                dimension=dimension,
+                chunk_size=size,
+                chunk_overlap=overlap,
+                state=BUILDING,
+                progress={"phase": "queued"},
+            )
+            session.add(version)
+            await session.flush()
+            # An index of the new id's name is a leftover of a version whose row is gone (the
+            # id sequence was reset): it may be of another dimension, so it goes first. Only
+            # then, so the usual path takes no lock on the chunks table.
+            leftover = documents.vector_index_name(version.id)
+            if await session.scalar(text("SELECT to_regclass(:n)"), {"n": leftover}) is not None:
+                await session.execute(text(f"DROP INDEX IF EXISTS {leftover}"))
+            job = await jobs.enqueue(
+                session, self.settings.jobs, REINDEX, {"version_id": version.id}, owner_id=None
+            )
+            version.job_id = job.id
+            await session.flush()
+        log.info("index_version_created", version=version.id, embedder=embedder, chunk=size)
+        return version
+
+    async def get(self, version_id: int) -> IndexVersion:
+        async with self.db.unit_of_work() as session:
+            version = await session.get(IndexVersion, version_id)
+        if version is None:
+            raise NotFound(f"No index version {version_id}.")
+        return version
+
+    async def all(self) -> list[IndexVersion]:
+        async with self.db.unit_of_work() as session:
+            rows = await session.scalars(select(IndexVersion).order_by(IndexVersion.id.desc()))
+            return list(rows)
+
+    async def activate(
+        self, version_id: int, *, force: bool
+    ) -> tuple[IndexVersion, int | None, dict[str, Any] | None]:
+        """(the version, the one it replaced, the gate's figures). 409 unless it is ready, or
+        when the gate finds it worse than the active one and ``force`` is not set."""
+        version = await self.get(version_id)
+        if version.state == ACTIVE:
+            return version, None, None
+        if version.state != READY_TO_ACTIVATE:
+            raise VersionStateConflict(
+                f"Index version {version_id} is {version.state}; only a ready one is activated."
+            )
+        gate: dict[str, Any] | None = None
+        if self.settings.search.eval_set is not None and not force:
+            gate = await self._gate(version)
+        async with self.db.unit_of_work() as session:
+            await documents.lock_versions(session, shared=False)
+            version_row = await session.get(IndexVersion, version_id, with_for_update=True)
+            if version_row is None or version_row.state != READY_TO_ACTIVATE:
+                raise VersionStateConflict(f"Index version {version_id} changed meanwhile.")
+            previous = await session.scalar(
+                select(IndexVersion).where(IndexVersion.state == ACTIVE).with_for_update()
+            )
+            if previous is not None:
+                previous.state = READY_TO_ACTIVATE
+                await session.flush()  # one active version at a time, even within this
+            version_row.state, version_row.activated_at = ACTIVE, utcnow()
+            if gate is not None:
+                version_row.quality = gate["candidate"]
+            await session.flush()
+            await session.execute(_CHUNK_COUNTS, {"version": version_id})
+        log.info(
+            "index_version_activated",
+            version=version_id,
+            previous=previous.id if previous else None,
+            forced=force,
+        )
+        return version_row, (previous.id if previous else None), gate
+
+    async def _gate(self, version: IndexVersion) -> dict[str, Any]:
+        async with self.db.unit_of_work() as session:
+            active_id = await session.scalar(
+                select(IndexVersion.id).where(IndexVersion.state == ACTIVE)
+            )
+        candidate = await self.measure(version.id)
+        active = await self.measure(active_id) if active_id is not None else None
+        margin = self.settings.search.eval_margin
+        async with self.db.unit_of_work() as session:
+            row = await session.get(IndexVersion, version.id, with_for_update=True)
+            if row is not None:
+                row.quality = candidate
+        gate = {"candidate": candidate, "active": active, "margin": margin}
+        if candidate is not None and active is not None:
+            worse = [
+                name
+                for name in ("ndcg_at_10", "recall_at_k")
+                if candidate[name] < active[name] - margin
+            ]
+            if worse:
+                raise QualityRegression(
+                    f"Index version {version.id} is worse than the active version "
+                    f"{active_id} on {' and '.join(worse)} by more than {margin}: "
+                    + ", ".join(
+                        f"{name} {candidate[name]:.4f} vs {active[name]:.4f}" for name in worse
+                    )
+                    + ". Activate with force=true to switch anyway.",
+                    extra={"quality": gate},
+                )
+        return gate
+
+    async def retire(self, version_id: int) -> tuple[IndexVersion, uuid.UUID | None]:
+        async with self.db.unit_of_work() as session:
+            await documents.lock_versions(session, shared=False)
+            version = await session.get(IndexVersion, version_id, with_for_update=True)
+            if version is None:
+                raise NotFound(f"No index version {version_id}.")
+            if version.state == ACTIVE:
+                raise VersionStateConflict(
+                    "The active version cannot be retired; activate another one first."
+                )
+            if version.state == RETIRED:
+                return version, None
+            version.state, version.retired_at = RETIRED, utcnow()
+            job = await jobs.enqueue(
+                session, self.settings.jobs, PURGE, {"version_id": version_id}, owner_id=None
+            )
+            await session.flush()
+        log.info("index_version_retired", version=version_id)
+        return version, job.id
+
+    # Measuring -------------------------------------------------------------------------
+
+    async def measure(self, version_id: int) -> dict[str, Any] | None:
+        """nDCG@10 and Recall@k of ``version_id`` on the evaluation set (None without one).
+        Documents are ranked by their best passage; relevance names documents by filename
+        or id, among the evaluation owner's documents."""
+        path = self.settings.search.eval_set
+        if path is None:
+            return None
+        evaluation = await asyncio.to_thread(load_eval_set, path)
+        owner_id = await self._owner(evaluation.owner)
+        names = {name for _, relevant in evaluation.queries for name in relevant}
+        named = await self._documents_named(owner_id, names)
+        k = min(evaluation.k, self.settings.search.max_top_k)
+        ndcgs: list[float] = []
+        recalls: list[float] = []
+        for query, relevant in evaluation.queries:
+            gains = {doc: gain for name, gain in relevant.items() for doc in named.get(name, ())}
+            if not any(gain > 0 for gain in gains.values()):
+                continue  # none of its documents is there: it says nothing about the index
+            request = SearchIn(
+                query=query, mode=evaluation.mode, top_k=k, filters=evaluation.filters
+            )
+            result = await self.searcher.search(owner_id, request, version_id=version_id)
+            ranked = list(dict.fromkeys(hit.document_id for hit in result.results))
+            ndcgs.append(ndcg_at(ranked, gains, 10))
+            recalls.append(recall(ranked, gains))
+        if not ndcgs:
+            raise UnprocessableContent(
+                "No query of the evaluation set names a document its owner has; check "
+                "SEARCH__EVAL_SET."
+            )
+        return {
+            "ndcg_at_10": round(sum(ndcgs) / len(ndcgs), 4),
+            "recall_at_k": round(sum(recalls) / len(recalls), 4),
+            "k": k,
+            "mode": evaluation.mode,
+            "queries": len(ndcgs),
+            "eval_set": evaluation.fingerprint,
+            "measured_at": utcnow().isoformat(),
+        }
+
+    async def _owner(self, owner: str) -> uuid.UUID:
+        async with self.db.unit_of_work() as session:
+            try:
+                user_id: uuid.UUID | None = await session.scalar(
+                    select(User.id).where(User.id == uuid.UUID(owner))
+                )
+            except ValueError:
+                email = owner.strip().lower()
+                user_id = await session.scalar(select(User.id).where(User.email == email))
+        if user_id is None:
+            raise UnprocessableContent(f"The evaluation set's owner {owner!r} is not a user.")
+        return user_id
+
+    async def _documents_named(
+        self, owner_id: uuid.UUID, names: set[str]
+    ) -> dict[str, set[uuid.UUID]]:
+        async with self.db.autocommit() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT id, filename FROM documents WHERE owner_id = :owner "
+                    "AND (filename = ANY(CAST(:names AS text[])) "
+                    "OR id::text = ANY(CAST(:names AS text[])))"
+                ),
+                {"owner": owner_id, "names": sorted(names)},
+            )
+            out: dict[str, set[uuid.UUID]] = {}
+            for row in rows:
+                for key in (str(row.id), row.filename):
+                    if key in names:
+                        out.setdefault(key, set()).add(row.id)
+        return out
+
+    # The jobs --------------------------------------------------------------------------
+
+    async def build(self, ctx: JobContext) -> None:
+        """The ``reindex`` job: resumable, since each document resumes where it stopped."""
+        version_id = int(ctx.payload["version_id"])
+        async with self.db.unit_of_work() as session:
+            version = await session.get(IndexVersion, version_id, with_for_update=True)
+            if version is None or version.state not in (BUILDING, BUILD_FAILED):
+                log.info("reindex_skipped", version=version_id)
+                return  # built already, or retired
+            version.state, version.error = BUILDING, None  # a re-queued build goes on
+            spec = VersionSpec.of(version)
+        try:
+            await self._build(ctx, spec)
+        except jobs.PermanentError as exc:
+            await self._fail(version_id, exc.reason)
+            raise
+        except Exception as exc:
+            if ctx.attempt >= ctx.max_attempts:
+                await self._fail(
+                    version_id, f"Gave up after {ctx.attempt} attempts: {type(exc).__name__}"
+                )
+            raise
+
+    async def _build(self, ctx: JobContext, spec: VersionSpec) -> None:
+        progress: dict[str, Any] = {
+            "phase": "documents",
+            "documents": 0,
+            "done": 0,
+            "chunks": 0,
+            "skipped": 0,
+            "errors": [],
+        }
+
+        async def report() -> None:
+            await ctx.progress(**progress)
+            async with self.db.autocommit() as connection:
+                await connection.execute(
+                    text("UPDATE index_versions SET progress = CAST(:p AS jsonb) WHERE id = :v"),
+                    {"p": _json(progress), "v": spec.id},
+                )
+
+        async with self.db.autocommit() as connection:
+            progress["documents"] = int(
+                await connection.scalar(
+                    text("SELECT count(*) FROM documents WHERE active_revision IS NOT NULL")
+                )
+                or 0
+            )
+        await report()
+        after = uuid.UUID(int=0)
+        while True:
+            async with self.db.autocommit() as connection:
+                if not await self._building(connection, spec.id):
+                    log.info("reindex_stopped", version=spec.id)
+                    return
+                rows = (
+                    await connection.execute(_PAGE, {"after": after, "limit": DOCUMENT_PAGE})
+                ).all()
+            if not rows:
+                break
+            for row in rows:
+                await self._copy(ctx, spec, row, progress)
+            after = rows[-1].id
+            await report()
+        # Documents that became searchable while the pages were read, and had no live-version
+        # write of this one (ingested by a job that started before it existed).
+        swept: set[tuple[uuid.UUID, int]] = set()
+        for _ in range(MAX_SWEEPS):
+            async with self.db.autocommit() as connection:
+                rows = (await connection.execute(_MISSING, {"version": spec.id})).all()
+            todo = [row for row in rows if (row.id, row.active_revision) not in swept]
+            if not todo:
+                break
+            for row in todo:
+                swept.add((row.id, row.active_revision))
+                progress["documents"] += 1
+                await self._copy(ctx, spec, row, progress)
+            await report()
+        async with self.db.autocommit() as connection:
+            await connection.execute(_STALE, {"version": spec.id})
+            if not await self._building(connection, spec.id):
+                return
+        progress["phase"] = "index"
+        await report()
+        await self._build_index(spec)
+        progress["phase"] = "measure" if self.settings.search.eval_set else "done"
+        async with self.db.unit_of_work() as session:
+            version = await session.get(IndexVersion, spec.id, with_for_update=True)
+            if version is None or version.state != BUILDING:
+                return
+            version.state, version.progress = READY_TO_ACTIVATE, dict(progress)
+        log.info("index_version_built", version=spec.id, chunks=progress["chunks"])
+        if self.settings.search.eval_set is not None:
+            try:
+                quality = await self.measure(spec.id)
+            except (AppError, ValueError, OSError) as exc:
+                quality = {"error": str(getattr(exc, "detail", exc))}
+            progress["phase"] = "done"
+            async with self.db.unit_of_work() as session:
+                version = await session.get(IndexVersion, spec.id, with_for_update=True)
+                if version is not None:
+                    version.quality, version.progress = quality, dict(progress)
+
+    async def _copy(
+        self, ctx: JobContext, spec: VersionSpec, row: Any, progress: dict[str, Any]
+    ) -> None:
+        """One document's active revision into the version; an unreadable one is skipped
+        (and listed), one deleted or replaced meanwhile is not an error."""
+        source = Source(
+            row.id,
+            int(row.active_revision),
+            row.owner_id,
+            row.collection,
+            row.content_type,
+            dict(row.chunking or {}),
+        )
+        billing = (
+            None
+            if is_local(spec.embedder)
+            else await self.ingestor.owner_context(row.owner_id, ctx)
+        )
+        reason: str | None = None
+        try:
+            stats = await self.ingestor.write_version(source, spec, billing=billing)
+            progress["chunks"] += stats.chunks
+        except DocumentError as exc:
+            reason = exc.reason
+        except (FileNotFoundError, IntegrityError):
+            if await self._still_current(source):
+                reason = "The file is no longer in storage."
+        except (QuotaExceeded, UpstreamRejected) as exc:
+            reason = exc.detail if isinstance(exc, QuotaExceeded) else exc.message
+        progress["done"] += 1
+        if reason is not None:
+            progress["skipped"] += 1
+            if len(progress["errors"]) < MAX_REPORTED_ERRORS:
+                progress["errors"].append({"document_id": str(row.id), "error": reason})
+            log.warning("reindex_document_skipped", version=spec.id, document_id=str(row.id))
+
+    async def _still_current(self, source: Source) -> bool:
+        """Whether the revision is still the document's searchable one (not deleted, not
+        replaced: a replacement is written into this version by its own ingestion)."""
+        async with self.db.autocommit() as connection:
+            current = await connection.scalar(
+                text("SELECT active_revision FROM documents WHERE id = :id"),
+                {"id": source.document_id},
+            )
+        return bool(current == source.revision)
+
+    @staticmethod
+    async def _building(connection: AsyncConnection, version_id: int) -> bool:
+        state = await connection.scalar(
+            text("SELECT state FROM index_versions WHERE id = :v"), {"v": version_id}
+        )
+        return bool(state == BUILDING)
+
+    async def _build_index(self, spec: VersionSpec) -> None:
+        """The version's HNSW index, built without blocking reads or writes of the table; an
+        invalid one left by an interrupted build is dropped first."""
+        name = documents.vector_index_name(spec.id)
+        async with self.db.autocommit() as connection:
+            await connection.execute(text("SET statement_timeout = 0"))
+            try:
+                valid = await connection.scalar(
+                    text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)"),
+                    {"n": name},
+                )
+                if valid is False:
+                    await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                if valid is not True:
+                    await connection.execute(
+                        text(documents.vector_index_ddl(spec.id, spec.dimension, concurrently=True))
+                    )
+            finally:
+                await connection.execute(text("RESET statement_timeout"))
+
+    async def _fail(self, version_id: int, reason: str) -> None:
+        async with self.db.unit_of_work() as session:
+            version = await session.get(IndexVersion, version_id, with_for_update=True)
+            if version is not None and version.state == BUILDING:
+                version.state, version.error = BUILD_FAILED, reason[:2000]
+        log.warning("index_version_failed", version=version_id, error=reason[:200])
+
+    async def purge(self, ctx: JobContext) -> None:
+        """The ``index_purge`` job: a retired version's index, then its chunks in batches."""
+        version_id = int(ctx.payload["version_id"])
+        async with self.db.autocommit() as connection:
+            state = await connection.scalar(
+                text("SELECT state FROM index_versions WHERE id = :v"), {"v": version_id}
+            )
+            if state != RETIRED:
+                return  # not retired (any more): nothing to remove
+            await connection.execute(text("SET statement_timeout = 0"))
+            try:
+                name = documents.vector_index_name(version_id)
+                await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+            finally:
+                await connection.execute(text("RESET statement_timeout"))
+            deleted = 0
+            while True:
+                result = await connection.execute(
+                    _PURGE, {"version": version_id, "batch": PURGE_BATCH}
+                )
+                if not result.rowcount:
+                    break
+                deleted += result.rowcount
+                await ctx.progress(deleted=deleted)
+        await ctx.progress(deleted=deleted, done=True)
+        log.info("index_version_purged", version=version_id, chunks=deleted)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+_PAGE = text(
+    """
+    SELECT id, active_revision, owner_id, collection, content_type, chunking
+    FROM documents
+    WHERE active_revision IS NOT NULL AND id > :after
+    ORDER BY id
+    LIMIT :limit
+    """
+)
+
+# Searchable documents with text (an empty one has no chunks in any version) whose active
+# revision has no chunk in the version.
+_MISSING = text(
+    """
+    SELECT d.id, d.active_revision, d.owner_id, d.collection, d.content_type, d.chunking
+    FROM documents d
+    WHERE d.active_revision IS NOT NULL AND d.chunk_count > 0
+      AND NOT EXISTS (
+          SELECT 1 FROM chunks c
+          WHERE c.document_id = d.id AND c.index_version = :version
+            AND c.revision = d.active_revision
+      )
+    ORDER BY d.id
+    LIMIT 10000
+    """
+)
+
+# Chunks of revisions replaced while the build copied them (a newer one is active).
+_STALE = text(
+    """
+    DELETE FROM chunks c USING documents d
+    WHERE c.index_version = :version AND d.id = c.document_id
+      AND c.revision < d.active_revision
+    """
+)
+
+# What each document shows as its chunk count: that of the newly active version.
+_CHUNK_COUNTS = text(
+    """
+    UPDATE documents d SET chunk_count = s.n
+    FROM (
+        SELECT c.document_id, count(*) AS n
+        FROM chunks c JOIN documents d2
+          ON d2.id = c.document_id AND c.revision = d2.active_revision
+        WHERE c.index_version = :version
+        GROUP BY c.document_id
+    ) AS s
+    WHERE s.document_id = d.id AND d.chunk_count <> s.n
+    """
+)
+
+_PURGE = text(
+    """
+    DELETE FROM chunks WHERE id IN (
+        SELECT id FROM chunks WHERE index_version = :version LIMIT :batch
+    )
+    """
+)
