@@ -17,7 +17,11 @@ from mainsail.quotas.router import router as quotas_router
 from mainsail.search.router import router as search_router
 from mainsail.usage.router import router as usage_router
 
+# Routes are matched in this order, one after another: the OpenAI-compatible surface, the
+# gateway's hot path, comes first so its requests are not compared with every other route.
 ROUTERS: list[APIRouter] = [
+    openai_router,
+    openai_ws_router,
     health_router,
     apidocs_router,
     auth_router,
@@ -30,6 +34,4 @@ ROUTERS: list[APIRouter] = [
     search_router,
     chat_router,
     jobs_router,
-    openai_router,
-    openai_ws_router,
 ]

@@ -172,6 +172,8 @@ def test_user_catalogue_overrides_adds_and_removes(tmp_path: Path) -> None:
         ('[models.x]\nprovider = "openai"\ninput_per_mtok = -1\n', "negative"),
         ('[models.x]\nprovider = "openai"\ncolour = "red"\n', "unknown fields"),
         ('[providers.p]\nkind = "telepathy"\n', "kind must be one of"),
+        ('[providers.p]\nkind = "openai"\ntransport = "pigeon"\n', "transport is for"),
+        ('[providers.p]\nkind = "anthropic"\ntransport = "sdk"\n', "transport is for"),
     ],
 )
 def test_invalid_catalogues_name_the_entry(tmp_path: Path, body: str, message: str) -> None:
@@ -242,6 +244,26 @@ def test_retry_after_in_http_date_form_is_understood() -> None:
     waited = retry_after(httpx2.Response(429, headers=headers))
     assert waited is not None
     assert 25 <= waited <= 31
+
+
+async def test_openai_providers_send_chat_directly_unless_the_catalogue_asks_for_the_sdk(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[providers.lean]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\napi_key = "k"\n'
+        '[providers.sdk]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\napi_key = "k"\n'
+        'transport = "sdk"\n'
+        '[models.a]\nprovider = "lean"\n[models.b]\nprovider = "sdk"\n'
+    )
+    _, adapters = build_gateway(LLMSettings(catalogue_file=path, use_standard_env=False))
+    by_name = {adapter.name: adapter for adapter in adapters}
+    try:
+        assert getattr(by_name["lean"], "wire", None) is not None
+        assert getattr(by_name["sdk"], "wire", "missing") is None
+    finally:
+        for adapter in adapters:
+            await adapter.aclose()
 
 
 def test_a_custom_anthropic_endpoint_never_gets_the_real_key(tmp_path: Path) -> None:

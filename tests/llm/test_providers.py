@@ -1,4 +1,6 @@
-"""Provider adapters against a real HTTP fake, through the official SDKs (never mocked)."""
+"""Provider adapters against a real HTTP fake, through the official SDKs (never mocked), and
+OpenAI chat also over the adapter's direct path (``transport="direct"``), which must behave
+the same in every test here."""
 
 from __future__ import annotations
 
@@ -61,19 +63,20 @@ def question(text: str = "hello there", **kwargs: object) -> ChatRequest:
     )
 
 
-@pytest.fixture(params=["openai", "anthropic"])
+@pytest.fixture(params=["openai", "openai-sdk", "anthropic"])
 async def adapter(
     request: pytest.FixtureRequest, fake_provider: FakeProviderServer
 ) -> AsyncIterator[OpenAIAdapter | AnthropicAdapter]:
     timeouts = Timeouts(connect_s=1, read_s=0.5, total_s=0.5)
     built: OpenAIAdapter | AnthropicAdapter
-    if request.param == "openai":
+    if request.param.startswith("openai"):
         built = OpenAIAdapter(
             name="p",
             api_key="k",
             base_url=fake_provider.openai_base_url,
             timeouts=timeouts,
             max_connections=8,
+            transport="sdk" if request.param == "openai-sdk" else "direct",
         )
     else:
         built = AnthropicAdapter(

@@ -76,6 +76,9 @@ def configure_logging(settings: LogSettings, *, stream: Any = None) -> None:
     )
     structlog.configure(
         processors=[
+            # Below the level, drop the line before any other processor runs: otherwise every
+            # request pays for timestamps, context and redaction of lines nobody writes.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),

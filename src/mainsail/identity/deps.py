@@ -114,13 +114,18 @@ AdminPrincipal = Annotated[Principal, Depends(require_admin)]
 AdminSessionPrincipal = Annotated[Principal, Depends(require_admin_session)]
 
 
+def ensure_scope(principal: Principal, scope: Scope) -> Principal:
+    """The principal, if it holds ``scope``; 403 ``insufficient_scope`` otherwise."""
+    if not principal.has_scope(scope):
+        raise InsufficientScope(f"This needs the {scope.value} scope.", scope=scope.value)
+    return principal
+
+
 def require_scope(scope: Scope) -> Any:
     """``Depends`` for routes that need one scope, e.g. ``require_scope(Scope.CHAT)``."""
 
     async def check(principal: CurrentPrincipal) -> Principal:
-        if not principal.has_scope(scope):
-            raise InsufficientScope(f"This needs the {scope.value} scope.", scope=scope.value)
-        return principal
+        return ensure_scope(principal, scope)
 
     return Depends(check)
 

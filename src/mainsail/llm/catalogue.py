@@ -8,6 +8,7 @@ user file may also declare extra OpenAI-compatible providers (Ollama, vLLM, LM S
     kind = "openai"
     base_url = "http://127.0.0.1:11434/v1"
     api_key_env = "OLLAMA_API_KEY"   # optional; or api_key = "..." inline
+    transport = "sdk"                # optional: chat through the SDK's client, not "direct"
 
     [models."llama3.1"]
     provider = "ollama"
@@ -32,6 +33,10 @@ from mainsail.llm.types import Usage
 
 ProviderKind = Literal["openai", "anthropic", "bedrock", "scripted", "extractive"]
 ModelKind = Literal["chat", "embedding"]
+# How an OpenAI-kind provider's chat requests travel: straight over aiohttp (the default; a
+# fraction of the SDK's per-call CPU) or through the SDK's client. Embeddings always use the SDK.
+OpenAITransport = Literal["direct", "sdk"]
+_TRANSPORTS: tuple[OpenAITransport, ...] = ("direct", "sdk")
 # Provider kinds whose adapters can embed (OpenAI and compatible servers; Titan on Bedrock).
 EMBEDDING_PROVIDERS: frozenset[ProviderKind] = frozenset({"openai", "bedrock"})
 BUILTIN_PROVIDERS: dict[str, ProviderKind] = {
@@ -55,6 +60,7 @@ class ProviderSpec:
     base_url: str | None = None
     api_key_env: str | None = None
     api_key: str | None = field(default=None, repr=False)  # prefer api_key_env
+    transport: OpenAITransport = "direct"  # kind "openai" only
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,15 +186,21 @@ def _provider(name: str, spec: dict[str, Any]) -> ProviderSpec:
     if kind not in BUILTIN_PROVIDERS.values():
         raise CatalogueError(f"provider {name!r}: kind must be one of {sorted(BUILTIN_PROVIDERS)}")
     kind = cast(ProviderKind, kind)
-    unknown = set(spec) - {"kind", "base_url", "api_key_env", "api_key"}
+    unknown = set(spec) - {"kind", "base_url", "api_key_env", "api_key", "transport"}
     if unknown:
         raise CatalogueError(f"provider {name!r}: unknown fields {sorted(unknown)}")
+    transport = spec.get("transport", "direct")
+    if transport not in _TRANSPORTS or (kind != "openai" and "transport" in spec):
+        raise CatalogueError(
+            f"provider {name!r}: transport is for kind openai, one of {list(_TRANSPORTS)}"
+        )
     return ProviderSpec(
         name=name,
         kind=kind,
         base_url=spec.get("base_url"),
         api_key_env=spec.get("api_key_env"),
         api_key=spec.get("api_key"),
+        transport=cast(OpenAITransport, transport),
     )
 
 

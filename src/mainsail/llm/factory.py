@@ -83,6 +83,7 @@ class Providers:
                 base_url=base,
                 timeouts=self.timeouts,
                 max_connections=connections,
+                transport=spec.transport,
             )
         if spec.kind == "anthropic":
             if spec.name == "anthropic":

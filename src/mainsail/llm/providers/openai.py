@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
 import openai
 
-from mainsail.llm.catalogue import ModelEntry
+from mainsail.llm.catalogue import ModelEntry, OpenAITransport
 from mainsail.llm.errors import (
     LLMError,
     UpstreamBadResponse,
@@ -18,6 +19,7 @@ from mainsail.llm.errors import (
     UpstreamUnavailable,
 )
 from mainsail.llm.providers.base import Timeouts, new_response_id, status_error, transport_error
+from mainsail.llm.providers.openai_http import ChatWire
 from mainsail.llm.types import (
     ChatRequest,
     ChatResponse,
@@ -34,6 +36,8 @@ from mainsail.llm.types import (
     Usage,
 )
 
+# How chat requests travel: straight over aiohttp (see ``openai_http``) or through the SDK.
+Transport = OpenAITransport
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -44,6 +48,10 @@ _FINISH: dict[str, FinishReason] = {
 
 
 class OpenAIAdapter:
+    """Chat goes through ``ChatWire`` (``transport="direct"``, the default) or through the
+    SDK's client (``"sdk"``); embeddings always through the SDK's client. Both chat paths send
+    the same body with the same headers and map answers and errors the same way."""
+
     def __init__(
         self,
         *,
@@ -52,6 +60,7 @@ class OpenAIAdapter:
         base_url: str | None,
         timeouts: Timeouts,
         max_connections: int,
+        transport: Transport = "direct",
     ) -> None:
         self.name = name
         self.timeouts = timeouts
@@ -69,27 +78,51 @@ class OpenAIAdapter:
             timeout=_timeout(timeouts),
             http_client=http_client,
         )
+        self._options: dict[str, Any] = {}  # per model: the SDK's request options, built once
+        self.wire: ChatWire | None = None
+        if transport == "direct":
+            self.wire = ChatWire(
+                provider=name,
+                base_url=str(self.client.base_url),
+                headers=_sdk_headers(self.client),
+                timeouts=timeouts,
+                max_connections=max_connections,
+            )
 
     async def aclose(self) -> None:
+        if self.wire is not None:
+            await self.wire.aclose()
         await self.client.close()
 
+    def _answer(self, entry: ModelEntry) -> Any:
+        """Request options of a non-streaming call to ``entry`` (its read limit), cached."""
+        options = self._options.get(entry.name)
+        if options is None:
+            read_s = self.timeouts.for_answer(entry)
+            options = self._options[entry.name] = {
+                "timeout": _timeout(self.timeouts, read_s=read_s)
+            }
+        return options
+
     async def complete(self, request: ChatRequest, entry: ModelEntry) -> ChatResponse:
-        # The SDK sends (auth, base URL, timeouts, status errors); ``cast_to=object`` skips its
-        # request transform and response models, about a millisecond per call, and the answer
-        # is read straight into our types.
-        try:
-            completion: Any = await self.client.post(
-                "/chat/completions",
-                cast_to=object,
-                body=self._arguments(request, entry, stream=False),
-                options={
-                    "timeout": _timeout(self.timeouts, read_s=self.timeouts.for_answer(entry))
-                },
-            )
-        except openai.OpenAIError as exc:
-            raise self._error(exc, entry) from None
-        except Exception as exc:
-            raise _transport(exc, self.name, entry) from None
+        body = self._arguments(request, entry, stream=False)
+        completion: Any
+        if self.wire is not None:
+            completion = await self.wire.complete(body, entry)
+        else:
+            # ``cast_to=object`` skips the SDK's response models: the answer is read straight
+            # into our types.
+            try:
+                completion = await self.client.post(
+                    "/chat/completions", cast_to=object, body=body, options=self._answer(entry)
+                )
+            except openai.OpenAIError as exc:
+                raise self._error(exc, entry) from None
+            except Exception as exc:
+                raise _transport(exc, self.name, entry) from None
+        return self._response(completion, entry)
+
+    def _response(self, completion: Any, entry: ModelEntry) -> ChatResponse:
         try:
             choice = completion["choices"][0]
             message = choice["message"]
@@ -136,9 +169,7 @@ class OpenAIAdapter:
                 "/embeddings",
                 cast_to=object,
                 body=body,
-                options={
-                    "timeout": _timeout(self.timeouts, read_s=self.timeouts.for_answer(entry))
-                },
+                options=self._answer(entry),
             )
         except openai.OpenAIError as exc:
             raise self._error(exc, entry) from None
@@ -165,57 +196,49 @@ class OpenAIAdapter:
         )
 
     async def stream(self, request: ChatRequest, entry: ModelEntry) -> EventStream:
+        body = self._arguments(request, entry, stream=True)
+        chunks = (
+            self.wire.stream(body, entry)
+            if self.wire is not None
+            else self._sdk_chunks(body, entry)
+        )
         finish: FinishReason | None = None
         usage: Usage | None = None
         started = False
-        chunks: Any = None
-        try:
-            chunks = await self.client.post(
-                "/chat/completions",
-                cast_to=object,
-                body=self._arguments(request, entry, stream=True),
-                stream=True,
-                stream_cls=openai.AsyncStream[object],
-            )
-            chunk: Any
-            async for chunk in chunks:
-                if not started:
-                    started = True
-                    yield StreamStart(
-                        id=chunk.get("id") or new_response_id(),
-                        model=entry.name,
-                        provider=self.name,
-                    )
-                if chunk.get("usage") is not None:
-                    usage = _usage(chunk["usage"])
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        yield TextDelta(delta["content"])
-                    for call in delta.get("tool_calls") or ():
-                        function = call.get("function") or {}
-                        yield ToolCallDelta(
-                            index=call.get("index", 0),
-                            id=call.get("id"),
-                            name=function.get("name"),
-                            arguments=function.get("arguments") or "",
+        # Closed also when the caller stops early: the connection goes back to the pool.
+        async with contextlib.aclosing(chunks):
+            try:
+                chunk: Any
+                async for chunk in chunks:
+                    if not started:
+                        started = True
+                        yield StreamStart(
+                            id=chunk.get("id") or new_response_id(),
+                            model=entry.name,
+                            provider=self.name,
                         )
-                    if choice.get("finish_reason"):
-                        finish = _FINISH.get(choice["finish_reason"], "stop")
-        except openai.OpenAIError as exc:
-            raise self._error(exc, entry) from None
-        except (LookupError, AttributeError, TypeError):
-            raise UpstreamBadResponse(
-                "The provider's stream had a chunk we could not read.",
-                provider=self.name,
-                model=entry.name,
-            ) from None
-        except Exception as exc:
-            raise _transport(exc, self.name, entry) from None
-        finally:
-            if chunks is not None:  # give the connection back, also when closed early
-                with contextlib.suppress(Exception):
-                    await chunks.close()
+                    if chunk.get("usage") is not None:
+                        usage = _usage(chunk["usage"])
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            yield TextDelta(delta["content"])
+                        for call in delta.get("tool_calls") or ():
+                            function = call.get("function") or {}
+                            yield ToolCallDelta(
+                                index=call.get("index", 0),
+                                id=call.get("id"),
+                                name=function.get("name"),
+                                arguments=function.get("arguments") or "",
+                            )
+                        if choice.get("finish_reason"):
+                            finish = _FINISH.get(choice["finish_reason"], "stop")
+            except (LookupError, AttributeError, TypeError):
+                raise UpstreamBadResponse(
+                    "The provider's stream had a chunk we could not read.",
+                    provider=self.name,
+                    model=entry.name,
+                ) from None
         if finish is None:
             raise UpstreamUnavailable(
                 "The provider's stream ended before the answer was complete.",
@@ -225,6 +248,30 @@ class OpenAIAdapter:
         if not started:  # pragma: no cover - a finish implies a chunk
             yield StreamStart(id=new_response_id(), model=entry.name, provider=self.name)
         yield StreamEnd(finish_reason=finish, usage=usage or Usage(estimated=True))
+
+    async def _sdk_chunks(
+        self, body: dict[str, Any], entry: ModelEntry
+    ) -> AsyncGenerator[Any, None]:
+        """The stream's chunks as the SDK decodes them, its errors mapped to ours."""
+        chunks: Any = None
+        try:
+            chunks = await self.client.post(
+                "/chat/completions",
+                cast_to=object,
+                body=body,
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+            )
+            async for chunk in chunks:
+                yield chunk
+        except openai.OpenAIError as exc:
+            raise self._error(exc, entry) from None
+        except Exception as exc:
+            raise _transport(exc, self.name, entry) from None
+        finally:
+            if chunks is not None:  # give the connection back, also when closed early
+                with contextlib.suppress(Exception):
+                    await chunks.close()
 
     def _arguments(
         self, request: ChatRequest, entry: ModelEntry, *, stream: bool
@@ -290,8 +337,11 @@ def map_openai_error(exc: openai.OpenAIError, *, provider: str, model: str) -> L
     """One place for every SDK error. Upstream messages are not passed on: they can quote
     our request or a masked key; the status and the class are enough for the caller."""
     where = {"provider": provider, "model": model}
-    if isinstance(exc, openai.APIStatusError) and exc.status_code < 400:
-        # An error event inside a stream that began with 200.
+    if (isinstance(exc, openai.APIStatusError) and exc.status_code < 400) or type(
+        exc
+    ) is openai.APIError:
+        # An error event inside a stream that began with 200: the SDK raises it as a plain
+        # ``APIError`` (older versions as a status error with the stream's 200).
         return UpstreamUnavailable(f"{provider} failed in the middle of its answer.", **where)
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamTimeout(f"{provider} did not answer in time.", **where)
@@ -352,3 +402,12 @@ def _limits(max_connections: int) -> Any:
     import httpx2
 
     return httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+
+
+def _sdk_headers(client: openai.AsyncOpenAI) -> dict[str, str]:
+    """Every header the SDK's client sends on its own (key, user agent, platform), so the
+    direct path introduces itself to the provider exactly as the SDK does."""
+    headers = {**client.default_headers, **client.auth_headers}
+    sent = {name: value for name, value in headers.items() if isinstance(value, str)}
+    sent["X-Stainless-Retry-Count"] = "0"
+    return sent
