@@ -3,7 +3,23 @@
 Consecutive blocks under one heading path are gathered into a section (up to ``window_chars``)
 and cut by ``semantic-text-splitter`` with the embedding model's own tokenizer, which splits
 at the largest unit that fits (paragraphs, then sentences, then words) and overlaps
-neighbours by up to ``chunk_overlap`` tokens. A new heading always starts a new chunk.
+neighbours by up to ``chunk_overlap`` tokens.
+
+A heading never makes a chunk of its own when content follows it: a heading starts a new
+section, which also takes the content under it (a run of nested headings, such as a chapter
+and its first section, stays together until that content). The splitter is shown each
+heading joined to the block after it by spaces instead of the blank line (the same number of
+characters, so its offsets stay those of the text), so it cuts the heading and the start of
+its content as one paragraph: the first chunk holds both. The same holds for a title-like
+line (a short one-line paragraph that does not end a sentence, or any short first line of
+the document, as in "Title\\n\\nbody" uploaded as plain text), as long as the lines joined
+ahead of the content stay within half a chunk. The chunks are counted on the text itself; where
+the joined view counted short (cl100k reads two spaces and a blank line differently) the
+splitter is asked again for a smaller size or overlap, at most three times, before the
+section is cut as it is. Chunk text is always the document's own text at
+``[char_start, char_end)``; a chunk's heading path is that of the first content it holds.
+Only a heading with no content under it (a document of headings alone, an empty section)
+makes a chunk of headings.
 
 Provider models (no tokenizer of theirs in process) are counted in cl100k: the splitter's
 bundled tiktoken data and ``llm.tokens`` (bundled too; nothing is downloaded). That is the
@@ -16,6 +32,7 @@ Offsets are into the document's extracted text: every block's text, joined by a 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -26,6 +43,19 @@ from mainsail.documents.parsing import Block
 from mainsail.llm.tokens import count_tokens
 
 SEPARATOR = "\n\n"
+# What the splitter sees between a heading (or title line) and the block it leads into: the
+# same length as SEPARATOR, but no paragraph break to cut at.
+JOINER = " " * len(SEPARATOR)
+# The joined block's sentence ends are shown as commas and its line breaks as spaces (one
+# character each, so offsets hold), so the splitter finds no sentence end or line break to cut
+# at inside it either ("4. Scope", "Is it safe? A trial.", a heading on two lines). The chunks'
+# counts are taken on the real text, which is cut as it is if one went over the size.
+_CALM = str.maketrans(".!?\u3002\uff01\uff1f\n\r", ",,,\u3001\uff0c\uff0c  ")
+# Splitters made for a smaller size or overlap (when a joined view counts short), kept at most.
+_TIGHTER_KEPT = 4
+# A title-like line ends no sentence; these end one, or a quotation (dialogue, not a title):
+# the ASCII ones, the ellipsis, closing quotes, and CJK full stop, exclamation and question.
+SENTENCE_ENDS = tuple('.!?;,"\u2026\u201d\u2019\u3002\uff01\uff1f')
 # A tiktoken model whose encoding is cl100k_base, for the splitter (which knows models).
 CL100K_MODEL = "text-embedding-3-small"
 
@@ -53,19 +83,30 @@ class Chunker:
     ) -> None:
         """``tokenizer``: the embedding model's own; None counts in cl100k (provider models)."""
         self.tokenizer: Tokenizer | None = None
-        if tokenizer is None:
-            self.splitter = TextSplitter.from_tiktoken_model(
-                CL100K_MODEL, capacity=chunk_size, overlap=chunk_overlap
-            )
-        else:
+        if tokenizer is not None:
             counting = Tokenizer.from_str(tokenizer.to_str())
             counting.no_truncation()
             counting.no_padding()
             self.tokenizer = counting
-            self.splitter = TextSplitter.from_huggingface_tokenizer(
-                counting, capacity=chunk_size, overlap=chunk_overlap
-            )
+        self.chunk_overlap = chunk_overlap
+        self.splitter = self._splitter(chunk_size, chunk_overlap)
+        # Splitters for a smaller size or overlap, made when a joined view counts short.
+        self._tighter: dict[tuple[int, int], TextSplitter] = {}
+        self.chunk_size = chunk_size
+        # The most tokens of lines joined ahead of content (but a heading right before the
+        # content always joins it): the chunk keeps at least half its room for the content.
+        self.lead_tokens = chunk_size // 2
         self.window_chars = max(window_chars, chunk_size * 16)
+
+    def _splitter(self, capacity: int, overlap: int) -> TextSplitter:
+        overlap = min(overlap, capacity - 1)
+        if self.tokenizer is None:
+            return TextSplitter.from_tiktoken_model(
+                CL100K_MODEL, capacity=capacity, overlap=overlap
+            )
+        return TextSplitter.from_huggingface_tokenizer(
+            self.tokenizer, capacity=capacity, overlap=overlap
+        )
 
     def _counts(self, pieces: list[str]) -> list[int]:
         if self.tokenizer is None:
@@ -78,17 +119,24 @@ class Chunker:
         offset = 0  # where the next block starts in the document's text
         section: list[tuple[int, Block]] = []
         size = 0
+        content: tuple[str, ...] | None = None  # the section content's heading path, if any
         for block in blocks:
             if section and (
-                block.heading != section[0][1].heading
-                or block.kind == "heading"
-                or size + len(block.text) > self.window_chars
+                _opens_section(block, section[-1][1], content)
+                or (
+                    size + len(block.text) > self.window_chars
+                    # A heading or title line at the end of a window takes the next block
+                    # along (past the window by one block at most), not a chunk alone.
+                    and (size > self.window_chars or not self._may_lead(section[-1][1]))
+                )
             ):
                 for chunk in self._split(section, ordinal):
                     yield chunk
                     ordinal += 1
-                section, size = [], 0
+                section, size, content = [], 0, None
             section.append((offset, block))
+            if content is None and block.kind != "heading":
+                content = block.heading
             size += len(block.text) + len(SEPARATOR)
             offset += len(block.text) + len(SEPARATOR)
         if section:
@@ -99,9 +147,11 @@ class Chunker:
         text = SEPARATOR.join(block.text for _, block in section)
         starts = [start - base for start, _ in section]
         pages = [block.page for _, block in section]
-        heading = section[-1][1].heading
-        pieces = self.splitter.chunk_indices(text)
-        counts = self._counts([p for _, p in pieces])
+        joined = self._leads(section, document_start=base == 0)
+        pieces, counts = self._cut(text, section, joined) if joined else ([], [])
+        if not pieces:
+            pieces = self.splitter.chunk_indices(text)
+            counts = self._counts([p for _, p in pieces])
         for index, ((start, piece), tokens) in enumerate(zip(pieces, counts, strict=True)):
             end = start + len(piece)
             first_block = bisect.bisect_right(starts, start) - 1
@@ -113,6 +163,110 @@ class Chunker:
                 char_end=base + end,
                 page=pages[first_block],
                 page_end=pages[last_block],
-                heading=section[first_block][1].heading or heading,
+                heading=_heading(section, first_block, last_block),
                 token_count=tokens,
             )
+
+    def _cut(
+        self, text: str, section: list[tuple[int, Block]], joined: set[int]
+    ) -> tuple[list[tuple[int, str]], list[int]]:
+        """Cuts ``text`` as the splitter cuts its joined view; nothing if no cut of that view
+        keeps to the size and the overlap once counted on the text itself."""
+        guide = "".join(
+            block.text.translate(_CALM) + JOINER if i in joined else block.text + SEPARATOR
+            for i, (_, block) in enumerate(section)
+        )[: len(text)]
+        splitter, capacity, overlap = self.splitter, self.chunk_size, self.chunk_overlap
+        for _ in range(3):
+            shown = splitter.chunk_indices(guide)
+            pieces = [(start, text[start : start + len(piece)]) for start, piece in shown]
+            counts = self._counts([piece for _, piece in pieces])
+            shared = self._counts(
+                [
+                    text[after : before + len(piece)]
+                    for (before, piece), (after, _) in itertools.pairwise(pieces)
+                    if after < before + len(piece)
+                ]
+            )
+            over = [i for i, tokens in enumerate(counts) if tokens > self.chunk_size]
+            overlap_over = max(shared, default=0) - self.chunk_overlap
+            if not over and overlap_over <= 0:
+                return pieces, counts
+            # cl100k may count the view a token short of the text per line joined: ask the
+            # splitter for a view that much shorter than the longest (or overlap) it made.
+            if over:
+                views = self._counts([shown[i][1] for i in over])
+                fit = min(
+                    v - (counts[i] - self.chunk_size) for v, i in zip(views, over, strict=True)
+                )
+                capacity = min(fit, capacity - 1)
+            if overlap_over > 0:
+                overlap = max(overlap - overlap_over, 0)
+            if capacity < 2:
+                break
+            splitter = self._tighter.get((capacity, overlap)) or self._splitter(capacity, overlap)
+            if len(self._tighter) >= _TIGHTER_KEPT:
+                self._tighter.clear()
+            self._tighter[capacity, overlap] = splitter
+        return [], []
+
+    def _leads(self, section: list[tuple[int, Block]], *, document_start: bool) -> set[int]:
+        """The blocks of ``section`` to join to the block after them: headings and title-like
+        lines ahead of content, read back from the content while they fit ``lead_tokens``."""
+        candidates: dict[int, str] = {}
+        for i, (_, block) in enumerate(section[:-1]):
+            if block.kind == "heading" or self._title_like(block, first=document_start and i == 0):
+                candidates[i] = block.text
+        if not candidates:
+            return set()
+        tokens = dict(zip(candidates, self._counts(list(candidates.values())), strict=True))
+        joined: set[int] = set()
+        ahead: int | None = None  # tokens joined ahead of the content below; None: no content
+        for i in reversed(range(len(section))):
+            if i not in tokens:
+                ahead = 0  # content
+                continue
+            heading = section[i][1].kind == "heading"
+            fits = ahead is not None and ahead + tokens[i] <= self.lead_tokens
+            # A heading always joins what it leads into (content, or a line joined to it).
+            if fits or (heading and ahead is not None and section[i + 1][1].kind != "heading"):
+                joined.add(i)
+                ahead = (ahead or 0) + tokens[i]
+            else:  # a line that does not fit is content; headings that do not lead nowhere
+                ahead = None if heading else 0
+        return joined
+
+    def _may_lead(self, block: Block) -> bool:
+        return block.kind == "heading" or self._title_like(block, first=True)
+
+    def _title_like(self, block: Block, *, first: bool) -> bool:
+        """A short one-line paragraph that ends no sentence (any short line if it opens the
+        document: a title). Lines too long to count are never titles."""
+        line = block.text.rstrip()
+        return (
+            block.kind == "paragraph"
+            and "\n" not in line
+            and len(line) <= self.chunk_size * 8
+            and (first or not line.endswith(SENTENCE_ENDS))
+        )
+
+
+def _opens_section(block: Block, last: Block, content: tuple[str, ...] | None) -> bool:
+    """Whether ``block`` starts a new section after ``last`` (whose section's content is under
+    ``content``, or None while the section holds headings only)."""
+    if content is not None:  # the section has content: a heading or a new path ends it
+        return block.kind == "heading" or block.heading != content
+    if block.kind != "heading":
+        return False  # the content under the headings so far
+    # Headings only so far: a nested heading joins them (chapter, then its first section);
+    # any other means the headings so far have no content of their own.
+    depth = len(last.heading)
+    return not (len(block.heading) > depth and block.heading[:depth] == last.heading)
+
+
+def _heading(section: list[tuple[int, Block]], first: int, last: int) -> tuple[str, ...]:
+    """A chunk's heading path: that of the first content it holds, or of its first heading."""
+    for i in range(first, last + 1):
+        if section[i][1].kind != "heading":
+            return section[i][1].heading
+    return section[first][1].heading

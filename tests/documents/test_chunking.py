@@ -1,0 +1,342 @@
+"""The chunker: a heading (or a document's title line) travels with the content under it,
+and every chunk is still a contiguous span of the extracted text within the token size."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from mainsail.documents.chunking import SEPARATOR, Chunker, ChunkText
+from mainsail.documents.parsing import Block, parse, sniff_file
+from mainsail.embeddings.local import model_dir
+from mainsail.llm.tokens import count_tokens
+from tests.documents.conftest import FIXTURES, essay
+
+TITLE = "Microstructural development of human newborn cerebral white matter"
+# One paragraph longer than a 40-token chunk: the splitter must cut it by sentences.
+BODY = (
+    "Diffusion imaging measured the water in the white matter of newborns. "
+    "Anisotropy rose with the age of the infant at the time of the scan. "
+    "Preterm infants showed lower values than the infants born at term. "
+    "The fibres of the corpus callosum were visible before they were myelinated."
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+
+
+def chunk_file(
+    tmp_path: Path, name: str, content: str, chunker: Chunker
+) -> tuple[list[Block], list[ChunkText]]:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    blocks = list(parse(path, sniff_file(path, name)))
+    return blocks, list(chunker.chunks(iter(blocks)))
+
+
+def check_spans(blocks: list[Block], chunks: list[ChunkText], chunker: Chunker) -> None:
+    """Each chunk is the extracted text at its offsets, within the size, in ordinal order."""
+    text = SEPARATOR.join(block.text for block in blocks)
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+    for chunk in chunks:
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+        assert chunk.token_count <= chunker.chunk_size
+    assert chunks[0].char_start == 0
+    assert chunks[-1].char_end == len(text)
+    for before, after in itertools.pairwise(chunks):
+        assert before.char_start < after.char_start <= before.char_end + len(SEPARATOR)
+
+
+def block_spans(blocks: list[Block]) -> Iterator[tuple[int, int, Block]]:
+    offset = 0
+    for block in blocks:
+        yield offset, offset + len(block.text), block
+        offset += len(block.text) + len(SEPARATOR)
+
+
+def heading_only(blocks: list[Block], chunk: ChunkText) -> bool:
+    covered = [
+        block
+        for start, end, block in block_spans(blocks)
+        if start < chunk.char_end and chunk.char_start < end
+    ]
+    return all(block.kind == "heading" for block in covered)
+
+
+def test_a_markdown_title_travels_with_the_text_under_it(
+    tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    chunker = Chunker(tokenizer, chunk_size=40, chunk_overlap=8)
+
+    blocks, chunks = chunk_file(tmp_path, "paper.md", f"# {TITLE}\n\n{BODY}\n", chunker)
+
+    check_spans(blocks, chunks, chunker)
+    assert len(chunks) > 1  # the body alone is longer than a chunk
+    first = chunks[0]
+    assert first.text.startswith(f"{TITLE}\n\nDiffusion imaging measured")
+    assert first.heading == (TITLE,)
+    assert not any(heading_only(blocks, chunk) for chunk in chunks)
+
+
+def test_the_title_line_of_a_plain_text_upload_is_not_a_chunk_alone(
+    tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    # "title, blank line, text": how the retrieval benchmark (and many users) upload.
+    chunker = Chunker(tokenizer, chunk_size=40, chunk_overlap=8)
+
+    blocks, chunks = chunk_file(tmp_path, "paper.txt", f"{TITLE}.\n\n{BODY}", chunker)
+
+    assert [block.kind for block in blocks] == ["paragraph", "paragraph"]
+    check_spans(blocks, chunks, chunker)
+    assert chunks[0].text.startswith(f"{TITLE}.\n\nDiffusion imaging measured")
+    assert all(chunk.text.strip() != f"{TITLE}." for chunk in chunks)
+
+
+def test_nested_headings_lead_into_their_content_whose_path_the_chunk_takes(
+    tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    chunker = Chunker(tokenizer, chunk_size=40, chunk_overlap=8)
+    content = f"# Guide\n\n## Install\n\n{BODY}\n\n## Use\n\nOpen the app.\n\n# Empty\n\n# Last\n"
+
+    blocks, chunks = chunk_file(tmp_path, "guide.md", content, chunker)
+
+    check_spans(blocks, chunks, chunker)
+    assert chunks[0].text.startswith("Guide\n\nInstall\n\nDiffusion imaging measured")
+    assert chunks[0].heading == ("Guide", "Install")
+    use = next(chunk for chunk in chunks if chunk.text.startswith("Use"))
+    assert (use.text, use.heading) == ("Use\n\nOpen the app.", ("Guide", "Use"))
+    # A heading with nothing under it stays a chunk of its own (its section is empty).
+    assert [(c.text, c.heading) for c in chunks[-2:]] == [
+        ("Empty", ("Empty",)),
+        ("Last", ("Last",)),
+    ]
+
+
+def test_a_document_of_headings_alone_still_gets_its_chunks(
+    tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    chunker = Chunker(tokenizer, chunk_size=24, chunk_overlap=4)
+
+    blocks, chunks = chunk_file(tmp_path, "toc.md", "# A\n\n## B\n\n# C\n\n## D\n", chunker)
+
+    check_spans(blocks, chunks, chunker)
+    assert [(c.text, c.heading) for c in chunks] == [("A\n\nB", ("A",)), ("C\n\nD", ("C",))]
+
+
+@pytest.mark.parametrize("name", ["sample.md", "sample.html", "sample.docx", "sample.txt"])
+@pytest.mark.parametrize(("size", "overlap"), [(16, 4), (40, 10), (200, 30)])
+def test_no_sample_has_a_heading_chunk_followed_by_its_content(
+    tokenizer: Tokenizer, name: str, size: int, overlap: int
+) -> None:
+    path = FIXTURES / name
+    blocks = list(parse(path, sniff_file(path)))
+    chunker = Chunker(tokenizer, chunk_size=size, chunk_overlap=overlap)
+
+    chunks = list(chunker.chunks(iter(blocks)))
+
+    check_spans(blocks, chunks, chunker)
+    assert chunks == list(chunker.chunks(iter(blocks)))  # deterministic: re-runs resume
+    spans = list(block_spans(blocks))
+    for chunk in chunks:
+        if heading_only(blocks, chunk):
+            following = [block for start, _, block in spans if start >= chunk.char_end]
+            assert not following or following[0].kind == "heading", chunk
+
+
+def test_provider_counts_stay_within_the_size_where_headings_are_joined(tmp_path: Path) -> None:
+    # cl100k counts a blank line as a token and spaces differently: the joined view of a
+    # heading must never let a chunk go over the size.
+    chunker = Chunker(None, chunk_size=24, chunk_overlap=4)
+    headings = "\n\n".join(f"## Part {i}\n\n{essay(1, seed=i)}" for i in range(12))
+
+    blocks, chunks = chunk_file(tmp_path, "parts.md", f"# Book\n\n{headings}\n", chunker)
+
+    check_spans(blocks, chunks, chunker)
+    assert all(chunk.token_count == count_tokens(chunk.text) for chunk in chunks)
+    assert not any(heading_only(blocks, chunk) for chunk in chunks)
+
+
+def test_short_lines_that_end_sentences_are_not_joined_as_titles(tokenizer: Tokenizer) -> None:
+    # Dialogue, not headings: the splitter may still cut between these paragraphs.
+    chunker = Chunker(tokenizer, chunk_size=24, chunk_overlap=0)
+    lines = ["Opening words of the story go here.", '"Is he married?"', "Yes.", BODY]
+    blocks = [Block(line) for line in lines]
+
+    chunks = list(chunker.chunks(iter(blocks)))
+
+    check_spans(blocks, chunks, chunker)
+    assert chunker._leads([(0, block) for block in blocks], document_start=False) == set()
+
+
+# Property tests: random documents of headings (nested paths, some on two lines), title-like
+# lines, dialogue-like lines and long paragraphs, cut by both kinds of counting.
+
+WORDS = st.sampled_from(
+    [
+        "tide",
+        "sail",
+        "keel",
+        "mast",
+        "anchor",
+        "chart",
+        "reef",
+        "4.",
+        "Is",
+        "it",
+        "safe?",
+        "storm!",
+        "calm",
+        "x",
+        "compass",
+        "lantern",
+        "\u00e9t\u00e9",
+        "\u6d77",
+        "\u3002",
+    ]
+)
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> list[Block]:
+    blocks: list[Block] = []
+    path: tuple[str, ...] = ()
+    for _ in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(["heading", "title", "line", "paragraph", "paragraph"]))
+        words = draw(st.lists(WORDS, min_size=1, max_size=6))
+        if kind == "heading":
+            depth = draw(st.integers(1, min(len(path) + 1, 3)))
+            text = " ".join(words)
+            if draw(st.booleans()) and len(words) > 1:
+                text = text.replace(" ", "\n", 1)  # a heading on two lines
+            path = (*path[: depth - 1], text)
+            blocks.append(Block(text, heading=path, kind="heading"))
+        elif kind == "title":
+            title = " ".join(words).rstrip(".!?\u3002,;") or "x"
+            blocks.append(Block(title, heading=path))
+        elif kind == "line":
+            blocks.append(
+                Block(" ".join(words) + draw(st.sampled_from([".", "?", '"'])), heading=path)
+            )
+        else:
+            sentences = draw(
+                st.lists(st.lists(WORDS, min_size=1, max_size=30), min_size=1, max_size=8)
+            )
+            text = " ".join(" ".join(s) + "." for s in sentences)
+            blocks.append(Block(text, heading=path))
+    return blocks
+
+
+def lead_ins(blocks: list[Block], chunk: ChunkText) -> bool:
+    """Whether the chunk holds nothing but headings that lead into content right after it."""
+    covered = [
+        (start, block)
+        for start, end, block in block_spans(blocks)
+        if start < chunk.char_end and chunk.char_start < end
+    ]
+    if not all(block.kind == "heading" for _, block in covered):
+        return False
+    after = [block for start, _, block in block_spans(blocks) if start >= chunk.char_end]
+    last = covered[-1][1]
+    return bool(after) and after[0].kind != "heading" and after[0].heading == last.heading
+
+
+@pytest.fixture(scope="module")
+def chunkers(tokenizer: Tokenizer) -> list[tuple[Chunker, int, int]]:
+    """(chunker, size, overlap) for both kinds of counting."""
+    return [
+        (Chunker(tok, chunk_size=size, chunk_overlap=overlap), size, overlap)
+        for tok in (tokenizer, None)
+        for size, overlap in ((16, 0), (16, 5), (40, 10))
+    ]
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks=documents(), which=st.integers(0, 5))
+def test_chunks_are_spans_of_the_text_within_the_size(
+    chunkers: list[tuple[Chunker, int, int]], blocks: list[Block], which: int
+) -> None:
+    chunker, size, overlap = chunkers[which]
+    chunks = list(chunker.chunks(iter(blocks)))
+    text = SEPARATOR.join(block.text for block in blocks)
+
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+    covered = 0
+    for chunk in chunks:
+        assert text[chunk.char_start : chunk.char_end] == chunk.text
+        assert chunk.text
+        assert chunk.text == chunk.text.strip()
+        assert chunk.token_count == chunker._counts([chunk.text])[0]
+        assert chunk.token_count <= size
+        assert text[covered : chunk.char_start].strip() == ""  # nothing left out
+        covered = max(covered, chunk.char_end)
+    assert text[covered:].strip() == ""
+    for before, after in itertools.pairwise(chunks):
+        assert before.char_start < after.char_start
+        if after.char_start < before.char_end:  # overlap, within the setting
+            shared = text[after.char_start : before.char_end]
+            assert overlap > 0
+            assert chunker._counts([shared])[0] <= overlap
+    assert not any(lead_ins(blocks, chunk) for chunk in chunks)
+
+
+class CountingSplitter:
+    """A splitter that counts its calls."""
+
+    def __init__(self, inner: Any, calls: list[int]) -> None:
+        self.inner, self.calls = inner, calls
+
+    def chunk_indices(self, text: str) -> list[tuple[int, str]]:
+        self.calls[-1] += 1
+        return list(self.inner.chunk_indices(text))
+
+
+@pytest.mark.parametrize("counting", ["local", "cl100k"])
+def test_sections_stay_within_the_window_and_are_split_a_few_times(
+    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch, counting: str
+) -> None:
+    # Long runs of headings and title lines, and paragraphs: every window boundary lands
+    # somewhere a heading or title line would take the next block along.
+    chunker = Chunker(
+        tokenizer if counting == "local" else None,
+        chunk_size=16,
+        chunk_overlap=4,
+        window_chars=256,
+    )
+    blocks: list[Block] = []
+    for i in range(60):
+        path = (f"Part {i // 10}",)
+        if i % 10 == 0:
+            blocks.append(Block(path[0], heading=path, kind="heading"))
+        blocks += [Block(f"Note {i} {j}", heading=path) for j in range(i % 4)]
+        blocks.append(Block(essay(1, seed=i), heading=path))
+    calls: list[int] = []
+    sizes: list[int] = []
+    split = chunker._split
+    make = chunker._splitter
+
+    def spy(section: list[tuple[int, Block]], first: int) -> Iterator[ChunkText]:
+        calls.append(0)
+        sizes.append(sum(len(block.text) + len(SEPARATOR) for _, block in section))
+        return split(section, first)
+
+    chunker.splitter = CountingSplitter(chunker.splitter, calls)  # type: ignore[assignment]
+    monkeypatch.setattr(chunker, "_split", spy)
+    monkeypatch.setattr(chunker, "_splitter", lambda *a: CountingSplitter(make(*a), calls))
+
+    chunks = list(chunker.chunks(iter(blocks)))
+
+    check_spans(blocks, chunks, chunker)
+    longest = max(len(block.text) + len(SEPARATOR) for block in blocks)
+    assert max(sizes) <= chunker.window_chars + longest
+    assert max(calls) <= 4
+    assert not any(heading_only(blocks, chunk) for chunk in chunks)
