@@ -201,15 +201,15 @@ def document_text(doc: dict[str, str]) -> str:
 
 
 def ndcg(ranked: Sequence[str], gains: dict[str, int], k: int = NDCG_K) -> float:
-    dcg = sum(gains.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
-    ideal = sorted(gains.values(), reverse=True)[:k]
-    idcg = sum(gain / math.log2(i + 2) for i, gain in enumerate(ideal))
-    return dcg / idcg if idcg else 0.0
+    from mainsail.search.metrics import ndcg_at
+
+    return ndcg_at(ranked, gains, k)
 
 
 def recall(ranked: Sequence[str], gains: dict[str, int], k: int = RECALL_K) -> float:
-    relevant = {doc for doc, gain in gains.items() if gain > 0}
-    return len(relevant.intersection(ranked[:k])) / len(relevant) if relevant else 0.0
+    from mainsail.search.metrics import recall_at
+
+    return recall_at(ranked, gains, k)
 
 
 def mean(values: Iterable[float]) -> float:

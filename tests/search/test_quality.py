@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
+from mainsail.search.metrics import ndcg_at
 from mainsail.settings import Settings
 from tests.documents.conftest import QUICK_JOBS
 from tests.fixtures.app import make_settings, wait_until
@@ -64,12 +64,6 @@ def load_subset() -> tuple[list[dict[str, str]], dict[str, str], dict[str, set[s
         if int(score) > 0:
             qrels.setdefault(query_id, set()).add(doc_id)
     return corpus, queries, qrels
-
-
-def ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
-    dcg = sum(1 / math.log2(i + 2) for i, doc in enumerate(ranked[:10]) if doc in relevant)
-    idcg = sum(1 / math.log2(i + 2) for i in range(min(10, len(relevant))))
-    return dcg / idcg
 
 
 async def upload_all(
@@ -132,7 +126,11 @@ async def test_hybrid_beats_each_single_mode_on_a_scifact_subset(
     figures: dict[str, float] = {}
     for mode in MODES:
         per_query = [
-            ndcg_at_10(await ranked_documents(search, alice, queries[q], mode), qrels[q])
+            ndcg_at(
+                await ranked_documents(search, alice, queries[q], mode),
+                dict.fromkeys(qrels[q], 1.0),
+                10,
+            )
             for q in qrels
         ]
         figures[mode] = sum(per_query) / len(per_query)

@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -62,6 +60,7 @@ from mainsail.jobs import service as jobs
 from mainsail.jobs.service import JobContext
 from mainsail.llm.errors import LLMError, UpstreamRejected
 from mainsail.quotas.service import QuotaExceeded
+from mainsail.search.metrics import ndcg_at, recall_at
 from mainsail.search.schemas import Filters, IndexVersionIn, Mode, SearchIn
 from mainsail.search.service import Searcher
 from mainsail.settings import Settings
@@ -134,18 +133,6 @@ def load_eval_set(path: Path) -> EvalSet:
         queries=queries,
         fingerprint=hashlib.sha256(raw).hexdigest()[:16],
     )
-
-
-def ndcg_at(ranked: Sequence[uuid.UUID], gains: dict[uuid.UUID, float], k: int) -> float:
-    dcg = sum(gains.get(doc, 0.0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
-    ideal = sorted(gains.values(), reverse=True)[:k]
-    best = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(ideal))
-    return dcg / best if best > 0 else 0.0
-
-
-def recall(ranked: Sequence[uuid.UUID], gains: dict[uuid.UUID, float]) -> float:
-    relevant = {doc for doc, gain in gains.items() if gain > 0}
-    return len(relevant.intersection(ranked)) / len(relevant) if relevant else 0.0
 
 
 # The service ----------------------------------------------------------------------------
@@ -369,7 +356,7 @@ class IndexVersions:
             result = await self.searcher.search(owner_id, request, version_id=version_id)
             ranked = list(dict.fromkeys(hit.document_id for hit in result.results))
             ndcgs.append(ndcg_at(ranked, gains, 10))
-            recalls.append(recall(ranked, gains))
+            recalls.append(recall_at(ranked, gains, k))
         if not ndcgs:
             raise UnprocessableContent(
                 "No query of the evaluation set names a document its owner has; check "
