@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from semantic_text_splitter import TextSplitter
 from tokenizers import Tokenizer
 
-from mainsail.documents.chunking import SEPARATOR, Chunker, ChunkText
+from mainsail.documents.chunking import SEPARATOR, Chunker, ChunkText, _Spans
 from mainsail.documents.parsing import Block, parse, sniff_file
 from mainsail.embeddings.local import model_dir
 from mainsail.llm.tokens import count_tokens
@@ -289,17 +290,6 @@ def test_chunks_are_spans_of_the_text_within_the_size(
     assert not any(lead_ins(blocks, chunk) for chunk in chunks)
 
 
-class CountingSplitter:
-    """A splitter that counts its calls."""
-
-    def __init__(self, inner: Any, calls: list[int]) -> None:
-        self.inner, self.calls = inner, calls
-
-    def chunk_indices(self, text: str) -> list[tuple[int, str]]:
-        self.calls[-1] += 1
-        return list(self.inner.chunk_indices(text))
-
-
 @pytest.mark.parametrize("counting", ["local", "cl100k"])
 def test_sections_stay_within_the_window_and_are_split_a_few_times(
     tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch, counting: str
@@ -322,16 +312,19 @@ def test_sections_stay_within_the_window_and_are_split_a_few_times(
     calls: list[int] = []
     sizes: list[int] = []
     split = chunker._split
-    make = chunker._splitter
+    cut = chunker._indices
 
     def spy(section: list[tuple[int, Block]], first: int) -> Iterator[ChunkText]:
         calls.append(0)
         sizes.append(sum(len(block.text) + len(SEPARATOR) for _, block in section))
         return split(section, first)
 
-    chunker.splitter = CountingSplitter(chunker.splitter, calls)  # type: ignore[assignment]
+    def counting(*args: Any) -> list[tuple[int, str]]:
+        calls[-1] += 1  # one splitter run
+        return cut(*args)
+
     monkeypatch.setattr(chunker, "_split", spy)
-    monkeypatch.setattr(chunker, "_splitter", lambda *a: CountingSplitter(make(*a), calls))
+    monkeypatch.setattr(chunker, "_indices", counting)
 
     chunks = list(chunker.chunks(iter(blocks)))
 
@@ -340,3 +333,67 @@ def test_sections_stay_within_the_window_and_are_split_a_few_times(
     assert max(sizes) <= chunker.window_chars + longest
     assert max(calls) <= 4
     assert not any(heading_only(blocks, chunk) for chunk in chunks)
+
+
+# Words, pieces of words and characters the model's normalizer rewrites or drops: accents,
+# CJK (split per character), emoji (unknown), control characters, long unknown words.
+PIECES = [
+    "the",
+    "white",
+    "matter",
+    "anisotropy",
+    "myelinated",
+    "naïve",
+    "Café",
+    "résumé",
+    "fibres.",
+    "(scan)",
+    "don't",
+    "U.S.",
+    "3.14",
+    "—",
+    "東京大学",
+    "😀",
+    "\x00",
+    "\u200b",
+    "x" * 120,
+    "\n",
+    "\n\n",
+    " ",
+    "  ",
+    "\t",
+]
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    words=st.lists(st.sampled_from(PIECES), min_size=1, max_size=60),
+    cuts=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 10_000)), max_size=20),
+)
+def test_span_counts_equal_the_tokenizer_on_the_stretch_alone(
+    tokenizer: Tokenizer, words: list[str], cuts: list[tuple[int, int]]
+) -> None:
+    text = " ".join(words)
+    chunker = Chunker(tokenizer, chunk_size=16, chunk_overlap=4)
+    assert chunker.tokenizer is not None
+    spans = _Spans(chunker.tokenizer, text)
+    for a, b in [(0, len(text)), *cuts]:
+        start, end = sorted((a % (len(text) + 1), b % (len(text) + 1)))
+        alone = len(chunker.tokenizer.encode(text[start:end], add_special_tokens=False).ids)
+        assert spans.count(start, end) == alone
+        assert spans(text[start:end]) == alone
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(16, 4), (40, 8), (200, 30)])
+def test_counting_from_one_encoding_cuts_as_the_splitter_own_counting_does(
+    tokenizer: Tokenizer, size: int, overlap: int
+) -> None:
+    chunker = Chunker(tokenizer, chunk_size=size, chunk_overlap=overlap)
+    assert chunker.tokenizer is not None
+    text = "\n\n".join(essay(8, seed=seed) + " Naïve café — 東京 ☕." for seed in range(6))
+    native = TextSplitter.from_huggingface_tokenizer(
+        chunker.tokenizer, capacity=size, overlap=overlap
+    )
+    ours = chunker._indices(text, _Spans(chunker.tokenizer, text), size, overlap)
+    assert ours == native.chunk_indices(text)
+    assert len(ours) > 3

@@ -21,6 +21,14 @@ section is cut as it is. Chunk text is always the document's own text at
 Only a heading with no content under it (a document of headings alone, an empty section)
 makes a chunk of headings.
 
+Counting is the splitter's main cost: it sizes many candidate stretches of a section, each
+tokenized afresh by its built-in sizer. With the model's own (WordPiece) tokenizer the chunker
+instead tokenizes each section once and answers every stretch from those tokens' offsets
+(``_Spans``): a stretch that starts and ends between words holds exactly the tokens it would
+give alone, since WordPiece cuts words at spaces and punctuation without looking across them.
+A stretch that cuts a word is tokenized alone, as before; the chunks are the same either way,
+about ten times sooner.
+
 Provider models (no tokenizer of theirs in process) are counted in cl100k: the splitter's
 bundled tiktoken data and ``llm.tokens`` (bundled too; nothing is downloaded). That is the
 encoding of OpenAI's embedding models, and for others (Bedrock Titan) the same estimate the
@@ -60,6 +68,49 @@ SENTENCE_ENDS = tuple('.!?;,"\u2026\u201d\u2019\u3002\uff01\uff1f')
 CL100K_MODEL = "text-embedding-3-small"
 
 
+class _Spans:
+    """Token counts of stretches of one text, from a single encoding of it.
+
+    Exact: a stretch that begins or ends inside a token, or between two pieces of one word,
+    is tokenized on its own instead. Called by the splitter with substrings of ``text`` (found
+    from where the last one was, as it works forwards), or with known offsets by ``count``.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, text: str) -> None:
+        self.tokenizer = tokenizer
+        self.text = text
+        encoding = tokenizer.encode(text, add_special_tokens=False)
+        self.starts = [start for start, _ in encoding.offsets]
+        self.ends = [end for _, end in encoding.offsets]
+        self.words = encoding.word_ids
+        self.hint = 0
+
+    def __call__(self, piece: str) -> int:
+        start = self.text.find(piece, self.hint)
+        if start < 0:
+            start = self.text.find(piece)
+        if start < 0:  # not a stretch of this text
+            return self._alone(piece)
+        self.hint = max(start - 4 * len(piece), 0)
+        return self.count(start, start + len(piece))
+
+    def count(self, start: int, end: int) -> int:
+        starts, ends, words = self.starts, self.ends, self.words
+        first = bisect.bisect_left(ends, start + 1)  # the first token ending inside
+        after = bisect.bisect_left(starts, end)  # the first token starting at or past the end
+        if (
+            (first < len(starts) and starts[first] < start)  # a token across the start
+            or (after > 0 and ends[after - 1] > end)  # a token across the end
+            or (0 < first < len(words) and words[first] == words[first - 1] is not None)
+            or (0 < after < len(words) and words[after] == words[after - 1] is not None)
+        ):
+            return self._alone(self.text[start:end])
+        return max(after - first, 0)
+
+    def _alone(self, piece: str) -> int:
+        return len(self.tokenizer.encode(piece, add_special_tokens=False).ids)
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkText:
     ordinal: int
@@ -89,30 +140,51 @@ class Chunker:
             counting.no_padding()
             self.tokenizer = counting
         self.chunk_overlap = chunk_overlap
-        self.splitter = self._splitter(chunk_size, chunk_overlap)
-        # Splitters for a smaller size or overlap, made when a joined view counts short.
-        self._tighter: dict[tuple[int, int], TextSplitter] = {}
+        # cl100k splitters by (size, overlap): the default one, and those for a smaller size or
+        # overlap, made when a joined view counts short. The model's own tokenizer counts
+        # through a splitter made for each text (``_Spans``).
+        self._tiktoken: dict[tuple[int, int], TextSplitter] = {}
         self.chunk_size = chunk_size
         # The most tokens of lines joined ahead of content (but a heading right before the
         # content always joins it): the chunk keeps at least half its room for the content.
         self.lead_tokens = chunk_size // 2
         self.window_chars = max(window_chars, chunk_size * 16)
 
-    def _splitter(self, capacity: int, overlap: int) -> TextSplitter:
+    def _spans(self, text: str) -> _Spans | None:
+        return None if self.tokenizer is None else _Spans(self.tokenizer, text)
+
+    def _indices(
+        self, text: str, spans: _Spans | None, capacity: int, overlap: int
+    ) -> list[tuple[int, str]]:
+        """The splitter's cut of ``text`` (counted through ``spans``, made on ``text``)."""
         overlap = min(overlap, capacity - 1)
-        if self.tokenizer is None:
-            return TextSplitter.from_tiktoken_model(
+        if spans is not None:
+            spans.hint = 0
+            counted = TextSplitter.from_callback(spans, capacity=capacity, overlap=overlap)
+            return counted.chunk_indices(text)
+        kept = self._tiktoken.get((capacity, overlap))
+        if kept is None:
+            if len(self._tiktoken) >= _TIGHTER_KEPT:
+                self._tiktoken.clear()
+            kept = TextSplitter.from_tiktoken_model(
                 CL100K_MODEL, capacity=capacity, overlap=overlap
             )
-        return TextSplitter.from_huggingface_tokenizer(
-            self.tokenizer, capacity=capacity, overlap=overlap
-        )
+            self._tiktoken[capacity, overlap] = kept
+        return kept.chunk_indices(text)
 
     def _counts(self, pieces: list[str]) -> list[int]:
         if self.tokenizer is None:
             return [count_tokens(piece) for piece in pieces]
         encodings = self.tokenizer.encode_batch(pieces, add_special_tokens=False)
         return [len(e.ids) for e in encodings]
+
+    def _counted(
+        self, text: str, spans: _Spans | None, stretches: list[tuple[int, int]]
+    ) -> list[int]:
+        """Token counts of ``[start, end)`` stretches of ``text`` (``spans``: made on it)."""
+        if spans is None:
+            return self._counts([text[start:end] for start, end in stretches])
+        return [spans.count(start, end) for start, end in stretches]
 
     def chunks(self, blocks: Iterable[Block]) -> Iterator[ChunkText]:
         ordinal = 0
@@ -148,10 +220,11 @@ class Chunker:
         starts = [start - base for start, _ in section]
         pages = [block.page for _, block in section]
         joined = self._leads(section, document_start=base == 0)
-        pieces, counts = self._cut(text, section, joined) if joined else ([], [])
+        spans = self._spans(text)
+        pieces, counts = self._cut(text, spans, section, joined) if joined else ([], [])
         if not pieces:
-            pieces = self.splitter.chunk_indices(text)
-            counts = self._counts([p for _, p in pieces])
+            pieces = self._indices(text, spans, self.chunk_size, self.chunk_overlap)
+            counts = self._counted(text, spans, [(a, a + len(piece)) for a, piece in pieces])
         for index, ((start, piece), tokens) in enumerate(zip(pieces, counts, strict=True)):
             end = start + len(piece)
             first_block = bisect.bisect_right(starts, start) - 1
@@ -168,7 +241,11 @@ class Chunker:
             )
 
     def _cut(
-        self, text: str, section: list[tuple[int, Block]], joined: set[int]
+        self,
+        text: str,
+        spans: _Spans | None,
+        section: list[tuple[int, Block]],
+        joined: set[int],
     ) -> tuple[list[tuple[int, str]], list[int]]:
         """Cuts ``text`` as the splitter cuts its joined view; nothing if no cut of that view
         keeps to the size and the overlap once counted on the text itself."""
@@ -176,17 +253,20 @@ class Chunker:
             block.text.translate(_CALM) + JOINER if i in joined else block.text + SEPARATOR
             for i, (_, block) in enumerate(section)
         )[: len(text)]
-        splitter, capacity, overlap = self.splitter, self.chunk_size, self.chunk_overlap
+        guide_spans = self._spans(guide)
+        capacity, overlap = self.chunk_size, self.chunk_overlap
         for _ in range(3):
-            shown = splitter.chunk_indices(guide)
+            shown = self._indices(guide, guide_spans, capacity, overlap)
             pieces = [(start, text[start : start + len(piece)]) for start, piece in shown]
-            counts = self._counts([piece for _, piece in pieces])
-            shared = self._counts(
+            counts = self._counted(text, spans, [(a, a + len(piece)) for a, piece in pieces])
+            shared = self._counted(
+                text,
+                spans,
                 [
-                    text[after : before + len(piece)]
+                    (after, before + len(piece))
                     for (before, piece), (after, _) in itertools.pairwise(pieces)
                     if after < before + len(piece)
-                ]
+                ],
             )
             over = [i for i, tokens in enumerate(counts) if tokens > self.chunk_size]
             overlap_over = max(shared, default=0) - self.chunk_overlap
@@ -195,7 +275,11 @@ class Chunker:
             # cl100k may count the view a token short of the text per line joined: ask the
             # splitter for a view that much shorter than the longest (or overlap) it made.
             if over:
-                views = self._counts([shown[i][1] for i in over])
+                views = self._counted(
+                    guide,
+                    guide_spans,
+                    [(shown[i][0], shown[i][0] + len(shown[i][1])) for i in over],
+                )
                 fit = min(
                     v - (counts[i] - self.chunk_size) for v, i in zip(views, over, strict=True)
                 )
@@ -204,10 +288,6 @@ class Chunker:
                 overlap = max(overlap - overlap_over, 0)
             if capacity < 2:
                 break
-            splitter = self._tighter.get((capacity, overlap)) or self._splitter(capacity, overlap)
-            if len(self._tighter) >= _TIGHTER_KEPT:
-                self._tighter.clear()
-            self._tighter[capacity, overlap] = splitter
         return [], []
 
     def _leads(self, section: list[tuple[int, Block]], *, document_start: bool) -> set[int]:
