@@ -12,7 +12,8 @@ What is measured
       keyword  BM25 in Python over the lexemes PostgreSQL's ``english`` configuration gives
                (an embedded pgserver computes ``to_tsvector``, as the ``chunks.tsv`` column
                does), any query lexeme matching, k1 1.2, b 0.75, lengths in model tokens.
-      hybrid   Reciprocal Rank Fusion (k 60) of the first 100 chunks of each, per chunk.
+      hybrid   the service's score fusion (``search.service.fuse_scores``, keyword weight
+               0.5) of the first 100 chunks of each, per chunk.
 
     A document takes the rank of its best chunk. Reported per chunker: nDCG@10, Recall@100
     (documents among the 100-chunk pool, so capped as the service's default settings are),
@@ -50,7 +51,7 @@ import retrieval_quality as rq
 
 CACHE_DIR = rq.WORK_ROOT / "chunking-quality"
 POOL = 100  # SearchSettings: max(candidates, max_top_k) at their defaults
-RRF_K = rq.SERVICE_RRF_K
+KEYWORD_WEIGHT = rq.SERVICE_KEYWORD_WEIGHT
 K1, B = 1.2, 0.75
 MODES = rq.MODES
 
@@ -211,7 +212,8 @@ class BM25:
             for lexeme, tf in terms.items():
                 self.postings[lexeme].append((chunk, tf))
 
-    def rank(self, terms: Iterable[str], limit: int) -> list[int]:
+    def scored(self, terms: Iterable[str], limit: int) -> list[tuple[int, float]]:
+        """The first ``limit`` chunks with their scores, best first (ties: lower chunk)."""
         scores: dict[int, float] = collections.defaultdict(float)
         for lexeme in set(terms):
             if "\\" in lexeme or lexeme not in self.postings:
@@ -221,15 +223,19 @@ class BM25:
             for chunk, tf in postings:
                 norm = 1 - B + B * self.tokens[chunk] / self.mean
                 scores[chunk] += idf * tf * (K1 + 1) / (tf + K1 * norm)
-        return sorted(scores, key=lambda chunk: (-scores[chunk], chunk))[:limit]
+        best = sorted(scores, key=lambda chunk: (-scores[chunk], chunk))[:limit]
+        return [(chunk, scores[chunk]) for chunk in best]
 
 
-def fuse(lists: Sequence[Sequence[int]]) -> list[int]:
-    scores: dict[int, float] = collections.defaultdict(float)
-    for ranking in lists:
-        for rank, chunk in enumerate(ranking, start=1):
-            scores[chunk] += 1.0 / (RRF_K + rank)
-    return sorted(scores, key=lambda chunk: (-scores[chunk], chunk))
+def fuse(keyword: list[tuple[int, float]], vector: list[tuple[int, float]]) -> list[int]:
+    """The service's hybrid fusion at its defaults (vector scores: cosine similarities)."""
+    from mainsail.search.service import Ranking, fuse_scores
+
+    rankings = {
+        "keyword": Ranking(keyword),
+        "vector": Ranking([(chunk, 1.0 - similarity) for chunk, similarity in vector]),
+    }
+    return [chunk for chunk, _, _ in fuse_scores(rankings, KEYWORD_WEIGHT)]
 
 
 def to_documents(ranking: Sequence[int], docs: list[str]) -> list[str]:
@@ -260,11 +266,11 @@ def evaluate(
     similarities = query_vectors @ vectors.T
     for row, query_id in enumerate(dataset.queries):
         order = np.argsort(-similarities[row], kind="stable")[:POOL]
-        vector = [int(chunk) for chunk in order]
-        keyword = bm25.rank(query_terms[row], POOL)
-        rankings["vector"][query_id] = vector
-        rankings["keyword"][query_id] = keyword
-        rankings["hybrid"][query_id] = fuse([keyword, vector])
+        vector = [(int(chunk), float(similarities[row, chunk])) for chunk in order]
+        keyword = bm25.scored(query_terms[row], POOL)
+        rankings["vector"][query_id] = [chunk for chunk, _ in vector]
+        rankings["keyword"][query_id] = [chunk for chunk, _ in keyword]
+        rankings["hybrid"][query_id] = fuse(keyword, vector)
     out: dict[str, tuple[float, float, float]] = {}
     for mode in MODES:
         documents = {q: to_documents(r, chunks.docs) for q, r in rankings[mode].items()}
@@ -310,7 +316,8 @@ def main() -> None:
     lexemes = Lexemes()
     lines = [
         f"chunk size {settings.chunk_size}, overlap {settings.chunk_overlap} tokens; "
-        f"embedder {embedder.name}; pool {POOL}, RRF k {RRF_K}, BM25 k1 {K1} b {B}",
+        f"embedder {embedder.name}; pool {POOL}, score fusion keyword weight "
+        f"{KEYWORD_WEIGHT}, BM25 k1 {K1} b {B}",
         "",
         "| dataset | chunker | chunks | first chunk title-only | mode | nDCG@10 | "
         "Recall@100 (pool) | title-only in top 10 |",

@@ -23,8 +23,10 @@ What is measured
     (SciFact 0.660, Vaswani 0.374, SQuAD view 0.876), and published reference points (BEIR
     BM25 0.665 and all-MiniLM-L6-v2 0.645 nDCG@10 on SciFact). Diagnostics fuse the service's
     own keyword and vector candidate lists offline (Reciprocal Rank Fusion with other k, over
-    100 or ``--pool`` candidates, per chunk or per document) to show what ``rrf_k`` and
-    ``candidates`` do; the k=60 fusion is checked against the service's hybrid answers.
+    100 or ``--pool`` candidates: score fusion at other keyword weights, Reciprocal Rank
+    Fusion at several k, per chunk or per document) to show what ``fusion``,
+    ``keyword_weight``, ``rrf_k`` and ``candidates`` do; the offline fusion at the service's
+    defaults is checked against the service's hybrid answers.
 
     Targets (issue 7): hybrid nDCG@10 >= 0.69 on SciFact, and hybrid >= max(keyword, vector)
     on every dataset run.
@@ -86,7 +88,9 @@ DEFAULT_POOL = 300
 DEFAULT_CONCURRENCY = 4
 SCIFACT_TARGET = 0.69
 RRF_KS = (5, 10, 20, 30, 60, 100, 200)
-SERVICE_RRF_K = 60  # SearchSettings.rrf_k's default
+SERVICE_RRF_K = 60  # SearchSettings.rrf_k's default (with fusion = "rrf")
+SERVICE_KEYWORD_WEIGHT = 0.5  # SearchSettings.keyword_weight's default (fusion = "score")
+KEYWORD_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7)
 INGEST_TIMEOUT_S = 4 * 3600.0
 POLL_S = 1.0
 PROGRESS_EVERY_S = 60.0
@@ -693,43 +697,64 @@ def rrf(lists: Sequence[Sequence[Any]], k: int) -> list[Any]:
 
 def without_titles(run: QueryRun, pool: int, drop: bool = True) -> list[tuple[int, str]]:
     """The first ``pool`` chunks of a single-mode list, title-only chunks left out if asked."""
-    chunks = run.chunks[:pool]
-    if not drop:
-        return chunks
-    return [chunk for chunk, title in zip(chunks, run.title_only[:pool], strict=True) if not title]
+    return [chunk for chunk, _ in scored_chunks(run, pool, drop)]
+
+
+def scored_chunks(
+    run: QueryRun, pool: int, drop: bool = False
+) -> list[tuple[tuple[int, str], float]]:
+    kept = zip(run.chunks[:pool], run.scores[:pool], run.title_only[:pool], strict=True)
+    return [(chunk, score) for chunk, score, title in kept if not (drop and title)]
+
+
+def score_fused(lists: Sequence[list[tuple[tuple[int, str], float]]], weight: float) -> list[int]:
+    """The service's score fusion (``search.service.fuse_scores``) of a keyword and a vector
+    list as ``POST /search`` returned them (vector scores are similarities there)."""
+    from mainsail.search.service import Ranking, fuse_scores
+
+    keyword, vector = lists
+    rankings = {
+        "keyword": Ranking([(chunk[0], score) for chunk, score in keyword]),
+        "vector": Ranking([(chunk[0], 1.0 - score) for chunk, score in vector]),
+    }
+    return [chunk_id for chunk_id, _, _ in fuse_scores(rankings, weight)]
 
 
 def fused_rankings(
     runs: dict[str, ModeRun],
     aliases: dict[str, list[str]],
     *,
-    k: int,
+    k: int = SERVICE_RRF_K,
     pool: int,
     per_document: bool = False,
     drop_titles: bool = False,
+    weight: float | None = None,
 ) -> dict[str, list[str]]:
     """Hybrid rankings rebuilt from the keyword and vector candidate lists (first ``pool``
-    chunks of each, without title-only chunks if asked), fused per chunk (as the service
-    does) or per document."""
+    chunks of each, without title-only chunks if asked): score fusion with keyword
+    ``weight`` when given (per chunk), else RRF at ``k`` per chunk (as the service does) or
+    per document."""
     out: dict[str, list[str]] = {}
     for query_id, keyword in runs["keyword"].queries.items():
         vector = runs["vector"].queries[query_id]
-        lists = [without_titles(run, pool, drop_titles) for run in (keyword, vector)]
-        if per_document:
+        scored = [scored_chunks(run, pool, drop_titles) for run in (keyword, vector)]
+        lists = [[chunk for chunk, _ in chunks] for chunks in scored]
+        chunk_of = {chunk_id: document_id for chunks in lists for chunk_id, document_id in chunks}
+        if weight is not None:
+            order = score_fused(scored, weight)
+            out[query_id] = to_documents(((c, chunk_of[c]) for c in order), aliases)
+        elif per_document:
             doc_lists = [to_documents(chunks, aliases) for chunks in lists]
             out[query_id] = rrf(doc_lists, k)
         else:
-            chunk_of = {
-                chunk_id: document_id for chunks in lists for chunk_id, document_id in chunks
-            }
             order = rrf([[chunk_id for chunk_id, _ in chunks] for chunks in lists], k)
             out[query_id] = to_documents(((c, chunk_of[c]) for c in order), aliases)
     return out
 
 
 def fusion_agreement(runs: dict[str, ModeRun], aliases: dict[str, list[str]], pool: int) -> str:
-    """How often the offline k=60 fusion gives the service's hybrid top 10 documents."""
-    rebuilt = fused_rankings(runs, aliases, k=SERVICE_RRF_K, pool=pool)
+    """How often the offline fusion with the service's defaults gives its hybrid top 10."""
+    rebuilt = fused_rankings(runs, aliases, pool=pool, weight=SERVICE_KEYWORD_WEIGHT)
     hybrid = runs["hybrid"].rankings()
     same = sum(rebuilt[q][:NDCG_K] == hybrid[q][:NDCG_K] for q in hybrid)
     return f"{same}/{len(hybrid)}"
@@ -867,10 +892,18 @@ def diagnostics_table(run: Run) -> list[str]:
     for result in run.results:
         ds, aliases = result.dataset, result.ingestion.aliases
         for pool in (100, run.pool):
+            for weight in KEYWORD_WEIGHTS:
+                rankings = fused_rankings(result.recall, aliases, pool=pool, weight=weight)
+                n, r = scores(rankings, ds)
+                mark = " (service default)" if weight == SERVICE_KEYWORD_WEIGHT else ""
+                lines.append(
+                    f"| {ds.collection} | score fusion per chunk, keyword weight {weight}{mark} "
+                    f"| {pool} | {fmt(n)} | {fmt(r)} |"
+                )
             for k in RRF_KS:
                 rankings = fused_rankings(result.recall, aliases, k=k, pool=pool)
                 n, r = scores(rankings, ds)
-                mark = " (service default)" if k == SERVICE_RRF_K else ""
+                mark = " (fusion = rrf's default)" if k == SERVICE_RRF_K else ""
                 lines.append(
                     f"| {ds.collection} | RRF per chunk, k={k}{mark} | {pool} | {fmt(n)} | "
                     f"{fmt(r)} |"
@@ -1052,13 +1085,14 @@ NOTES = [
     "Search returns chunks; a document takes the rank of its best chunk and later chunks of "
     "it are skipped. Every search is filtered to the dataset's collection.",
     "`default` columns: the service with every search setting at its default (candidates "
-    "100, max_top_k 100, rrf_k 60, bm25 k1 1.2 / b 0.75), queried with top_k 100 (pages "
-    "followed while they add documents). Each retriever ranks only 100 chunks, so that "
-    "column's Recall@100 is capped by the pool (fewer than 100 documents come back).",
+    "100, max_top_k 100, fusion score with keyword_weight 0.5, bm25 k1 1.2 / b 0.75), "
+    "queried with top_k 100 (pages followed while they add documents). Each retriever "
+    "ranks only 100 chunks, so that column's Recall@100 is capped by the pool (fewer than "
+    "100 documents come back).",
     "Recall columns: the same database, the service restarted with candidates and "
     "max_top_k raised (see Machine), top_k = that pool, pages followed until 100 distinct "
-    "documents. nDCG@10 of the single modes cannot change with the pool; hybrid's can (RRF "
-    "sees deeper candidates).",
+    "documents. nDCG@10 of the single modes cannot change with the pool; hybrid's can (the "
+    "fusion sees deeper candidates).",
     "Latency: wall time of the first `POST /search` call of each query as the client sees "
     "it (keep-alive HTTP on 127.0.0.1), including query embedding (vector, hybrid), "
     "both retrievers (hybrid) and fetching the page's passages; one call at a time. The "
@@ -1075,8 +1109,9 @@ NOTES = [
     "The service's keyword mode is BM25 in SQL over chunks: PostgreSQL `english` text search "
     "(stems, stop words), k1=1.2, b=0.75, lengths in model tokens.",
     "Diagnostics: hybrid rebuilt offline from the recall run's keyword and vector candidate "
-    "lists (first 100 or all of each), fused with RRF at other k, per chunk like the service "
-    "or per document (each list reduced to documents first). Offline k=60 over the same "
+    "lists (first 100 or all of each), fused by score at other keyword weights and by RRF "
+    "at several k, per chunk like the service or per document (each list reduced to "
+    "documents first). The offline fusion at the service's defaults over the same "
     "candidates should give the service's hybrid answer (agreement below).",
 ]
 
@@ -1225,7 +1260,8 @@ def execute(run: Run, work_dir: Path) -> None:
         }
         k1_ndcg, k1_recall = result.plain_bm25_service_params
         run.notes += [
-            f"{ds.collection}: offline k=60 fusion equals the service's hybrid top 10 on "
+            f"{ds.collection}: offline score fusion (keyword weight {SERVICE_KEYWORD_WEIGHT}) "
+            "equals the service's hybrid top 10 on "
             f"{fusion_agreement(result.default, aliases, 100)} queries (default run) and "
             f"{fusion_agreement(result.recall, aliases, run.pool)} (recall run).",
             per_query_wins(result),

@@ -357,7 +357,12 @@ class SearchSettings(BaseModel):
     # HNSW candidate list per vector query; raised to at least the candidate pool. 200: recall@10
     # about 0.97 on a million clustered 384-d vectors (100: 0.93).
     ef_search: int = Field(default=200, ge=1, le=1000)
-    # Reciprocal Rank Fusion: score = sum over retrievers of 1 / (rrf_k + rank).
+    # How hybrid search fuses the keyword and vector rankings. "score": each retriever's scores
+    # scaled to [0, 1] over its candidates, mixed keyword_weight : 1 - keyword_weight (nDCG@10
+    # above both single modes on every shared set, and above RRF: bench/fusion_quality.py).
+    # "rrf": Reciprocal Rank Fusion, sum over retrievers of 1 / (rrf_k + rank).
+    fusion: Literal["score", "rrf"] = "score"
+    keyword_weight: float = Field(default=0.5, ge=0, le=1)
     rrf_k: int = Field(default=60, ge=1, le=10_000)
     # Passages each retriever ranks; pages are cut from this pool, so they never overlap.
     candidates: int = Field(default=100, ge=1, le=1000)

@@ -84,6 +84,37 @@ def fuse(rankings: dict[str, Ranking], k: int) -> list[tuple[int, float, dict[st
         for rank, (chunk_id, _) in enumerate(ranking.hits, start=1):
             scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (k + rank)
             ranks.setdefault(chunk_id, {})[name] = rank
+    return _ordered(scores, ranks)
+
+
+def fuse_scores(
+    rankings: dict[str, Ranking], keyword_weight: float
+) -> list[tuple[int, float, dict[str, int]]]:
+    """Score fusion: each retriever's scores (cosine similarity; BM25) scaled to [0, 1] over
+    its own candidates, best 1 and last 0, and mixed ``keyword_weight`` : 1 - keyword_weight;
+    a passage one retriever did not return takes 0 from it. Unlike rank fusion it keeps how far
+    ahead a retriever's best passages are: a keyword match far above the rest (a question
+    that shares rare words with its answer) is not pulled down to the vector ranking's view.
+    Ties go to the lower chunk id."""
+    weights = {"keyword": keyword_weight, "vector": 1.0 - keyword_weight}
+    scores: dict[int, float] = {}
+    ranks: dict[int, dict[str, int]] = {}
+    for name, ranking in rankings.items():
+        # Vector hits carry cosine distances (smaller is better), keyword hits BM25 scores.
+        values = [1.0 - v if name == "vector" else v for _, v in ranking.hits]
+        best, last = (max(values), min(values)) if values else (0.0, 0.0)
+        span = best - last
+        weight = weights[name]
+        for rank, ((chunk_id, _), value) in enumerate(zip(ranking.hits, values, strict=True), 1):
+            scaled = (value - last) / span if span > 0 else 1.0
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + weight * scaled
+            ranks.setdefault(chunk_id, {})[name] = rank
+    return _ordered(scores, ranks)
+
+
+def _ordered(
+    scores: dict[int, float], ranks: dict[int, dict[str, int]]
+) -> list[tuple[int, float, dict[str, int]]]:
     order = sorted(scores, key=lambda chunk_id: (-scores[chunk_id], chunk_id))
     return [(chunk_id, scores[chunk_id], ranks[chunk_id]) for chunk_id in order]
 
@@ -183,7 +214,9 @@ class Searcher:
         self, mode: Mode, rankings: dict[str, Ranking]
     ) -> list[tuple[int, float, dict[str, int]]]:
         if mode == "hybrid":
-            return fuse(rankings, self.settings.rrf_k)
+            if self.settings.fusion == "rrf":
+                return fuse(rankings, self.settings.rrf_k)
+            return fuse_scores(rankings, self.settings.keyword_weight)
         ((name, ranking),) = rankings.items()
         return [
             (chunk_id, 1.0 - value if name == "vector" else value, {name: rank})
