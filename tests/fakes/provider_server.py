@@ -16,7 +16,8 @@ are deterministic (``fake_embedding``: seeded by the model and the text, unit le
 ``embedding_dimension`` (or the request's ``dimensions``); usage counts words, as for chat.
 Each request takes the next scripted action too: a ``Fault`` fails it in that vendor's error
 shape (Bedrock: ``x-amzn-ErrorType``), a ``Reply`` may set ``input_tokens``, ``report_usage``
-or ``delay_s``.
+or ``delay_s``. A streamed ``Reply`` may pause ``chunk_delay_s`` before each content delta;
+``abandoned_streams`` counts streams whose client went away before their end.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -95,6 +96,7 @@ class Reply:
     cache_write_tokens: int = 0
     report_usage: bool = True  # Anthropic always reports usage: its schema requires it.
     delay_s: float = 0.0
+    chunk_delay_s: float = 0.0  # streams: the pause before each content delta after the first
 
 
 @dataclass(frozen=True)
@@ -370,17 +372,32 @@ _ANTHROPIC = _Anthropic()
 _Vendor = _OpenAI | _Anthropic
 
 
-async def _sse(frames: list[_Frame], cut_after: int | None) -> AsyncIterator[str]:
-    """Yield the frames; with ``cut_after``, stop with ``_StreamCut`` before the finish."""
+async def _sse(
+    frames: list[_Frame],
+    cut_after: int | None,
+    *,
+    chunk_delay_s: float = 0.0,
+    on_abandoned: Callable[[], None] | None = None,
+) -> AsyncIterator[str]:
+    """Yield the frames; with ``cut_after``, stop with ``_StreamCut`` before the finish.
+    ``on_abandoned`` runs if the client goes away before the last frame."""
     sent = 0
-    for frame in frames:
-        if cut_after is not None and (
-            frame.kind == "final" or (frame.kind == "content" and sent >= cut_after)
-        ):
-            raise _StreamCut(f"stream cut after {sent} content chunk(s)")
-        yield frame.data
-        sent += frame.kind == "content"
-        await asyncio.sleep(0)  # Let each event go out on its own, as a real stream would.
+    finished = False
+    try:
+        for frame in frames:
+            if cut_after is not None and (
+                frame.kind == "final" or (frame.kind == "content" and sent >= cut_after)
+            ):
+                raise _StreamCut(f"stream cut after {sent} content chunk(s)")
+            if frame.kind == "content" and sent and chunk_delay_s:
+                await asyncio.sleep(chunk_delay_s)
+            yield frame.data
+            sent += frame.kind == "content"
+            await asyncio.sleep(0)  # Let each event go out on its own, as a real stream would.
+        finished = True
+    finally:
+        if not finished and cut_after is None and on_abandoned is not None:
+            on_abandoned()
 
 
 class FakeProviderServer:
@@ -397,6 +414,7 @@ class FakeProviderServer:
         self._lock = threading.Lock()
         self._script: deque[Action] = deque()
         self._calls: list[RecordedCall] = []
+        self.abandoned_streams = 0  # streams whose client left before the last event
         self._serial = itertools.count(1)
         self._stopping = threading.Event()
         self._server: uvicorn.Server | None = None
@@ -499,6 +517,10 @@ class FakeProviderServer:
             self._calls.append(call)
         return call.body
 
+    def _abandoned(self) -> None:
+        with self._lock:
+            self.abandoned_streams += 1
+
     def _next_action(self) -> Action | None:
         with self._lock:
             return self._script.popleft() if self._script else None
@@ -540,7 +562,12 @@ class FakeProviderServer:
             return Response(status_code=499)
         answer = self._resolve(dialect, body, reply)
         if streaming:
-            stream = _sse(dialect.frames(answer, body), cut_after)
+            stream = _sse(
+                dialect.frames(answer, body),
+                cut_after,
+                chunk_delay_s=reply.chunk_delay_s,
+                on_abandoned=self._abandoned,
+            )
             return StreamingResponse(stream, media_type="text/event-stream")
         return JSONResponse(dialect.render(answer))
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.fakes.provider_server import FakeProviderServer, Fault, Reply, ToolCall
+from tests.fixtures.app import wait_until
 from tests.openai_compat.conftest import LiveMainsail
 
 WEATHER_TOOL = {
@@ -202,6 +203,33 @@ async def test_a_stream_cut_mid_way_ends_with_an_explicit_error(
             received.append(chunk)
     assert any(c.choices and c.choices[0].delta.content for c in received)
     assert "stream" in caught.value.message.lower()
+
+
+async def test_a_client_that_leaves_mid_stream_stops_the_upstream_and_is_metered(
+    live: LiveMainsail, fake_provider: FakeProviderServer
+) -> None:
+    # Three deltas two seconds apart: the client reads the first and goes away.
+    fake_provider.script(Reply(text="alpha beta gamma delta epsilon zeta", chunk_delay_s=2.0))
+    stream = await client(live).chat.completions.create(
+        model="fake-gpt",
+        messages=[{"role": "user", "content": "tell me a long story"}],
+        stream=True,
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    await stream.close()
+
+    # The gateway hangs up on the provider at once, not when the next delta would come.
+    async def upstream_closed() -> bool:
+        return fake_provider.abandoned_streams == 1
+
+    await wait_until(upstream_closed, within_s=1.5)
+    (row,) = await usage_rows(live, expect=1)
+    # The tokens that went out are billed (estimated: the provider never reported usage).
+    assert row["status"] == "cancelled"
+    assert row["tokens_out"] > 0
+    assert row["cost_usd"] > 0
 
 
 async def test_quota_exhaustion_is_a_429_insufficient_quota(

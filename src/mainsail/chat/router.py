@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
 
 from mainsail.chat import repository
 from mainsail.chat.schemas import (
@@ -24,6 +23,7 @@ from mainsail.core.errors import AppError, NotFound
 from mainsail.core.logging import get_logger
 from mainsail.core.pagination import Page, PageParams
 from mainsail.core.principal import Principal, Scope
+from mainsail.core.sse import EventStreamResponse
 from mainsail.identity.deps import CurrentPrincipal, require_scope
 from mainsail.llm.cache import cache_mode
 from mainsail.llm.errors import LLMError
@@ -74,17 +74,13 @@ async def chat(body: ChatIn, request: Request, principal: CurrentPrincipal) -> C
 )
 async def chat_stream(
     body: ChatIn, request: Request, principal: CurrentPrincipal
-) -> StreamingResponse:
+) -> EventStreamResponse:
     service = _service(request)
     events = aiter(service.stream(principal.user_id, body, _context(request, principal)))
     # Retrieval happens before the first event: a failure there (an unknown conversation,
     # a quota refusal of the condensing call) is an ordinary HTTP error, not a stream.
     first = await anext(events)
-    return StreamingResponse(
-        _sse(first, events),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return EventStreamResponse(_sse(first, events))
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:

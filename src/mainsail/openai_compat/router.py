@@ -10,12 +10,13 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from mainsail.core.logging import get_logger
+from mainsail.core.sse import EventStreamResponse
 from mainsail.llm.errors import InternalError, LLMError, StreamInterrupted
 from mainsail.llm.gateway import Gateway
 from mainsail.llm.types import StreamEnd, StreamEvent, StreamStart, TextDelta, ToolCallDelta
@@ -195,13 +196,9 @@ async def chat_completions(
     except StopAsyncIteration:  # pragma: no cover - a stream always starts
         raise LLMError("The model produced no answer.") from None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    if isinstance(first, StreamStart) and first.cache_hit:
-        headers.update(CACHE_HIT)
-    return StreamingResponse(
+    return EventStreamResponse(
         _sse(first, events, created=created, include_usage=include_usage),
-        media_type="text/event-stream",
-        headers=headers,
+        headers=CACHE_HIT if isinstance(first, StreamStart) and first.cache_hit else None,
     )
 
 
