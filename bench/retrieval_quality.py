@@ -892,22 +892,25 @@ def diagnostics_table(run: Run) -> list[str]:
     for result in run.results:
         ds, aliases = result.dataset, result.ingestion.aliases
         for pool in (100, run.pool):
-            for weight in KEYWORD_WEIGHTS:
-                rankings = fused_rankings(result.recall, aliases, pool=pool, weight=weight)
-                n, r = scores(rankings, ds)
-                mark = " (service default)" if weight == SERVICE_KEYWORD_WEIGHT else ""
-                lines.append(
-                    f"| {ds.collection} | score fusion per chunk, keyword weight {weight}{mark} "
-                    f"| {pool} | {fmt(n)} | {fmt(r)} |"
+            fusions: list[tuple[str, dict[str, Any]]] = [
+                (
+                    f"score fusion per chunk, keyword weight {weight}"
+                    + (" (service default)" if weight == SERVICE_KEYWORD_WEIGHT else ""),
+                    {"weight": weight},
                 )
-            for k in RRF_KS:
-                rankings = fused_rankings(result.recall, aliases, k=k, pool=pool)
-                n, r = scores(rankings, ds)
-                mark = " (fusion = rrf's default)" if k == SERVICE_RRF_K else ""
-                lines.append(
-                    f"| {ds.collection} | RRF per chunk, k={k}{mark} | {pool} | {fmt(n)} | "
-                    f"{fmt(r)} |"
+                for weight in KEYWORD_WEIGHTS
+            ]
+            fusions += [
+                (
+                    f"RRF per chunk, k={k}"
+                    + (" (fusion = rrf's default)" if k == SERVICE_RRF_K else ""),
+                    {"k": k},
                 )
+                for k in RRF_KS
+            ]
+            for label, how in fusions:
+                n, r = scores(fused_rankings(result.recall, aliases, pool=pool, **how), ds)
+                lines.append(f"| {ds.collection} | {label} | {pool} | {fmt(n)} | {fmt(r)} |")
             rankings = fused_rankings(
                 result.recall, aliases, k=SERVICE_RRF_K, pool=pool, per_document=True
             )

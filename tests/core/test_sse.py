@@ -42,6 +42,7 @@ class Source:
         self.count, self.pause_s = count, pause_s
         self.ended: str | None = None
         self.produced = 0
+        self.first_out = asyncio.Event()
 
     async def events(self) -> AsyncIterator[bytes]:
         try:
@@ -49,6 +50,7 @@ class Source:
                 if n:
                     await asyncio.sleep(self.pause_s)
                 self.produced += 1
+                self.first_out.set()
                 yield f"data: {n}\n\n".encode()
             self.ended = "complete"
         except asyncio.CancelledError:
@@ -76,12 +78,17 @@ async def test_a_whole_stream_is_sent_with_its_headers_and_end() -> None:
     assert source.ended == "complete"
 
 
-async def test_a_client_that_leaves_stops_the_source_at_once() -> None:
-    client, source = Client(), Source(5, 10.0)
+async def started(client: Client, source: Source) -> asyncio.Task[None]:
+    """The response running in a task of its own, its first event produced."""
     response = EventStreamResponse(source.events())
     running = asyncio.create_task(response(SCOPE, client.receive, client.send))
-    while source.produced < 1:
-        await asyncio.sleep(0)
+    await source.first_out.wait()
+    return running
+
+
+async def test_a_client_that_leaves_stops_the_source_at_once() -> None:
+    client, source = Client(), Source(5, 10.0)
+    running = await started(client, source)
     client.gone.set()  # the client leaves while the source waits for its next event
     await asyncio.wait_for(running, timeout=2)  # ends normally, well before the pause
     assert source.ended == "cancelled, cleaned up"
@@ -92,10 +99,7 @@ async def test_a_client_that_leaves_stops_the_source_at_once() -> None:
 
 async def test_a_cancellation_that_is_not_the_client_leaving_propagates() -> None:
     client, source = Client(), Source(5, 10.0)
-    response = EventStreamResponse(source.events())
-    running = asyncio.create_task(response(SCOPE, client.receive, client.send))
-    while source.produced < 1:
-        await asyncio.sleep(0)
+    running = await started(client, source)
     running.cancel()  # a server shutting down
     with pytest.raises(asyncio.CancelledError):
         await running
