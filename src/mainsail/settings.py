@@ -370,7 +370,9 @@ class SearchSettings(BaseModel):
     max_top_k: int = Field(default=100, ge=1, le=1000)
     max_query_chars: int = Field(default=2000, ge=1, le=100_000)
     # Filters that leave at most this many chunks are searched exactly (no index, no recall
-    # loss); larger sets use the HNSW index.
+    # loss); larger sets use the HNSW index. A version's HNSW index is built once the version
+    # holds more chunks than this (before, no search could use it and every insert would pay
+    # for it); 0 builds it with the version.
     exact_below: int = Field(default=20_000, ge=0, le=10_000_000)
     # When filters drop too many of the index's candidates: ask again with a list this many
     # times longer (up to 1000), then rank the scope exactly.

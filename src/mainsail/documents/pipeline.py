@@ -33,18 +33,28 @@ from mainsail.core.logging import get_logger
 from mainsail.documents import repository
 from mainsail.documents.chunking import Chunker, ChunkText
 from mainsail.documents.embedders import AsyncEmbedder, DocumentEmbedder, ProviderEmbedder
-from mainsail.documents.models import FAILED, Document, IndexVersion
+from mainsail.documents.models import (
+    ACTIVE,
+    FAILED,
+    READY_TO_ACTIVATE,
+    Document,
+    IndexVersion,
+)
 from mainsail.documents.parsing import DocumentError, ParseLimits, parse
 from mainsail.documents.storage import DocumentStore
 from mainsail.embeddings.base import Embedder
 from mainsail.identity import service as identity
-from mainsail.jobs.service import JobContext, PermanentError
+from mainsail.jobs.service import JobContext, PermanentError, enqueue_once
 from mainsail.llm.errors import UpstreamRejected
 from mainsail.llm.gateway import CallContext
 from mainsail.quotas.service import QuotaExceeded
+from mainsail.settings import JobSettings
 
 log = get_logger(__name__)
 INGEST = "ingest"
+# A live version's HNSW index, built once the version is large enough for a search to use it
+# (handled by search.indexing).
+VECTOR_INDEX = "vector_index"
 _DONE = object()
 
 Sink = Callable[[list[ChunkText], np.ndarray], Awaitable[None]]
@@ -239,13 +249,20 @@ class Ingestor:
         *,
         batch_size: int,
         limits: ParseLimits | None = None,
+        jobs: JobSettings | None = None,
+        vector_index_above: int = 0,
     ) -> None:
+        """``vector_index_above``: search's ``exact_below``. A version's HNSW index is built
+        once it holds more chunks than that (before, every search of it is exact and the
+        index would only cost each insert its graph search); 0: from the start."""
         self.db = db
         self.store = store
         self.embedders = embedders  # embedder name -> a loaded embedder (cached by the caller)
         self.first_version = first_version
         self.batch_size = batch_size
         self.limits = limits or ParseLimits()
+        self.jobs = jobs or JobSettings()
+        self.vector_index_above = vector_index_above
 
     async def __call__(self, ctx: JobContext) -> None:
         document_id = uuid.UUID(ctx.payload["document_id"])
@@ -262,6 +279,7 @@ class Ingestor:
                 dimension=first.dimension,
                 chunk_size=first.chunk_size,
                 chunk_overlap=first.chunk_overlap,
+                vector_index=self.vector_index_above == 0,
             )
             versions = [VersionSpec.of(v) for v in await repository.live_versions(session)]
             source = Source.of(document, revision)
@@ -318,6 +336,7 @@ class Ingestor:
             raise
         if activated:
             await asyncio.to_thread(self.store.delete_revisions, document_id, below=revision)
+        await self._vector_indexes_due(list(totals))
         first_stats = next(iter(totals.values()))  # of the version active when it started
         embedded = sum(s.embedded for s in totals.values())
         await ctx.progress(chunks=first_stats.chunks, embedded=embedded, done=True)
@@ -329,6 +348,36 @@ class Ingestor:
             chunks=first_stats.chunks,
             embedded=embedded,
         )
+
+    async def _vector_indexes_due(self, version_ids: list[int]) -> None:
+        """Queues the HNSW index of each active or ready version these chunks took past
+        ``vector_index_above`` chunks (once; a version being built gets its own at the end).
+        Never fails the ingestion: the next one looks again."""
+        if self.vector_index_above == 0:
+            return
+        try:
+            async with self.db.unit_of_work() as session:
+                connection = await session.connection()
+                for version_id in version_ids:
+                    state = await session.scalar(
+                        text("SELECT state FROM index_versions WHERE id = :v"), {"v": version_id}
+                    )
+                    if (
+                        state in (ACTIVE, READY_TO_ACTIVATE)
+                        and not await repository.vector_index_exists(connection, version_id)
+                        and await repository.vector_index_wanted(
+                            connection, version_id, self.vector_index_above
+                        )
+                    ):
+                        await enqueue_once(
+                            session,
+                            self.jobs,
+                            VECTOR_INDEX,
+                            {"version_id": version_id},
+                            owner_id=None,
+                        )
+        except Exception as exc:  # the index is an optimisation; the chunks are written
+            log.warning("vector_index_check_failed", error=type(exc).__name__)
 
     async def write_version(
         self,

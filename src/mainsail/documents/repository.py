@@ -50,9 +50,17 @@ async def live_versions(session: AsyncSession) -> list[IndexVersion]:
 
 
 async def ensure_index_version(
-    session: AsyncSession, *, embedder: str, dimension: int, chunk_size: int, chunk_overlap: int
+    session: AsyncSession,
+    *,
+    embedder: str,
+    dimension: int,
+    chunk_size: int,
+    chunk_overlap: int,
+    vector_index: bool = True,
 ) -> IndexVersion:
-    """The active version; the first one is made from the given values."""
+    """The active version; the first one is made from the given values (with its HNSW index
+    if ``vector_index``; else the index is built once the version is large enough to use it,
+    ``vector_index_wanted``)."""
     version = await session.scalar(select(IndexVersion).where(IndexVersion.state == ACTIVE))
     if version is not None:
         return version
@@ -74,8 +82,51 @@ async def ensure_index_version(
         # a version whose row is gone (the id sequence was reset): it may be of another
         # dimension, so it goes first.
         await session.execute(text(f"DROP INDEX IF EXISTS {vector_index_name(version.id)}"))
-        await session.execute(text(vector_index_ddl(version.id, version.dimension)))
+        if vector_index:
+            await session.execute(text(vector_index_ddl(version.id, version.dimension)))
     return version
+
+
+async def vector_index_wanted(connection: AsyncConnection, version_id: int, above: int) -> bool:
+    """Whether the version holds more than ``above`` chunks (counted up to that), the size
+    from which searches of it may use its HNSW index; below it every search is exact."""
+    count = await connection.scalar(
+        text("SELECT count(*) FROM (SELECT 1 FROM chunks WHERE index_version = :v LIMIT :cap) s"),
+        {"v": version_id, "cap": above + 1},
+    )
+    return int(count or 0) > above
+
+
+async def vector_index_exists(connection: AsyncConnection, version_id: int) -> bool:
+    found = await connection.scalar(
+        text("SELECT to_regclass(:n) IS NOT NULL"), {"n": vector_index_name(version_id)}
+    )
+    return bool(found)
+
+
+async def build_vector_index(connection: AsyncConnection, version_id: int, dimension: int) -> None:
+    """The version's HNSW index, built without blocking reads or writes of the table (on an
+    autocommit connection); an invalid one left by an interrupted build is dropped first.
+    Another session building it already: nothing to do here (a session advisory lock)."""
+    name = vector_index_name(version_id)
+    locked = await connection.scalar(text("SELECT pg_try_advisory_lock(hashtext(:n))"), {"n": name})
+    if not locked:
+        return
+    await connection.execute(text("SET statement_timeout = 0"))
+    try:
+        valid = await connection.scalar(
+            text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)"),
+            {"n": name},
+        )
+        if valid is False:
+            await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+        if valid is not True:
+            await connection.execute(
+                text(vector_index_ddl(version_id, dimension, concurrently=True))
+            )
+    finally:
+        await connection.execute(text("RESET statement_timeout"))
+        await connection.execute(text("SELECT pg_advisory_unlock(hashtext(:n))"), {"n": name})
 
 
 def vector_index_name(version_id: int) -> str:

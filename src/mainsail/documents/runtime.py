@@ -59,5 +59,13 @@ async def start_documents(
         chunk_size=config.chunk_size,
         chunk_overlap=config.chunk_overlap,
     )
-    ingestor = Ingestor(db, store, embedders.load, first, batch_size=config.embed_window)
+    ingestor = Ingestor(
+        db,
+        store,
+        embedders.load,
+        first,
+        batch_size=config.embed_window,
+        jobs=settings.jobs,
+        vector_index_above=settings.search.exact_below,
+    )
     return DocumentsKit(store, embedders, ingestor, max_tokens=max_tokens)

@@ -57,6 +57,21 @@ async def enqueue(
     return job
 
 
+async def pending(session: AsyncSession, kind: str, payload: dict[str, Any]) -> bool:
+    """Whether a job of ``kind`` whose payload holds ``payload`` is queued, running or due
+    to be retried."""
+    found = await session.scalar(
+        select(Job.id)
+        .where(
+            Job.kind == kind,
+            Job.state.in_((QUEUED, RUNNING, RETRYING)),
+            Job.payload.contains(payload),
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
 async def claim(
     connection: AsyncConnection,
     *,

@@ -78,6 +78,21 @@ async def enqueue(
     )
 
 
+async def enqueue_once(
+    session: AsyncSession,
+    settings: JobSettings,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    owner_id: uuid.UUID | None,
+) -> Job | None:
+    """Like ``enqueue``, unless the same job is already queued, running or due to be retried
+    (then None). Two callers at once may both add one: the job must be idempotent."""
+    if await repository.pending(session, kind, payload):
+        return None
+    return await enqueue(session, settings, kind, payload, owner_id=owner_id)
+
+
 def backoff_s(settings: JobSettings, attempt: int) -> float:
     """Exponential with full jitter over the upper half: base * 2^(attempt-1), capped."""
     ceiling = min(settings.backoff_base_s * 2.0 ** max(attempt - 1, 0), settings.backoff_max_s)

@@ -562,24 +562,29 @@ class IndexVersions:
         return bool(state == BUILDING)
 
     async def _build_index(self, spec: VersionSpec) -> None:
-        """The version's HNSW index, built without blocking reads or writes of the table; an
-        invalid one left by an interrupted build is dropped first."""
-        name = documents.vector_index_name(spec.id)
+        """The version's HNSW index, if it holds enough chunks for a search to use it."""
+        above = self.settings.search.exact_below
         async with self.db.autocommit() as connection:
-            await connection.execute(text("SET statement_timeout = 0"))
-            try:
-                valid = await connection.scalar(
-                    text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:n)"),
-                    {"n": name},
+            if above == 0 or await documents.vector_index_wanted(connection, spec.id, above):
+                await documents.build_vector_index(connection, spec.id, spec.dimension)
+
+    async def build_vector_index(self, ctx: JobContext) -> None:
+        """The ``vector_index`` job: a live version's HNSW index, queued by the ingestion that
+        took the version past ``exact_below`` chunks (a version being built gets its own at
+        the end of its build)."""
+        version_id = int(ctx.payload["version_id"])
+        async with self.db.autocommit() as connection:
+            row = (
+                await connection.execute(
+                    text("SELECT state, dimension FROM index_versions WHERE id = :v"),
+                    {"v": version_id},
                 )
-                if valid is False:
-                    await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-                if valid is not True:
-                    await connection.execute(
-                        text(documents.vector_index_ddl(spec.id, spec.dimension, concurrently=True))
-                    )
-            finally:
-                await connection.execute(text("RESET statement_timeout"))
+            ).first()
+            if row is None or row.state not in (ACTIVE, READY_TO_ACTIVATE):
+                log.info("vector_index_skipped", version=version_id)
+                return  # retired, failed, or still building
+            await documents.build_vector_index(connection, version_id, int(row.dimension))
+        log.info("vector_index_built", version=version_id)
 
     async def _fail(self, version_id: int, reason: str) -> None:
         async with self.db.unit_of_work() as session:

@@ -10,7 +10,7 @@ import numpy as np
 from mainsail.core.cache import ByteCache, open_cache
 from mainsail.core.db import Database
 from mainsail.documents.embedders import Embedders
-from mainsail.documents.pipeline import INGEST
+from mainsail.documents.pipeline import INGEST, VECTOR_INDEX
 from mainsail.documents.runtime import DocumentsKit
 from mainsail.jobs.service import JobRunner
 from mainsail.llm.gateway import CallContext
@@ -48,3 +48,4 @@ def register_jobs(runner: JobRunner, documents: DocumentsKit, versions: IndexVer
     runner.register(INGEST, documents.ingestor)
     runner.register(REINDEX, versions.build, long=True)
     runner.register(PURGE, versions.purge, long=True)
+    runner.register(VECTOR_INDEX, versions.build_vector_index, long=True)
