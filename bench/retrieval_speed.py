@@ -10,10 +10,11 @@ What is measured
                 (mostly from its cluster's topic words) for the keyword half of hybrid search.
     Loading     ``mainsail serve`` in a fresh home (embedded PostgreSQL from pgserver): a user
                 and an API key, one tiny document uploaded through the API (this makes index
-                version 1 and its HNSW index, as the service does), then the synthetic
-                documents and chunks COPYed straight into ``documents`` and ``chunks`` for that
-                user (index version 1, revision 1, status ready). The HNSW and full-text
-                indexes are dropped before the COPY and built again after it (the HNSW DDL is
+                version 1, as the service does), then the synthetic documents and chunks
+                COPYed straight into ``documents`` and ``chunks`` for that user (index version
+                1, revision 1, status ready). The HNSW index (which the service builds once a
+                version outgrows ``exact_below``) and the full-text index are dropped before
+                the COPY and built after it (the HNSW DDL is
                 ``vector_index_ddl``'s; ``--maintenance-work-mem``, 2 parallel maintenance
                 workers), then VACUUM ANALYZE. Each step is timed.
     SQL alone   ``mainsail.search.repository.vector_hnsw_session`` (the service's own
