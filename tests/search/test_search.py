@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import text as sql
 
 from tests.fixtures.identity import Account
 from tests.search.conftest import Ingest, Search
@@ -117,6 +120,63 @@ async def test_pages_have_no_duplicates_or_gaps(
     past_the_end = (await search(alice, query, mode=mode, offset=len(paged))).json()
     assert past_the_end["results"] == []
     assert past_the_end["next_offset"] is None
+
+
+async def test_keyword_scores_are_bm25_over_the_scope(
+    app: FastAPI, alice: Account, bob: Account, ingest: Ingest, search: Search
+) -> None:
+    """The SQL's scores against BM25 computed here from the stored lexemes (k1 1.2, b 0.75,
+    document frequencies and mean length over alice's chunks only; terms repeated in a
+    chunk count as often as they occur)."""
+    for i, body in enumerate([SAILING, BAKING, ASTRONOMY]):
+        await ingest(alice, body, f"doc-{i}.md", chunking={"chunk_size": 24, "chunk_overlap": 4})
+    await ingest(bob, SAILING + "\n\nanchor anchor anchor", "bobs.md")  # not in alice's scope
+    query = "the anchor chain and anchor light, dough crust, telescope"
+    answer = (await search(alice, query, mode="keyword", top_k=50)).json()
+    async with app.state.db.engine.connect() as connection:
+        terms = set(
+            (
+                await connection.execute(
+                    sql("SELECT lexeme FROM unnest(to_tsvector('english', :q))"), {"q": query}
+                )
+            ).scalars()
+        )
+        rows = (
+            await connection.execute(
+                sql(
+                    "SELECT c.id, c.token_count, u.lexeme, "
+                    "coalesce(array_length(u.positions, 1), 1) AS tf "
+                    "FROM chunks c JOIN documents d ON d.id = c.document_id "
+                    "LEFT JOIN LATERAL unnest(c.tsv) AS u ON true "
+                    "WHERE d.owner_id = :owner AND c.revision = d.active_revision"
+                ),
+                {"owner": alice.id},
+            )
+        ).all()
+    lengths = {row.id: row.token_count for row in rows}
+    tf: dict[int, dict[str, int]] = {}
+    for row in rows:
+        if row.lexeme in terms:
+            tf.setdefault(row.id, {})[row.lexeme] = row.tf
+    n, mean = len(lengths), sum(lengths.values()) / len(lengths)
+    df = {term: sum(term in counts for counts in tf.values()) for term in terms}
+    expected = {
+        chunk: sum(
+            math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
+            * f
+            * 2.2
+            / (f + 1.2 * (0.25 + 0.75 * lengths[chunk] / mean))
+            for t, f in counts.items()
+        )
+        for chunk, counts in tf.items()
+    }
+    assert any(f > 1 for counts in tf.values() for f in counts.values())  # tf really counted
+    got = {hit["chunk_id"]: hit["score"] for hit in answer["results"]}
+    assert got.keys() == expected.keys()
+    for chunk, score in got.items():
+        assert score == pytest.approx(expected[chunk], rel=1e-9)
+    ordered = sorted(expected, key=lambda chunk: (-expected[chunk], chunk))
+    assert [hit["chunk_id"] for hit in answer["results"]] == ordered
 
 
 async def test_filters_are_exact(alice: Account, library: dict[str, str], search: Search) -> None:

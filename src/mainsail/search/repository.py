@@ -279,29 +279,33 @@ async def keyword_bm25(
 ) -> list[tuple[int, float]]:
     """(chunk id, BM25 score), best first. Any query term may match (OR): a question's words
     rarely all occur in one passage. Document frequencies are counted in the caller's scope,
-    so another tenant's documents never shape the scores."""
+    so another tenant's documents never shape the scores. Each match's ``tsvector`` is cut
+    down to the query's lexemes in C (``setweight`` marks them, ``ts_filter`` keeps them; the
+    stored vectors carry the default weight D) before it is unnested: unnesting whole vectors
+    made a row per lexeme of every matching passage, several times the work of the rest."""
     rows = await connection.execute(
         _scoped(
             """
             WITH terms AS (
-                SELECT DISTINCT u.lexeme
+                SELECT array_agg(DISTINCT u.lexeme) AS lexemes
                 FROM unnest(to_tsvector(CAST(:config AS regconfig), :query)) AS u
                 WHERE u.lexeme !~ '[\\\\]'
             ),
             matches AS MATERIALIZED (
-                SELECT c.id, c.token_count, c.tsv
+                SELECT c.id, c.token_count,
+                       ts_filter(setweight(c.tsv, 'A', (SELECT lexemes FROM terms)), '{a}')
+                           AS tsv
                 FROM chunks c JOIN documents d ON d.id = c.document_id
                 WHERE {where}
                   AND c.tsv @@ (
-                      SELECT CAST(string_agg(quote_literal(lexeme), ' | ') AS tsquery)
-                      FROM terms
+                      SELECT CAST(string_agg(quote_literal(l), ' | ') AS tsquery)
+                      FROM unnest((SELECT lexemes FROM terms)) AS l
                   )
             ),
             tf AS (
                 SELECT m.id, m.token_count, u.lexeme,
                        coalesce(array_length(u.positions, 1), 1) AS tf
                 FROM matches m, unnest(m.tsv) AS u
-                WHERE u.lexeme IN (SELECT lexeme FROM terms)
             ),
             df AS (SELECT lexeme, count(*) AS df FROM tf GROUP BY lexeme)
             SELECT tf.id,
