@@ -44,7 +44,7 @@ from mainsail.documents.parsing import DocumentError, ParseLimits, parse
 from mainsail.documents.storage import DocumentStore
 from mainsail.embeddings.base import Embedder
 from mainsail.identity import service as identity
-from mainsail.jobs.service import JobContext, PermanentError, enqueue_once
+from mainsail.jobs.service import JobContext, PermanentError, enqueue, pending
 from mainsail.llm.errors import UpstreamRejected
 from mainsail.llm.gateway import CallContext
 from mainsail.quotas.service import QuotaExceeded
@@ -368,8 +368,9 @@ class Ingestor:
                         and await repository.vector_index_wanted(
                             connection, version_id, self.vector_index_above
                         )
+                        and not await pending(session, VECTOR_INDEX, {"version_id": version_id})
                     ):
-                        await enqueue_once(
+                        await enqueue(
                             session,
                             self.jobs,
                             VECTOR_INDEX,

@@ -78,19 +78,11 @@ async def enqueue(
     )
 
 
-async def enqueue_once(
-    session: AsyncSession,
-    settings: JobSettings,
-    kind: str,
-    payload: dict[str, Any],
-    *,
-    owner_id: uuid.UUID | None,
-) -> Job | None:
-    """Like ``enqueue``, unless the same job is already queued, running or due to be retried
-    (then None). Two callers at once may both add one: the job must be idempotent."""
-    if await repository.pending(session, kind, payload):
-        return None
-    return await enqueue(session, settings, kind, payload, owner_id=owner_id)
+async def pending(session: AsyncSession, kind: str, payload: dict[str, Any]) -> bool:
+    """Whether the same job (kind, and a payload holding ``payload``) is queued, running or
+    due to be retried: a caller that must not queue it twice asks first (two at once may
+    still both queue it, so such a job must be idempotent)."""
+    return await repository.pending(session, kind, payload)
 
 
 def backoff_s(settings: JobSettings, attempt: int) -> float:
