@@ -102,6 +102,16 @@ def _sse(*events: str) -> bytes:
     return "".join(events).encode()
 
 
+async def _streamed(body: bytes) -> list[StreamEvent]:
+    """The events the direct transport reads from a server that answers with ``body``."""
+    async with _CannedServer(body) as url:
+        adapter = _adapter(url)
+        try:
+            return await _collect(adapter.stream(question(), ENTRY))
+        finally:
+            await adapter.aclose()
+
+
 _CHUNK = '{"id":"c1","choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}'
 _FINISH = '{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
 _USAGE = '{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}'
@@ -117,12 +127,7 @@ async def test_sse_comments_fields_and_crlf_are_read_as_the_format_says() -> Non
         "data: " + _USAGE + "\n\n",
         "data: [DONE]\n\n",
     )
-    async with _CannedServer(body) as url:
-        adapter = _adapter(url)
-        try:
-            events = await _collect(adapter.stream(question(), ENTRY))
-        finally:
-            await adapter.aclose()
+    events = await _streamed(body)
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello"
     end = events[-1]
     assert isinstance(end, StreamEnd)
@@ -152,13 +157,8 @@ async def test_an_error_object_inside_the_stream_is_a_failure_not_an_answer(
 
 
 async def test_a_stream_that_is_not_json_is_unreadable() -> None:
-    async with _CannedServer(_sse("data: {not json\n\n")) as url:
-        adapter = _adapter(url)
-        try:
-            with pytest.raises(UpstreamBadResponse):
-                await _collect(adapter.stream(question(), ENTRY))
-        finally:
-            await adapter.aclose()
+    with pytest.raises(UpstreamBadResponse):
+        await _streamed(_sse("data: {not json\n\n"))
 
 
 async def test_connections_are_kept_alive_across_answers_and_streams() -> None:
@@ -192,12 +192,7 @@ async def test_an_event_longer_than_aiohttps_line_limit_is_read_whole() -> None:
         {"id": "c1", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
     )
     body = _sse("data: " + long_chunk + "\n\n", "data: " + _FINISH + "\n\n", "data: [DONE]\n\n")
-    async with _CannedServer(body) as url:
-        adapter = _adapter(url)
-        try:
-            events = await _collect(adapter.stream(question(), ENTRY))
-        finally:
-            await adapter.aclose()
+    events = await _streamed(body)
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == text
 
 
