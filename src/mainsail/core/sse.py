@@ -64,13 +64,13 @@ class EventStreamResponse(StreamingResponse):
             async for event in self.events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            streaming = False
         except asyncio.CancelledError:
-            streaming = False
             if not left:
                 raise
             task.uncancel()  # the client left: an end, not an error
         finally:
+            # Nothing awaits between the stream's last await and here: the watcher cannot
+            # cancel the task once the stream is over.
             streaming = False
             watcher.cancel()
             aclose = getattr(self.events, "aclose", None)

@@ -359,11 +359,10 @@ class Ingestor:
             async with self.db.unit_of_work() as session:
                 connection = await session.connection()
                 for version_id in version_ids:
-                    state = await session.scalar(
-                        text("SELECT state FROM index_versions WHERE id = :v"), {"v": version_id}
-                    )
+                    version = await session.get(IndexVersion, version_id)
                     if (
-                        state in (ACTIVE, READY_TO_ACTIVATE)
+                        version is not None
+                        and version.state in (ACTIVE, READY_TO_ACTIVATE)
                         and not await repository.vector_index_exists(connection, version_id)
                         and await repository.vector_index_wanted(
                             connection, version_id, self.vector_index_above
