@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import uuid
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
@@ -48,6 +50,20 @@ async def test_an_upload_is_ingested_into_embedded_chunks(
     source = body.decode()
     for chunk in chunks:
         assert source[chunk["char_start"] : chunk["char_end"]] == chunk["text"]
+    # Each stored vector is the model's for the chunk's text (the pipeline hands the embedder
+    # the chunker's word pieces instead of the text: they must read the same). The document
+    # is one batch (int8 vectors depend a little on the texts run with them).
+    assert len(chunks) <= 256 // 8
+    kit = app.state.documents
+    name = kit.ingestor.first_version.embedder
+    expected = await kit.embedders.embed(name, [c["text"] for c in chunks], ctx=None)
+    async with app.state.db.engine.connect() as connection:
+        stored = await connection.scalars(
+            text("SELECT embedding::text FROM chunks WHERE document_id = :id ORDER BY ordinal"),
+            {"id": document["id"]},
+        )
+        vectors = np.array([json.loads(v) for v in stored], dtype=np.float32)
+    assert np.allclose(vectors, expected, atol=1e-6)
     # The document is ready when its chunks are committed; the job finishes just after.
     job: dict[str, Any] = {}
 

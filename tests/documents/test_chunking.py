@@ -278,6 +278,12 @@ def test_chunks_are_spans_of_the_text_within_the_size(
         assert chunk.text == chunk.text.strip()
         assert chunk.token_count == chunker._counts([chunk.text])[0]
         assert chunk.token_count <= size
+        if chunker.tokenizer is None:
+            assert chunk.token_ids is None
+        else:  # the word pieces the text has alone, which the embedder reads
+            alone = chunker.tokenizer.encode(chunk.text, add_special_tokens=False).ids
+            assert chunk.token_ids is not None
+            assert chunk.token_ids.tolist() == alone
         assert text[covered : chunk.char_start].strip() == ""  # nothing left out
         covered = max(covered, chunk.char_end)
     assert text[covered:].strip() == ""
@@ -382,6 +388,8 @@ def test_span_counts_equal_the_tokenizer_on_the_stretch_alone(
         alone = len(chunker.tokenizer.encode(text[start:end], add_special_tokens=False).ids)
         assert spans.count(start, end) == alone
         assert spans(text[start:end]) == alone
+        pieces = chunker.tokenizer.encode(text[start:end], add_special_tokens=False).ids
+        assert spans.token_ids(start, end).tolist() == pieces
 
 
 @pytest.mark.parametrize(("size", "overlap"), [(16, 4), (40, 8), (200, 30)])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mainsail.embeddings import Embedder, LocalEmbedder, ModelNotInstalled, local
+from mainsail.embeddings.base import TokenIdEmbedder
 from tests.embeddings.conftest import Reference
 
 LONG_TEXT = "Retrieval augmented generation combines a search engine with a language model. " * 40
@@ -94,6 +95,25 @@ def test_text_past_max_tokens_is_truncated_not_rejected(fp32_embedder: LocalEmbe
     first, second = fp32_embedder.embed([LONG_TEXT, longer])
     # Only the first 254 word pieces (+ [CLS], [SEP]) count, and they are the same.
     assert np.allclose(first, second, atol=1e-6)
+
+
+def test_word_pieces_tokenized_elsewhere_embed_as_the_texts_do(
+    small_batch_fp32_embedder: LocalEmbedder, reference: Reference
+) -> None:
+    embedder = small_batch_fp32_embedder
+    assert isinstance(embedder, TokenIdEmbedder)
+    longer = LONG_TEXT + " Completely different words about volcanoes and glaciers." * 50
+    texts = ["a b", longer, "", "Naïve café — 東京 ☕.", *reference.texts[:4]]
+    pieces = [
+        np.asarray(embedder.tokenizer.encode(t, add_special_tokens=False).ids, dtype=np.int32)
+        for t in texts
+    ]
+    assert len(pieces[1]) > 512  # truncated to the model's 254 word pieces, as embed() does
+    assert np.array_equal(embedder.embed_token_ids(pieces), embedder.embed(texts))
+    # framing matters: the same pieces without [CLS]/[SEP] give other vectors
+    bare = embedder._run(pieces[3:4])
+    assert cosines(bare, embedder.embed(texts[3:4])).max() < 0.999
+    assert embedder.embed_token_ids([]).shape == (0, 384)
 
 
 def test_count_tokens_counts_word_pieces_without_special_tokens(

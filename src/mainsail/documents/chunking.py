@@ -42,8 +42,9 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 from semantic_text_splitter import TextSplitter
 from tokenizers import Tokenizer
 
@@ -81,6 +82,7 @@ class _Spans:
         self.tokenizer = tokenizer
         self.text = text
         encoding = tokenizer.encode(text, add_special_tokens=False)
+        self.ids = np.asarray(encoding.ids, dtype=np.int32)
         self.starts = [start for start, _ in encoding.offsets]
         self.ends = [end for _, end in encoding.offsets]
         self.words = encoding.word_ids
@@ -96,6 +98,23 @@ class _Spans:
         return self.count(start, start + len(piece))
 
     def count(self, start: int, end: int) -> int:
+        tokens = self._tokens(start, end)
+        if tokens is None:
+            return self._alone(self.text[start:end])
+        first, after = tokens
+        return max(after - first, 0)
+
+    def token_ids(self, start: int, end: int) -> np.ndarray:
+        """The word pieces of ``[start, end)`` (no special tokens), as tokenized alone."""
+        tokens = self._tokens(start, end)
+        if tokens is None:
+            piece = self.tokenizer.encode(self.text[start:end], add_special_tokens=False)
+            return np.asarray(piece.ids, dtype=np.int32)
+        first, after = tokens
+        return self.ids[first:after] if after > first else self.ids[:0]
+
+    def _tokens(self, start: int, end: int) -> tuple[int, int] | None:
+        """The tokens ``[first, after)`` that ``[start, end)`` holds; None if it cuts one."""
         starts, ends, words = self.starts, self.ends, self.words
         first = bisect.bisect_left(ends, start + 1)  # the first token ending inside
         after = bisect.bisect_left(starts, end)  # the first token starting at or past the end
@@ -105,8 +124,8 @@ class _Spans:
             or (0 < first < len(words) and words[first] == words[first - 1] is not None)
             or (0 < after < len(words) and words[after] == words[after - 1] is not None)
         ):
-            return self._alone(self.text[start:end])
-        return max(after - first, 0)
+            return None
+        return first, after
 
     def _alone(self, piece: str) -> int:
         return len(self.tokenizer.encode(piece, add_special_tokens=False).ids)
@@ -122,6 +141,9 @@ class ChunkText:
     page_end: int | None
     heading: tuple[str, ...]
     token_count: int
+    # The text's word pieces in the embedding model's tokenizer (no special tokens), where the
+    # chunker counted with it: the local embedder reads them instead of tokenizing again.
+    token_ids: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class Chunker:
@@ -135,6 +157,7 @@ class Chunker:
     ) -> None:
         """``tokenizer``: the embedding model's own; None counts in cl100k (provider models)."""
         self.tokenizer: Tokenizer | None = None
+        self.source = tokenizer  # the tokenizer given, whose word pieces chunks carry
         if tokenizer is not None:
             counting = Tokenizer.from_str(tokenizer.to_str())
             counting.no_truncation()
@@ -228,6 +251,7 @@ class Chunker:
             counts = self._counted(text, spans, _stretches(pieces))
         for index, ((start, piece), tokens) in enumerate(zip(pieces, counts, strict=True)):
             end = start + len(piece)
+            ids = None if spans is None else spans.token_ids(start, end)
             first_block = bisect.bisect_right(starts, start) - 1
             last_block = bisect.bisect_right(starts, max(end - 1, start)) - 1
             yield ChunkText(
@@ -239,6 +263,7 @@ class Chunker:
                 page_end=pages[last_block],
                 heading=_heading(section, first_block, last_block),
                 token_count=tokens,
+                token_ids=ids,
             )
 
     def _cut(

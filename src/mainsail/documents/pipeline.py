@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import text
@@ -42,7 +42,7 @@ from mainsail.documents.models import (
 )
 from mainsail.documents.parsing import DocumentError, ParseLimits, parse
 from mainsail.documents.storage import DocumentStore
-from mainsail.embeddings.base import Embedder
+from mainsail.embeddings.base import Embedder, TokenIdEmbedder
 from mainsail.identity import service as identity
 from mainsail.jobs.service import JobContext, PermanentError, enqueue, pending
 from mainsail.llm.errors import UpstreamRejected
@@ -56,6 +56,8 @@ INGEST = "ingest"
 # (handled by search.indexing).
 VECTOR_INDEX = "vector_index"
 _DONE = object()
+# A document's first batch holds batch_size / this many chunks; each next one twice as many.
+_FIRST_BATCH_DIVISOR = 8
 
 Sink = Callable[[list[ChunkText], np.ndarray], Awaitable[None]]
 
@@ -98,28 +100,39 @@ async def run_pipeline(
 
     def produce() -> None:
         blocks = parse(path, content_type, limits or ParseLimits())
+        # The first batches are small and grow to batch_size, so the embedder starts on a
+        # document's first chunks instead of waiting for a whole batch of them to be cut.
+        size = max(1, batch_size // _FIRST_BATCH_DIVISOR)
         try:
             batch: list[ChunkText] = []
             for chunk in chunker.chunks(blocks):
                 if stop.is_set():
                     return
                 batch.append(chunk)
-                if len(batch) >= batch_size:
+                if len(batch) >= size:
                     if not put(batch):
                         return
                     batch = []
+                    size = min(size * 2, batch_size)
             if batch:
                 put(batch)
         finally:
             blocks.close()
             put(_DONE)
 
+    # The local model reads the word pieces the chunker counted with its own tokenizer.
+    reads_ids = (
+        isinstance(embedder, TokenIdEmbedder)
+        and chunker.source is not None
+        and chunker.source is getattr(embedder, "tokenizer", None)
+    )
+
     async def embed() -> None:
         while (batch := await to_embed.get()) is not _DONE:
             stats.chunks += len(batch)
             todo = [chunk for chunk in batch if chunk.ordinal > skip_through]
             if todo:
-                vectors = await _embed(embedder, [c.text for c in todo])
+                vectors = await _embed(embedder, todo, reads_ids=reads_ids)
                 await to_store.put((todo, vectors))
         await to_store.put(_DONE)
 
@@ -145,15 +158,17 @@ async def run_pipeline(
     return stats
 
 
-async def _embed(embedder: Embedder | AsyncEmbedder, texts: list[str]) -> np.ndarray:
-    """A provider embedder is awaited; the local one runs in a thread (CPU bound)."""
+async def _embed(
+    embedder: Embedder | AsyncEmbedder, chunks: list[ChunkText], *, reads_ids: bool
+) -> np.ndarray:
+    """A provider embedder is awaited; the local one runs in a thread (CPU bound), on the
+    chunks' word pieces where it reads them."""
     if isinstance(embedder, AsyncEmbedder):
-        return await embedder.embed_async(texts)
-    return await asyncio.to_thread(embedder.embed, texts)
-
-
-def vector_literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(f"{value:.7g}" for value in vector.tolist()) + "]"
+        return await embedder.embed_async([c.text for c in chunks])
+    ids = [c.token_ids for c in chunks]
+    if reads_ids and isinstance(embedder, TokenIdEmbedder) and not any(i is None for i in ids):
+        return await asyncio.to_thread(embedder.embed_token_ids, cast(list[np.ndarray], ids))
+    return await asyncio.to_thread(embedder.embed, [c.text for c in chunks])
 
 
 _INSERT = text(
@@ -164,12 +179,13 @@ _INSERT = text(
     SELECT :document_id, :index_version, :revision, u.ordinal, :owner_id, :collection,
            u.text, u.tokens, u.char_start, u.char_end, u.page, u.page_end,
            ARRAY(SELECT jsonb_array_elements_text(u.heading::jsonb)),
-           u.embedding::vector, now()
+           (CAST(:embeddings AS real[]))[(u.n - 1) * :dimension + 1 : u.n * :dimension]::vector,
+           now()
     FROM unnest(CAST(:ordinals AS int[]), CAST(:texts AS text[]), CAST(:tokens AS int[]),
                 CAST(:char_starts AS int[]), CAST(:char_ends AS int[]), CAST(:pages AS int[]),
-                CAST(:page_ends AS int[]), CAST(:headings AS text[]),
-                CAST(:embeddings AS text[]))
-         AS u(ordinal, text, tokens, char_start, char_end, page, page_end, heading, embedding)
+                CAST(:page_ends AS int[]), CAST(:headings AS text[]))
+         WITH ORDINALITY AS u(ordinal, text, tokens, char_start, char_end, page, page_end,
+                              heading, n)
     ON CONFLICT (document_id, index_version, revision, ordinal) DO NOTHING
     """
 )
@@ -445,7 +461,7 @@ class Ingestor:
             await repository.set_status(session, document_id, revision, FAILED, error=reason)
 
 
-def _columns(chunks: Sequence[ChunkText], vectors: np.ndarray) -> dict[str, list[Any]]:
+def _columns(chunks: Sequence[ChunkText], vectors: np.ndarray) -> dict[str, Any]:
     return {
         "ordinals": [c.ordinal for c in chunks],
         "texts": [c.text.replace("\x00", "") for c in chunks],
@@ -455,5 +471,8 @@ def _columns(chunks: Sequence[ChunkText], vectors: np.ndarray) -> dict[str, list
         "pages": [c.page for c in chunks],
         "page_ends": [c.page_end for c in chunks],
         "headings": [json.dumps(list(c.heading)) for c in chunks],
-        "embeddings": [vector_literal(v) for v in vectors],
+        # One flat real[] (binary on the wire), cut into rows by the statement: no text form
+        # of every float to write here and parse in PostgreSQL.
+        "embeddings": vectors.astype(np.float32, copy=False).ravel().tolist(),
+        "dimension": vectors.shape[1],
     }

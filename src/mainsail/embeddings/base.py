@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import tokenizers
@@ -34,4 +34,14 @@ class Embedder(Protocol):
     @property
     def tokenizer(self) -> tokenizers.Tokenizer:
         """The model's fast tokenizer (no truncation, no padding), e.g. for a text splitter."""
+        ...
+
+
+@runtime_checkable
+class TokenIdEmbedder(Protocol):
+    """An embedder that also reads texts its :attr:`~Embedder.tokenizer` already tokenized
+    (the chunker did, to count them), instead of tokenizing them again."""
+
+    def embed_token_ids(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
+        """As ``embed``, from each text's word pieces (int32, no special tokens)."""
         ...

@@ -92,6 +92,13 @@ class LocalEmbedder:
         self._plain.no_padding()
         self._truncating.no_padding()
         self._truncating.enable_truncation(max_tokens)
+        # The special tokens the tokenizer puts around a text ([CLS] ... [SEP]), for word
+        # pieces tokenized elsewhere (embed_token_ids).
+        probe = self._plain.encode("a", add_special_tokens=False).ids
+        framed = self._truncating.encode("a").ids
+        at = next(i for i in range(len(framed)) if framed[i : i + len(probe)] == probe)
+        self._prefix = np.asarray(framed[:at], dtype=np.int32)
+        self._suffix = np.asarray(framed[at + len(probe) :], dtype=np.int32)
 
     @classmethod
     def open(
@@ -139,10 +146,20 @@ class LocalEmbedder:
         return len(self._plain.encode(text, add_special_tokens=False).ids)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        if not texts:
+        return self._run(self._token_ids(texts))
+
+    def embed_token_ids(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
+        """As :meth:`embed` on texts that :attr:`tokenizer` made ``pieces`` of (word pieces,
+        no special tokens): truncated and framed as ``embed`` would, without tokenizing again.
+        """
+        room = self.max_tokens - len(self._prefix) - len(self._suffix)
+        return self._run([np.concatenate((self._prefix, p[:room], self._suffix)) for p in pieces])
+
+    def _run(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
+        """Vectors of token id sequences (special tokens included), in the order given."""
+        out = np.empty((len(pieces), self.dimension), dtype=np.float32)
+        if not pieces:
             return out
-        pieces = self._token_ids(texts)
         lengths = np.fromiter((len(ids) for ids in pieces), dtype=np.int64, count=len(pieces))
         # Longest first: the first batch sizes ONNX Runtime's memory arena for all the rest.
         order = np.argsort(-lengths, kind="stable")
