@@ -15,8 +15,8 @@ What is measured
                 chunk texts (chunked again in a child process with the same chunker: chunking
                 is deterministic), one ``embed()`` call per file (it sorts the texts by length
                 and runs batches of 32). Target: the service reaches >= 90 % of that. Two
-                diagnostic rows split the difference: the embedder on the pipeline's windows
-                (``embed_window`` chunks in document order) and ``run_pipeline`` alone. A
+                diagnostic rows split the difference: the embedder on the pipeline's calls
+                (``EmbedPool.schedule``) and ``run_pipeline`` alone. A
                 third runs the service once more with ``MAINSAIL_SEARCH__EXACT_BELOW=0``, so
                 its HNSW index takes every chunk from the first (by default a version's index
                 is built once it outgrows exact search; this corpus does not).
@@ -402,12 +402,13 @@ def _slots(lengths: Sequence[int], batch: int) -> int:
 def child_raw(args: argparse.Namespace) -> dict[str, Any]:
     """The raw embedder on the chunk texts the service stores for the same files: one
     ``embed()`` per file (the embedder sorts them by length and runs batches of 32), and with
-    ``--document-order`` also one ``embed()`` per window of chunks in document order
-    (``embed_window``), which is what the pipeline does."""
+    ``--document-order`` also the calls the pipeline makes (``EmbedPool.schedule``: up to
+    ``embed_window`` chunks each, the longest of a pool, on the chunker's word pieces)."""
     from tokenizers import Tokenizer
 
     from mainsail.documents.chunking import Chunker
     from mainsail.documents.parsing import parse, sniff_file
+    from mainsail.documents.pipeline import EmbedPool
 
     settings = mainsail_settings()
     batch = settings.embed_batch_size
@@ -415,11 +416,11 @@ def child_raw(args: argparse.Namespace) -> dict[str, Any]:
     chunker = Chunker(
         embedder.tokenizer, chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap
     )
-    texts: list[list[str]] = []
+    chunked: list[list[Any]] = []
     for name in args.files:
         path = Path(name)
-        blocks = parse(path, sniff_file(path, path.name))
-        texts.append([chunk.text for chunk in chunker.chunks(blocks)])
+        chunked.append(list(chunker.chunks(parse(path, sniff_file(path, path.name)))))
+    texts = [[chunk.text for chunk in chunks] for chunks in chunked]
     embedder.embed(texts[0][: 2 * batch])  # warm-up (sizes ONNX Runtime's arena)
     with Window() as per_file:
         for file_texts in texts:
@@ -429,12 +430,13 @@ def child_raw(args: argparse.Namespace) -> dict[str, Any]:
         "chunks_per_file": [len(file_texts) for file_texts in texts],
         "peak_rss_kib": proc_status_kib("VmHWM"),
     }
+    calls = [EmbedPool.schedule(chunks, settings.embed_window) for chunks in chunked]
     if args.document_order:
-        with Window() as in_order:
-            for file_texts in texts:
-                for start in range(0, len(file_texts), settings.embed_window):
-                    embedder.embed(file_texts[start : start + settings.embed_window])
-        result["document_order"] = in_order.as_dict()
+        with Window() as in_calls:  # what the pipeline's embed stage asks of the model
+            for file_calls in calls:
+                for call in file_calls:
+                    embedder.embed_token_ids([chunk.token_ids for chunk in call])
+        result["document_order"] = in_calls.as_dict()
     # What padding costs: positions computed with the global sort vs batches in document order.
     counter = Tokenizer.from_str(embedder.tokenizer.to_str())
     counter.no_padding()
@@ -445,11 +447,16 @@ def child_raw(args: argparse.Namespace) -> dict[str, Any]:
     result["tokens"] = sum(map(sum, lengths))
     result["slots_sorted"] = sum(_slots(sorted(x, reverse=True), batch) for x in lengths)
     result["slots_pipeline"] = sum(_slots(x, batch) for x in lengths)
-    window = result["window"] = settings.embed_window  # sorted within each pipeline window
+    window = result["window"] = settings.embed_window  # sorted within each window
     result["slots_window"] = sum(
         _slots(sorted(x[i : i + window], reverse=True), batch)
         for x in lengths
         for i in range(0, len(x), window)
+    )
+    result["slots_calls"] = sum(  # the pipeline's calls (EmbedPool), each sorted
+        _slots(sorted((c.token_count + 2 for c in call), reverse=True), batch)
+        for file_calls in calls
+        for call in file_calls
     )
     return result
 
@@ -1078,7 +1085,7 @@ def efficiency_part(run: Run) -> None:
         try:
             log(
                 "raw embedder on the same chunk texts"
-                + (" (and in document order)" if i == 0 else "")
+                + (" (and in the pipeline's calls)" if i == 0 else "")
             )
             if i == 0:
                 argv.append("--document-order")
@@ -1164,8 +1171,8 @@ def efficiency_part(run: Run) -> None:
         run.rows.append(
             Row(
                 "efficiency",
-                f"diagnostic: raw int8 embedder, one embed() per {raws[0]['window']} chunks in "
-                "document order (the pipeline's windows)",
+                f"diagnostic: raw int8 embedder on the pipeline's calls (up to "
+                f"{raws[0]['window']} chunks each, the longest of a pool, from word pieces)",
                 mb=corpus_mb(corpus),
                 chunks=raw_chunks,
                 wall_s=in_order["wall_s"],
@@ -1181,7 +1188,9 @@ def efficiency_part(run: Run) -> None:
         f"order {raws[0]['slots_pipeline']:,} "
         f"(+{raws[0]['slots_pipeline'] / raws[0]['tokens'] - 1:.1%}), sorted within groups of "
         f"{raws[0]['window']} chunks in document order {raws[0]['slots_window']:,} "
-        f"(+{raws[0]['slots_window'] / raws[0]['tokens'] - 1:.1%})."
+        f"(+{raws[0]['slots_window'] / raws[0]['tokens'] - 1:.1%}; the pipeline before "
+        f"2026-12-04), the pipeline's calls {raws[0]['slots_calls']:,} "
+        f"(+{raws[0]['slots_calls'] / raws[0]['tokens'] - 1:.1%})."
     )
     pipeline = diagnostics.get("pipeline")
     if pipeline:
@@ -1367,10 +1376,12 @@ NOTES = [
     "plus PostgreSQL as PSS. Service, raw embedder and LlamaIndex runs are interleaved "
     "(`--repeat` times each) and the fastest of each counts, which filters out other load on "
     "a shared machine; every run's time is in the notes.",
-    "Diagnostic rows (no target) split the service's loss: the embedder called on the "
-    "pipeline's windows (`embed_window` chunks in document order, each sorted by length "
-    "and run in batches of 32), and `run_pipeline` in one process with a discarding sink "
-    "(adds parse + chunk running beside the embedder, no HTTP, no job runner, no PostgreSQL).",
+    "Diagnostic rows (no target) split the service's loss: the embedder called as the "
+    "pipeline calls it (`EmbedPool.schedule`: up to `embed_window` chunks per call, the "
+    "longest of a pool of four calls' worth, each call sorted by length and run in batches "
+    "of 32, on the chunker's word pieces), and `run_pipeline` in one process with a "
+    "discarding sink (adds parse + chunk running beside the embedder, no HTTP, no job "
+    "runner, no PostgreSQL).",
     "`CPU s: run / others`: CPU seconds the measured processes used during the block, and "
     "what the rest of the machine used meanwhile (from /proc/stat). Others above a few "
     "seconds mean the figures were taken on a shared, busy machine.",

@@ -3,33 +3,49 @@ what it is given."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from mainsail.documents.chunking import Chunker, ChunkText
-from mainsail.documents.pipeline import run_pipeline
-from mainsail.embeddings.local import LocalEmbedder, load_local_embedder
+from mainsail.documents.parsing import Block
+from mainsail.documents.pipeline import EmbedPool, run_pipeline
+from mainsail.embeddings.local import LocalEmbedder, load_local_embedder, model_dir
 from tests.documents.conftest import essay
 from tests.fixtures.app import TEST_MODEL_CACHE
 
 
 class CountingEmbedder(LocalEmbedder):
-    """The local model, counting how it was asked: texts, or the chunker's word pieces."""
+    """The local model, recording what it was given (texts, or the chunker's word pieces) and
+    the vector it returned for each input object."""
 
     texts_calls = 0
-    ids_calls = 0
+    calls: list[list[np.ndarray]]  # the word pieces of each call
+    rows: dict[int, np.ndarray]  # id(input) -> its vector
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.texts_calls += 1
-        return super().embed(texts)
+        return self._record(texts, super().embed(texts))
 
     def embed_token_ids(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
-        self.ids_calls += 1
-        return super().embed_token_ids(pieces)
+        self.calls.append(list(pieces))
+        return self._record(pieces, super().embed_token_ids(pieces))
+
+    def _record(self, inputs: Sequence[object], vectors: np.ndarray) -> np.ndarray:
+        self.rows.update((id(item), row) for item, row in zip(inputs, vectors, strict=True))
+        return vectors
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +56,36 @@ def model() -> LocalEmbedder:
 def counting(model: LocalEmbedder) -> CountingEmbedder:
     copy = CountingEmbedder.__new__(CountingEmbedder)
     copy.__dict__.update(model.__dict__)
+    copy.calls, copy.rows = [], {}
     return copy
 
 
-def same_vectors(batches: list[list[ChunkText]], vectors: np.ndarray, model: LocalEmbedder) -> bool:
-    """Whether each batch's rows are the model's for its texts. Batch by batch: int8 scales its
-    activations per run, so a text's vector depends a little on the texts run with it."""
-    expected = [model.embed([c.text for c in batch]) for batch in batches]
-    return np.array_equal(vectors, np.vstack(expected))
+def padded(calls: list[list[int]], batch: int) -> int:
+    """Token positions the model computes for these calls (each sorted, cut in batches)."""
+    total = 0
+    for lengths in calls:
+        ordered = sorted(lengths, reverse=True)
+        total += sum(
+            ordered[i] * len(ordered[i : i + batch]) for i in range(0, len(ordered), batch)
+        )
+    return total
+
+
+def stored_as_returned(
+    chunks: list[ChunkText], vectors: np.ndarray, embedder: CountingEmbedder, *, by_ids: bool
+) -> bool:
+    """Whether each chunk was stored with the vector the embedder returned for it."""
+    keys = [id(c.token_ids if by_ids else c.text) for c in chunks]
+    return np.array_equal(vectors, np.stack([embedder.rows[key] for key in keys]))
 
 
 async def ingest(
-    path: Path, chunker: Chunker, embedder: LocalEmbedder, *, skip_through: int = -1
+    path: Path,
+    chunker: Chunker,
+    embedder: LocalEmbedder,
+    *,
+    skip_through: int = -1,
+    batch_size: int = 32,
 ) -> tuple[list[list[ChunkText]], np.ndarray]:
     batches: list[list[ChunkText]] = []
     vectors: list[np.ndarray] = []
@@ -65,31 +99,93 @@ async def ingest(
         "text/plain",
         chunker=chunker,
         embedder=embedder,
-        batch_size=32,
+        batch_size=batch_size,
         sink=sink,
         skip_through=skip_through,
     )
     return batches, np.vstack(vectors) if vectors else np.empty((0, 384), np.float32)
 
 
-async def test_batches_grow_to_the_batch_size_and_vectors_are_the_models(
+async def test_the_longest_chunks_are_embedded_together_and_stored_in_order(
     tmp_path: Path, model: LocalEmbedder
 ) -> None:
     path = tmp_path / "voyage.txt"
-    path.write_text(essay(120), encoding="utf-8")
+    # Paragraphs of many lengths, so chunks of many lengths.
+    path.write_text("\n\n".join(essay(1 + i % 5, seed=i) for i in range(150)), encoding="utf-8")
     embedder = counting(model)
-    chunker = Chunker(embedder.tokenizer, chunk_size=40, chunk_overlap=5)
+    chunker = Chunker(embedder.tokenizer, chunk_size=24, chunk_overlap=4)
 
-    batches, vectors = await ingest(path, chunker, embedder)
+    batches, vectors = await ingest(path, chunker, embedder, batch_size=128)
 
-    sizes = [len(batch) for batch in batches]
-    assert sizes[:4] == [4, 8, 16, 32]  # the embedder starts after 4 chunks, not 32
-    assert set(sizes[4:-1]) == {32}
     chunks = [chunk for batch in batches for chunk in batch]
-    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
-    # The chunker's word pieces were read, not the texts, and they give the texts' vectors.
-    assert (embedder.ids_calls, embedder.texts_calls) == (len(batches), 0)
-    assert same_vectors(batches, vectors, model)
+    assert len(chunks) > 4 * 128  # more than the pool holds
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))  # stored in order
+    # The chunker's word pieces were read, not the texts, at most a call's worth at a time.
+    assert embedder.texts_calls == 0
+    assert sum(map(len, embedder.calls)) == len(chunks)
+    assert max(map(len, embedder.calls)) == 128
+    # The first call did not wait for a whole call's worth to be cut.
+    assert len(embedder.calls[0]) < 128
+    # Each chunk is stored with its vector; each call's vectors are the model's for its texts.
+    assert stored_as_returned(chunks, vectors, embedder, by_ids=True)
+    text_of = {id(c.token_ids): c.text for c in chunks}
+    for pieces in embedder.calls[:3]:
+        returned = np.stack([embedder.rows[id(p)] for p in pieces])
+        assert np.array_equal(returned, model.embed([text_of[id(p)] for p in pieces]))
+
+
+def test_calls_from_the_pool_pad_less_than_calls_in_document_order(tokenizer: Tokenizer) -> None:
+    # The embed stage's calls when embedding is the slow part (as with real chunk sizes).
+    text = "\n\n".join(essay(1 + i % 5, seed=i) for i in range(150))
+    blocks = [Block(text=part, kind="paragraph") for part in text.split("\n\n")]
+    chunks = list(Chunker(tokenizer, chunk_size=24, chunk_overlap=4).chunks(iter(blocks)))
+    call = 128
+    calls = [[c.token_count + 2 for c in taken] for taken in EmbedPool.schedule(chunks, call)]
+    lengths = [c.token_count + 2 for c in chunks]
+    in_order = [lengths[i : i + call] for i in range(0, len(lengths), call)]
+    assert sorted(n for taken in calls for n in taken) == sorted(lengths)
+    # 32 per model batch: close to the whole document sorted, below document order
+    assert padded([lengths], 32) < padded(calls, 32) < padded(in_order, 32)
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 200), min_size=1, max_size=600),
+    groups=st.lists(st.integers(1, 40), min_size=1, max_size=600),
+    count=st.integers(1, 64),
+    calls=st.integers(1, 6),
+)
+def test_the_pool_stores_every_chunk_once_in_order_within_its_bounds(
+    lengths: list[int], groups: list[int], count: int, calls: int
+) -> None:
+    capacity = calls * count
+    pool = EmbedPool(capacity=capacity, first_ordinal=0)
+    stream = [ChunkText(i, "x", 0, 1, None, None, (), token_count=n) for i, n in enumerate(lengths)]
+    stored: list[int] = []
+    cut = 0
+    sizes = itertools.cycle(groups)
+    while cut < len(stream) or len(pool):
+        # The pipeline's embed stage: fill up to the capacity (a group at a time), then a call.
+        while cut < len(stream) and len(pool) < capacity:
+            size = next(sizes)
+            pool.add(stream[cut : cut + size])
+            cut += size
+        assert len(pool) < capacity + max(groups)
+        taken = pool.take(count)
+        assert 0 < len(taken) <= count
+        if not any(c.ordinal <= pool.newest - capacity for c in pool.waiting + taken):
+            # nothing overtaken: the longest waiting were taken
+            assert min(c.token_count for c in taken) >= max(
+                (c.token_count for c in pool.waiting), default=0
+            )
+        run = pool.embedded(taken, np.zeros((len(taken), 2), np.float32))
+        assert len(pool.done) <= 2 * capacity + count + max(groups)
+        if run is not None:
+            chunks, vectors = run
+            assert vectors.shape == (len(chunks), 2)
+            stored.extend(c.ordinal for c in chunks)
+    assert stored == list(range(len(stream)))
+    assert not pool.done
 
 
 async def test_a_chunker_counting_with_another_tokenizer_hands_over_texts(
@@ -102,8 +198,11 @@ async def test_a_chunker_counting_with_another_tokenizer_hands_over_texts(
     other = Tokenizer.from_str(model.tokenizer.to_str())
     batches, vectors = await ingest(path, Chunker(other, chunk_size=40, chunk_overlap=5), embedder)
 
-    assert (embedder.ids_calls, embedder.texts_calls) == (0, len(batches))
-    assert same_vectors(batches, vectors, model)
+    assert embedder.calls == []
+    assert embedder.texts_calls >= 1
+    chunks = [chunk for batch in batches for chunk in batch]
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+    assert stored_as_returned(chunks, vectors, embedder, by_ids=False)
 
 
 async def test_chunks_through_skip_through_are_not_embedded_again(

@@ -1,15 +1,20 @@
-"""The ingestion job: read -> clean -> chunk -> batch -> embed -> store, as stages joined by
-bounded queues, so memory depends on the batch size and never on the file's size, and
-parsing overlaps embedding.
+"""The ingestion job: read -> clean -> chunk -> embed -> store, as stages joined by bounded
+queues, so memory depends on the batch size and never on the file's size, and parsing
+overlaps embedding.
 
-    parse + chunk + batch   (a worker thread: pure Python, yields batches of chunk texts)
-        -> queue(2) -> embed (ONNX Runtime in a thread, releasing the GIL; or a provider
-                              model awaited through the gateway, billed to the owner)
-        -> queue(2) -> store (one multi-row INSERT per batch)
+    parse + chunk   (a worker thread: pure Python, hands over groups of chunk texts)
+        -> queue (one call's worth) -> pool -> embed (ONNX Runtime in a thread, releasing the
+                              GIL; or a provider model awaited through the gateway, billed
+                              to the owner)
+        -> queue(2) -> store (one multi-row INSERT per run of consecutive chunks)
 
-A job that runs again for the same revision (its worker was killed) skips the ordinals
-already stored: chunking is deterministic, so it resumes where the last batch landed, and the
-unique (document, index version, revision, ordinal) key makes a duplicate impossible anyway.
+Each embedder call takes the ``batch_size`` longest chunks of a pool of a few calls' worth
+(``EmbedPool``): its batches pad little, about as if the whole document were sorted by length,
+and the first call starts on a document's first chunks. Chunks are stored in ordinal order
+all the same, so a job that runs again for the same revision (its worker was killed) skips
+the ordinals already stored: chunking is deterministic, so it resumes where the last run
+landed, and the unique (document, index version, revision, ordinal) key makes a duplicate
+impossible anyway.
 """
 
 from __future__ import annotations
@@ -56,8 +61,11 @@ INGEST = "ingest"
 # (handled by search.indexing).
 VECTOR_INDEX = "vector_index"
 _DONE = object()
-# A document's first batch holds batch_size / this many chunks; each next one twice as many.
-_FIRST_BATCH_DIVISOR = 8
+# The chunker hands over chunks in groups of batch_size / this (and at most this many groups
+# wait), so the embedder can start on a document's first chunks.
+_GROUPS_PER_CALL = 8
+# Chunks waiting to be embedded: this many embedder calls' worth.
+_POOL_CALLS = 4
 
 Sink = Callable[[list[ChunkText], np.ndarray], Awaitable[None]]
 
@@ -66,6 +74,79 @@ Sink = Callable[[list[ChunkText], np.ndarray], Awaitable[None]]
 class PipelineStats:
     chunks: int = 0  # chunks the document has (stored now or before)
     embedded: int = 0  # chunks embedded by this run
+
+
+class EmbedPool:
+    """Chunks waiting to be embedded, and embedded ones waiting to be stored in order.
+
+    The embedder is handed the longest chunks waiting, so that its batches hold chunks of
+    about one length and pad little (as if the whole document were sorted by length), while
+    the chunks are stored strictly in ordinal order: the last ordinal stored is where a killed
+    job resumes. Short chunks are left behind that way; once one has been overtaken by
+    ``capacity`` later chunks, the next call takes it and the shortest others (which pad
+    little together), so neither the pool nor the chunks waiting to be stored grow past about
+    twice ``capacity``.
+    """
+
+    def __init__(self, *, capacity: int, first_ordinal: int) -> None:
+        self.capacity = capacity
+        self.waiting: list[ChunkText] = []
+        self.done: dict[int, tuple[ChunkText, np.ndarray]] = {}
+        self.next = first_ordinal  # the next ordinal to store
+        self.newest = first_ordinal - 1
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def add(self, chunks: list[ChunkText]) -> None:
+        if chunks:
+            self.waiting.extend(chunks)
+            self.newest = chunks[-1].ordinal
+
+    def take(self, count: int) -> list[ChunkText]:
+        """Up to ``count`` chunks to embed: the longest, or, once a chunk has been overtaken,
+        the overtaken ones and then the shortest."""
+        before = self.newest - self.capacity
+        if any(chunk.ordinal <= before for chunk in self.waiting):
+            self.waiting.sort(key=lambda c: (c.ordinal > before, c.token_count, c.ordinal))
+        else:
+            self.waiting.sort(key=lambda c: (-c.token_count, c.ordinal))
+        taken, self.waiting = self.waiting[:count], self.waiting[count:]
+        return taken
+
+    @classmethod
+    def schedule(cls, chunks: Sequence[ChunkText], batch_size: int) -> list[list[ChunkText]]:
+        """The embedder calls ``run_pipeline`` makes for a document's ``chunks`` when embedding
+        is the slower stage, as it is with the local model: the first group alone, each later
+        call from a full pool."""
+        first = chunks[0].ordinal if chunks else 0
+        pool = cls(capacity=_POOL_CALLS * batch_size, first_ordinal=first)
+        group = max(1, batch_size // _GROUPS_PER_CALL)
+        cut = min(group, len(chunks))
+        pool.add(list(chunks[:cut]))  # the first call does not wait for more
+        calls: list[list[ChunkText]] = []
+        while len(pool):
+            taken = pool.take(batch_size)
+            pool.embedded(taken, np.zeros((len(taken), 0), np.float32))
+            calls.append(taken)
+            while cut < len(chunks) and len(pool) < pool.capacity:
+                pool.add(list(chunks[cut : cut + group]))
+                cut += group
+        return calls
+
+    def embedded(
+        self, chunks: list[ChunkText], vectors: np.ndarray
+    ) -> tuple[list[ChunkText], np.ndarray] | None:
+        """Records ``chunks``' vectors; returns the run that can be stored now, in order."""
+        for chunk, vector in zip(chunks, vectors, strict=True):
+            self.done[chunk.ordinal] = (chunk, vector)
+        run: list[tuple[ChunkText, np.ndarray]] = []
+        while (item := self.done.pop(self.next, None)) is not None:
+            run.append(item)
+            self.next += 1
+        if not run:
+            return None
+        return [chunk for chunk, _ in run], np.stack([vector for _, vector in run])
 
 
 async def run_pipeline(
@@ -82,7 +163,8 @@ async def run_pipeline(
 ) -> PipelineStats:
     """Runs the stages; chunks with ``ordinal <= skip_through`` are not embedded again."""
     loop = asyncio.get_running_loop()
-    to_embed: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
+    group = max(1, batch_size // _GROUPS_PER_CALL)
+    to_embed: asyncio.Queue[Any] = asyncio.Queue(maxsize=_GROUPS_PER_CALL)
     to_store: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
     stop = threading.Event()
     stats = PipelineStats()
@@ -100,22 +182,18 @@ async def run_pipeline(
 
     def produce() -> None:
         blocks = parse(path, content_type, limits or ParseLimits())
-        # The first batches are small and grow to batch_size, so the embedder starts on a
-        # document's first chunks instead of waiting for a whole batch of them to be cut.
-        size = max(1, batch_size // _FIRST_BATCH_DIVISOR)
         try:
-            batch: list[ChunkText] = []
+            chunks: list[ChunkText] = []
             for chunk in chunker.chunks(blocks):
                 if stop.is_set():
                     return
-                batch.append(chunk)
-                if len(batch) >= size:
-                    if not put(batch):
+                chunks.append(chunk)
+                if len(chunks) >= group:
+                    if not put(chunks):
                         return
-                    batch = []
-                    size = min(size * 2, batch_size)
-            if batch:
-                put(batch)
+                    chunks = []
+            if chunks:
+                put(chunks)
         finally:
             blocks.close()
             put(_DONE)
@@ -128,12 +206,28 @@ async def run_pipeline(
     )
 
     async def embed() -> None:
-        while (batch := await to_embed.get()) is not _DONE:
-            stats.chunks += len(batch)
-            todo = [chunk for chunk in batch if chunk.ordinal > skip_through]
-            if todo:
-                vectors = await _embed(embedder, todo, reads_ids=reads_ids)
-                await to_store.put((todo, vectors))
+        pool = EmbedPool(capacity=_POOL_CALLS * batch_size, first_ordinal=skip_through + 1)
+        produced = False
+        while True:
+            # What has been cut so far joins the pool; wait for more only when it is empty.
+            while (
+                not produced
+                and len(pool) < pool.capacity
+                and (not len(pool) or not to_embed.empty())
+            ):
+                item = await to_embed.get()
+                if item is _DONE:
+                    produced = True
+                    break
+                stats.chunks += len(item)
+                pool.add([chunk for chunk in item if chunk.ordinal > skip_through])
+            if not len(pool):
+                break
+            chunks = pool.take(batch_size)
+            vectors = await _embed(embedder, chunks, reads_ids=reads_ids)
+            ready = pool.embedded(chunks, vectors)
+            if ready is not None:
+                await to_store.put(ready)
         await to_store.put(_DONE)
 
     async def store() -> None:
