@@ -325,8 +325,8 @@ class DocumentSettings(BaseModel):
     default_collection: str = Field(default="default", min_length=1, max_length=128)
     # Passages per model run, and embedding threads (default: every core).
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
-    # Chunks handed to the embedder at once (and stored in one INSERT): it sorts them by
-    # length, so the larger the window the less its batches pad (memory grows with it).
+    # Chunks per embedder call: the longest of a pool of four calls' worth, sorted by length
+    # into batches, so a larger window pads less (memory grows with it).
     embed_window: int = Field(default=256, ge=1, le=8192)
     embed_threads: int | None = Field(default=None, ge=1, le=256)
     # The embedding model of the first index version: "local" (all-MiniLM-L6-v2 in process, no
