@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from semantic_text_splitter import TextSplitter
 from tokenizers import Tokenizer
 
-from mainsail.documents.chunking import SEPARATOR, Chunker, ChunkText, _Spans
+from mainsail.documents.chunking import _CALM, JOINER, SEPARATOR, Chunker, ChunkText, _Spans
 from mainsail.documents.parsing import Block, parse, sniff_file
 from mainsail.embeddings.local import model_dir
 from mainsail.llm.tokens import count_tokens
@@ -390,6 +390,36 @@ def test_span_counts_equal_the_tokenizer_on_the_stretch_alone(
         assert spans(text[start:end]) == alone
         pieces = chunker.tokenizer.encode(text[start:end], add_special_tokens=False).ids
         assert spans.token_ids(start, end).tolist() == pieces
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    words=st.lists(
+        st.sampled_from([*PIECES, "end.", "Why? Yes!", "\u3002", "\uff01", "\uff1f"]), max_size=60
+    ),
+    calm=st.lists(st.booleans(), min_size=60, max_size=60),
+    cuts=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 10_000)), max_size=20),
+)
+def test_the_joined_view_counts_from_the_text_encoding(
+    tokenizer: Tokenizer, words: list[str], calm: list[bool], cuts: list[tuple[int, int]]
+) -> None:
+    # The view the splitter is shown: some words' sentence ends and line breaks calmed, and
+    # blank lines turned into spaces, one character for one.
+    text = " ".join(words)
+    view = " ".join(
+        w.translate(_CALM).replace(SEPARATOR, JOINER) if c else w
+        for w, c in zip(words, calm, strict=False)
+    )
+    assert len(view) == len(text)
+    chunker = Chunker(tokenizer, chunk_size=16, chunk_overlap=4)
+    assert chunker.tokenizer is not None
+    assert chunker._views_alike
+    spans = _Spans(chunker.tokenizer, text).view(view)
+    for a, b in [(0, len(text)), *cuts]:
+        start, end = sorted((a % (len(text) + 1), b % (len(text) + 1)))
+        alone = len(chunker.tokenizer.encode(view[start:end], add_special_tokens=False).ids)
+        assert spans.count(start, end) == alone
+        assert spans(view[start:end]) == alone
 
 
 @pytest.mark.parametrize(("size", "overlap"), [(16, 4), (40, 8), (200, 30)])

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from semantic_text_splitter import TextSplitter
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
 
 from mainsail.documents.parsing import Block
 from mainsail.llm.tokens import count_tokens
@@ -78,15 +78,31 @@ class _Spans:
     from where the last one was, as it works forwards), or with known offsets by ``count``.
     """
 
-    def __init__(self, tokenizer: Tokenizer, text: str) -> None:
+    def __init__(self, tokenizer: Tokenizer, text: str, *, like: _Spans | None = None) -> None:
+        """``like``: spans of a text whose tokens have the same offsets as ``text``'s (see
+        ``view``), whose encoding is reused instead of tokenizing ``text``."""
         self.tokenizer = tokenizer
         self.text = text
+        self.hint = 0
+        self.ids: np.ndarray | None = None  # a view's spans count, but hold no word pieces
+        self.starts: list[int]
+        self.ends: list[int]
+        self.words: list[int | None]
+        if like is not None:
+            self.starts, self.ends, self.words = like.starts, like.ends, like.words
+            return
         encoding = tokenizer.encode(text, add_special_tokens=False)
         self.ids = np.asarray(encoding.ids, dtype=np.int32)
         self.starts = [start for start, _ in encoding.offsets]
         self.ends = [end for _, end in encoding.offsets]
         self.words = encoding.word_ids
-        self.hint = 0
+
+    def view(self, text: str) -> _Spans:
+        """Spans of ``text``, a view of this text with some punctuation marks and whitespace
+        replaced one character for another (the chunker's joined view): with a tokenizer that
+        splits every punctuation mark off as a word of its own, its tokens have the same
+        offsets, so this encoding answers its counts."""
+        return _Spans(self.tokenizer, text, like=self)
 
     def __call__(self, piece: str) -> int:
         start = self.text.find(piece, self.hint)
@@ -107,7 +123,7 @@ class _Spans:
     def token_ids(self, start: int, end: int) -> np.ndarray:
         """The word pieces of ``[start, end)`` (no special tokens), as tokenized alone."""
         tokens = self._tokens(start, end)
-        if tokens is None:
+        if tokens is None or self.ids is None:
             piece = self.tokenizer.encode(self.text[start:end], add_special_tokens=False)
             return np.asarray(piece.ids, dtype=np.int32)
         first, after = tokens
@@ -163,6 +179,13 @@ class Chunker:
             counting.no_truncation()
             counting.no_padding()
             self.tokenizer = counting
+        # BERT's pre-tokenizer makes every punctuation mark a word of its own and splits at any
+        # whitespace, so the joined view (punctuation and whitespace swapped one for one) has
+        # the text's token offsets: its counts come from the text's encoding (``_Spans.view``).
+        self._views_alike = self.tokenizer is not None and (
+            isinstance(self.tokenizer.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+            and isinstance(self.tokenizer.normalizer, normalizers.BertNormalizer | None)
+        )
         self.chunk_overlap = chunk_overlap
         # cl100k splitters by (size, overlap): the default one, and those for a smaller size or
         # overlap, made when a joined view counts short. The model's own tokenizer counts
@@ -279,7 +302,9 @@ class Chunker:
             block.text.translate(_CALM) + JOINER if i in joined else block.text + SEPARATOR
             for i, (_, block) in enumerate(section)
         )[: len(text)]
-        guide_spans = self._spans(guide)
+        guide_spans = (
+            spans.view(guide) if spans is not None and self._views_alike else self._spans(guide)
+        )
         capacity, overlap = self.chunk_size, self.chunk_overlap
         for _ in range(3):
             shown = self._indices(guide, guide_spans, capacity, overlap)
