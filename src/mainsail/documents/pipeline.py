@@ -88,12 +88,22 @@ class EmbedPool:
     twice ``capacity``.
     """
 
-    def __init__(self, *, capacity: int, first_ordinal: int) -> None:
+    def __init__(self, *, capacity: int, first_ordinal: int, group: int = 1) -> None:
         self.capacity = capacity
+        self.group = group  # chunks the chunker hands over at a time
         self.waiting: list[ChunkText] = []
         self.done: dict[int, tuple[ChunkText, np.ndarray]] = {}
         self.next = first_ordinal  # the next ordinal to store
         self.newest = first_ordinal - 1
+
+    @classmethod
+    def for_calls(cls, batch_size: int, first_ordinal: int) -> EmbedPool:
+        """The pool ``run_pipeline`` uses for calls of ``batch_size`` chunks."""
+        return cls(
+            capacity=_POOL_CALLS * batch_size,
+            first_ordinal=first_ordinal,
+            group=max(1, batch_size // _GROUPS_PER_CALL),
+        )
 
     def __len__(self) -> int:
         return len(self.waiting)
@@ -120,8 +130,8 @@ class EmbedPool:
         is the slower stage, as it is with the local model: the first group alone, each later
         call from a full pool."""
         first = chunks[0].ordinal if chunks else 0
-        pool = cls(capacity=_POOL_CALLS * batch_size, first_ordinal=first)
-        group = max(1, batch_size // _GROUPS_PER_CALL)
+        pool = cls.for_calls(batch_size, first)
+        group = pool.group
         cut = min(group, len(chunks))
         pool.add(list(chunks[:cut]))  # the first call does not wait for more
         calls: list[list[ChunkText]] = []
@@ -163,7 +173,7 @@ async def run_pipeline(
 ) -> PipelineStats:
     """Runs the stages; chunks with ``ordinal <= skip_through`` are not embedded again."""
     loop = asyncio.get_running_loop()
-    group = max(1, batch_size // _GROUPS_PER_CALL)
+    pool = EmbedPool.for_calls(batch_size, skip_through + 1)
     to_embed: asyncio.Queue[Any] = asyncio.Queue(maxsize=_GROUPS_PER_CALL)
     to_store: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
     stop = threading.Event()
@@ -188,7 +198,7 @@ async def run_pipeline(
                 if stop.is_set():
                     return
                 chunks.append(chunk)
-                if len(chunks) >= group:
+                if len(chunks) >= pool.group:
                     if not put(chunks):
                         return
                     chunks = []
@@ -206,7 +216,6 @@ async def run_pipeline(
     )
 
     async def embed() -> None:
-        pool = EmbedPool(capacity=_POOL_CALLS * batch_size, first_ordinal=skip_through + 1)
         produced = False
         while True:
             # What has been cut so far joins the pool; wait for more only when it is empty.
