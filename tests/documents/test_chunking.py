@@ -284,6 +284,7 @@ def test_chunks_are_spans_of_the_text_within_the_size(
             alone = chunker.tokenizer.encode(chunk.text, add_special_tokens=False).ids
             assert chunk.token_ids is not None
             assert chunk.token_ids.tolist() == alone
+            assert chunk.token_ids.base is None  # its own, not a view of the section's ids
         assert text[covered : chunk.char_start].strip() == ""  # nothing left out
         covered = max(covered, chunk.char_end)
     assert text[covered:].strip() == ""

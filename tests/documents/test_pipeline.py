@@ -3,6 +3,7 @@ what it is given."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
@@ -211,9 +212,57 @@ async def test_chunks_through_skip_through_are_not_embedded_again(
     path = tmp_path / "voyage.txt"
     path.write_text(essay(40), encoding="utf-8")
     chunker = Chunker(model.tokenizer, chunk_size=40, chunk_overlap=5)
-    whole, _ = await ingest(path, chunker, model)
+    whole, everything = await ingest(path, chunker, model, batch_size=8)
     total = sum(map(len, whole))
-    rest, vectors = await ingest(path, chunker, model, skip_through=9)
+    assert total > 20
+    embedder = counting(model)
+    rest, vectors = await ingest(path, chunker, embedder, skip_through=9, batch_size=8)
     ordinals = [c.ordinal for batch in rest for c in batch]
     assert ordinals == list(range(10, total))
-    assert len(vectors) == total - 10
+    # The first ten were never given to the model; the rest were, once each.
+    assert sum(map(len, embedder.calls)) == total - 10
+    # Each stored with its own vector (batched otherwise, so equal up to the model's batching).
+    assert np.einsum("ij,ij->i", vectors, everything[10:]).min() > 0.99
+
+    # All stored already: nothing to embed, nothing to store.
+    embedder = counting(model)
+    rest, vectors = await ingest(path, chunker, embedder, skip_through=total - 1)
+    assert rest == []
+    assert len(vectors) == 0
+    assert embedder.calls == []
+    assert embedder.texts_calls == 0
+
+
+class OrderedProvider:
+    """A provider-like embedder (awaited, given texts): the local model, recording each call."""
+
+    def __init__(self, model: LocalEmbedder) -> None:
+        self.model = model
+        self.calls: list[list[str]] = []
+
+    async def embed_async(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return await asyncio.to_thread(self.model.embed, texts)  # the loop runs meanwhile
+
+
+async def test_a_provider_embedder_is_given_chunks_in_ordinal_order(
+    tmp_path: Path, model: LocalEmbedder
+) -> None:
+    path = tmp_path / "voyage.txt"
+    path.write_text("\n\n".join(essay(1 + i % 5, seed=i) for i in range(60)), encoding="utf-8")
+    provider = OrderedProvider(model)
+    chunker = Chunker(model.tokenizer, chunk_size=24, chunk_overlap=4)
+    batches: list[list[ChunkText]] = []
+
+    async def sink(chunks: list[ChunkText], rows: np.ndarray) -> None:
+        batches.append(chunks)
+
+    await run_pipeline(
+        path, "text/plain", chunker=chunker, embedder=provider, batch_size=16, sink=sink
+    )
+    chunks = [chunk for batch in batches for chunk in batch]
+    assert len(chunks) > 3 * 16
+    # Sorting by length gains a provider nothing: each call is the next chunks in order, so
+    # none waits embedded (and paid for) behind a shorter one.
+    assert [text for call in provider.calls for text in call] == [c.text for c in chunks]
+    assert max(map(len, provider.calls)) == 16

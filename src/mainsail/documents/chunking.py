@@ -127,7 +127,8 @@ class _Spans:
             piece = self.tokenizer.encode(self.text[start:end], add_special_tokens=False)
             return np.asarray(piece.ids, dtype=np.int32)
         first, after = tokens
-        return self.ids[first:after] if after > first else self.ids[:0]
+        # A copy: a chunk must not keep its whole section's array alive.
+        return self.ids[first:after].copy() if after > first else self.ids[:0].copy()
 
     def _tokens(self, start: int, end: int) -> tuple[int, int] | None:
         """The tokens ``[first, after)`` that ``[start, end)`` holds; None if it cuts one."""

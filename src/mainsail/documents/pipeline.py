@@ -86,23 +86,31 @@ class EmbedPool:
     ``capacity`` later chunks, the next call takes it and the shortest others (which pad
     little together), so neither the pool nor the chunks waiting to be stored grow past about
     twice ``capacity``.
+
+    With ``by_length`` false the chunks are taken in ordinal order (a provider model: its
+    price and speed do not depend on padding, and every chunk embedded but not yet stored
+    would be paid for again if the job were killed).
     """
 
-    def __init__(self, *, capacity: int, first_ordinal: int, group: int = 1) -> None:
+    def __init__(
+        self, *, capacity: int, first_ordinal: int, group: int = 1, by_length: bool = True
+    ) -> None:
         self.capacity = capacity
         self.group = group  # chunks the chunker hands over at a time
+        self.by_length = by_length
         self.waiting: list[ChunkText] = []
         self.done: dict[int, tuple[ChunkText, np.ndarray]] = {}
         self.next = first_ordinal  # the next ordinal to store
         self.newest = first_ordinal - 1
 
     @classmethod
-    def for_calls(cls, batch_size: int, first_ordinal: int) -> EmbedPool:
+    def for_calls(cls, batch_size: int, first_ordinal: int, *, by_length: bool = True) -> EmbedPool:
         """The pool ``run_pipeline`` uses for calls of ``batch_size`` chunks."""
         return cls(
-            capacity=_POOL_CALLS * batch_size,
+            capacity=(_POOL_CALLS if by_length else 1) * batch_size,
             first_ordinal=first_ordinal,
             group=max(1, batch_size // _GROUPS_PER_CALL),
+            by_length=by_length,
         )
 
     def __len__(self) -> int:
@@ -116,6 +124,9 @@ class EmbedPool:
     def take(self, count: int) -> list[ChunkText]:
         """Up to ``count`` chunks to embed: the longest, or, once a chunk has been overtaken,
         the overtaken ones and then the shortest."""
+        if not self.by_length:  # added in ordinal order
+            taken, self.waiting = self.waiting[:count], self.waiting[count:]
+            return taken
         before = self.newest - self.capacity
         if any(chunk.ordinal <= before for chunk in self.waiting):
             self.waiting.sort(key=lambda c: (c.ordinal > before, c.token_count, c.ordinal))
@@ -173,7 +184,9 @@ async def run_pipeline(
 ) -> PipelineStats:
     """Runs the stages; chunks with ``ordinal <= skip_through`` are not embedded again."""
     loop = asyncio.get_running_loop()
-    pool = EmbedPool.for_calls(batch_size, skip_through + 1)
+    # Sorting by length saves the local model its padding; a provider gains nothing by it.
+    by_length = not isinstance(embedder, AsyncEmbedder)
+    pool = EmbedPool.for_calls(batch_size, skip_through + 1, by_length=by_length)
     to_embed: asyncio.Queue[Any] = asyncio.Queue(maxsize=_GROUPS_PER_CALL)
     to_store: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
     stop = threading.Event()
@@ -237,6 +250,8 @@ async def run_pipeline(
             ready = pool.embedded(chunks, vectors)
             if ready is not None:
                 await to_store.put(ready)
+        if pool.done:  # an ordinal was skipped: never store past a gap (it is the resume point)
+            raise RuntimeError(f"{len(pool.done)} embedded chunks follow a missing ordinal")
         await to_store.put(_DONE)
 
     async def store() -> None:
