@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from limits import parse
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from mainsail.core.ratelimit import PacedMemoryStorage, close_storage, open_storage
@@ -132,5 +137,66 @@ async def test_the_memory_sweep_runs_at_most_once_a_second() -> None:
         for n in range(20):
             assert await limiter.hit(item, str(n))
         assert storage.timer is first
+    finally:
+        await close_storage(storage)
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.5]), st.integers(1, 3), st.booleans()),
+        min_size=1,
+        max_size=80,
+    ),
+    notation=st.sampled_from(["5/second", "3 per 2 seconds", "10/minute"]),
+)
+def test_the_deque_window_counts_as_the_stock_storage_does(
+    steps: list[tuple[float, int, bool]], notation: str
+) -> None:
+    """The same hits, costs and clock on both storages: the same verdicts and window stats."""
+    item = parse(notation)
+
+    async def run() -> None:
+        clock = [1_000_000.0]
+        ours, stock = PacedMemoryStorage(), MemoryStorage()
+        mine, theirs = MovingWindowRateLimiter(ours), MovingWindowRateLimiter(stock)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "time", lambda: clock[0])
+            try:
+                for advance, cost, other_key in steps:
+                    clock[0] += advance
+                    key = "b" if other_key else "a"
+                    allowed = await mine.hit(item, key, cost=cost)
+                    assert allowed == await theirs.hit(item, key, cost=cost)
+                    got = await mine.get_window_stats(item, key)
+                    expected = await theirs.get_window_stats(item, key)
+                    assert got.remaining == expected.remaining
+                    if got.remaining < item.amount:  # the oldest live entry's expiry
+                        assert got.reset_time == expected.reset_time
+                    else:  # empty (the stock storage reports an expired entry's time here)
+                        assert got.reset_time == clock[0] + item.get_expiry()
+                    assert await mine.test(item, key) == await theirs.test(item, key)
+            finally:
+                await close_storage(ours)
+                await close_storage(stock)
+
+    asyncio.run(run())
+
+
+async def test_the_sweep_drops_expired_windows_and_counters() -> None:
+    storage = PacedMemoryStorage()
+    limiter = MovingWindowRateLimiter(storage)
+    try:
+        assert await limiter.hit(parse("2/second"), "gone")
+        assert await limiter.hit(parse("2/hour"), "kept")
+        await storage.incr("counter", 0.01)
+        await asyncio.sleep(1.1)
+        await storage._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+        assert list(storage.events) == [parse("2/hour").key_for("kept")]
+        assert "counter" not in storage.storage
+        # A cleared key starts again from an empty window.
+        await limiter.clear(parse("2/hour"), "kept")
+        assert await limiter.hit(parse("2/hour"), "kept")
+        assert (await limiter.get_window_stats(parse("2/hour"), "kept")).remaining == 1
     finally:
         await close_storage(storage)

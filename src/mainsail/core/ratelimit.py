@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,16 +26,26 @@ class Window:
 
 
 class PacedMemoryStorage(MemoryStorage):
-    """``limits``' memory storage, sweeping expired entries at most once a second.
+    """``limits``' memory storage with a moving window that costs the same per request at any
+    limit, and a sweep at most once a second.
 
-    The stock storage starts a sweep over every key whenever a request finds the previous
+    The stock storage keeps a key's moving window as a list, newest entry first, and inserts
+    each hit at its front: a copy of the whole window per request, so the cost grows with the
+    limit (at 1,000,000/minute the limiter took a third of the gateway's CPU per request).
+    Here a window is a deque of the entries' expiry times, oldest first: a hit appends, and
+    expired entries are dropped from the left as they are met. Counting is the stock one: a
+    hit is refused when the live entries plus its cost would exceed the limit.
+
+    The stock storage also starts a sweep over every key whenever a request finds the previous
     sweep finished, which is nearly every request: a scan of all counters (sliding window
-    counter: 0.8 ms per request with 10,000 keys) or a thread hop per key (moving window).
-    Reads check expiry themselves, so the sweep only frees memory and can wait.
+    counter: 0.8 ms per request with 10,000 keys). Reads check expiry themselves, so the sweep
+    only frees memory and can wait. Nothing here awaits while it holds a window, so one event
+    loop needs no lock around it.
     """
 
     SWEEP_INTERVAL_S = 1.0
     _next_sweep = 0.0
+    events: dict[str, deque[float]]  # type: ignore[assignment]  # expiry times, oldest first
 
     # Overrides the name-mangled ``MemoryStorage.__schedule_expiry`` its methods call.
     async def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802
@@ -42,6 +54,54 @@ class PacedMemoryStorage(MemoryStorage):
             return
         self._next_sweep = now + self.SWEEP_INTERVAL_S
         await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
+
+    # Overrides the sweep that ``__schedule_expiry`` starts (the stock one slices lists).
+    async def _MemoryStorage__expire_events(self) -> None:  # noqa: N802
+        now = time.time()
+        for key, window in list(self.events.items()):
+            if not _live(window, now):
+                self.events.pop(key, None)
+        for key, expires in list(self.expirations.items()):
+            if expires <= now:  # fixed and sliding window counters
+                self.storage.pop(key, None)
+                self.expirations.pop(key, None)
+                self.locks.pop(key, None)
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        if amount > limit:
+            return False
+        await self._MemoryStorage__schedule_expiry()
+        now = time.time()
+        window = self.events.get(key)
+        if window is None:
+            window = self.events[key] = deque()
+        if _live(window, now) + amount > limit:
+            return False
+        window.extend(itertools.repeat(now + expiry, amount))
+        return True
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """(when the oldest live entry was made, how many are live); (now, 0) if none."""
+        now = time.time()
+        window = self.events.get(key)
+        if not window or not _live(window, now):
+            return now, 0
+        # As the stock storage reports it: an entry that expires this instant still refuses a
+        # hit, but is no longer counted in the window.
+        ending = 0
+        while ending < len(window) and window[ending] <= now:
+            ending += 1
+        if ending == len(window):
+            return now, 0
+        return window[ending] - expiry, len(window) - ending
+
+
+def _live(window: deque[float], now: float) -> int:
+    """Drops the expired entries (an entry counts until its expiry time, inclusive); returns
+    how many are left."""
+    while window and window[0] < now:
+        window.popleft()
+    return len(window)
 
 
 def open_storage(storage_url: str, **options: Any) -> Storage:
@@ -90,12 +150,4 @@ class RateLimiter:
         return await self.limiter.hit(window.item, *keys)
 
     async def clear(self, window: Window, *keys: str) -> None:
-        if isinstance(self.storage, MemoryStorage):
-            # MemoryStorage.clear() pops the key without the lock its own expiry task holds,
-            # and that task then dies on a KeyError. Emptying the window under the lock is the
-            # same reset, and the expiry task drops the empty key itself.
-            key = window.item.key_for(*keys)
-            async with self.storage.locks[key]:
-                self.storage.events[key] = []
-            return
         await self.limiter.clear(window.item, *keys)
