@@ -163,6 +163,38 @@ async def test_a_lease_serves_many_calls_with_one_statement(app: FastAPI, alice:
     assert (final["tokens_reserved"], final["tokens_used"]) == (0, 70)
 
 
+async def test_busy_leases_refill_in_growing_slices(app: FastAPI, alice: Account) -> None:
+    settings = lease_settings(lease_calls=2, user_monthly_tokens=100_000)
+    # One call after another, each refill within a second of the last: slices of 2, 4, 8, ...
+    # and once they grow, the next is reserved in the background before the lease runs dry.
+    quota = DbQuota(app.state.db, settings)
+    waited = 0
+    for n in range(200):
+        if n == 100:
+            waited = quota.waits
+        held = await quota.reserve(caller(alice), tokens=10, cost=Decimal(0))
+        await asyncio.sleep(0.002)  # the model call
+        await quota.settle(held, tokens=10, cost=Decimal(0))
+    assert quota.refills <= 10  # 100 with fixed slices of 2
+    assert quota.waits == waited  # the later refills all came before they were needed
+    await quota.drain()
+    assert (await counter(app, alice.id))["tokens_reserved"] == 0
+    # Concurrent calls: the refill makes room for those waiting on it too, instead of one
+    # refill (a database round trip) after another while they queue.
+    quota = DbQuota(app.state.db, settings)
+
+    async def call() -> None:
+        held = await quota.reserve(caller(alice), tokens=10, cost=Decimal(0))
+        await asyncio.sleep(0.01)
+        await quota.settle(held, tokens=10, cost=Decimal(0))
+
+    await asyncio.gather(*(call() for _ in range(64)))
+    assert quota.refills <= 4  # 32 with fixed slices of 2
+    await quota.drain()
+    final = await counter(app, alice.id)
+    assert (final["tokens_reserved"], final["tokens_used"]) == (0, 2640)
+
+
 async def test_processes_with_leases_never_hold_more_than_the_budget_together(
     app: FastAPI, alice: Account
 ) -> None:

@@ -12,12 +12,21 @@ call's estimate (the estimate being a worst case, not even that). What a lease c
 a slice reserved by one process is not available to another until it is flushed back (idle
 leases are released after ``quota.lease_idle_s``); a lease that cannot grow by a slice grows
 by exactly what the call needs before refusing it.
+
+A slice is ``quota.lease_calls`` calls' worth, doubled each time a lease needs another one
+within a second of the last (up to ``_MAX_SLICE_FACTOR`` times; halved again when one lasts
+more than four seconds), plus room for the calls
+waiting on the refill; and once a lease has doubled, the next slice is reserved in the
+background when less than half of one is left. A busy caller's calls then neither wait for a
+refill nor queue behind one refill after another (at 32 concurrent calls that queue was the
+gateway's p99).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +45,11 @@ from mainsail.quotas import repository as repo
 from mainsail.settings import QuotaSettings
 
 log = get_logger(__name__)
+# A lease refilled again within this many seconds doubles its next slice, up to this factor;
+# one whose last slice lasted longer than _SLOW_REFILL_S halves it.
+_FAST_REFILL_S = 1.0
+_SLOW_REFILL_S = 4.0
+_MAX_SLICE_FACTOR = 64
 
 
 class QuotaExceeded(TooManyRequests):
@@ -76,6 +90,9 @@ class _Lease:
     used_cost: Decimal = Decimal(0)
     last_used: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: int = 0  # calls waiting for the refill in progress
+    slice_factor: int = 1  # the next slice, in quota.lease_calls
+    last_refill: float = -math.inf
 
     def fits(self, tokens: int, cost: Decimal) -> bool:
         return (
@@ -106,7 +123,9 @@ class DbQuota:
         self._leases: dict[tuple[uuid.UUID, date], _Lease] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        self._ahead: set[asyncio.Task[None]] = set()  # refills running in the background
         self.refills = 0  # lease statements run (for tests and benchmarks)
+        self.waits = 0  # calls that waited for a refill
 
     async def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_loop(), name="quota-flusher")
@@ -120,13 +139,45 @@ class DbQuota:
         if lease is None:
             lease = self._leases[(ctx.user_id, period)] = _Lease(ctx.user_id, period)
         if not lease.fits(tokens, cost):
-            async with lease.lock:  # one refill at a time; the others then fit or refill
+            self.waits += 1
+            lease.waiting += 1
+            try:
+                await lease.lock.acquire()  # one refill at a time; the others then fit or refill
+            finally:
+                lease.waiting -= 1
+            try:
                 if not lease.fits(tokens, cost) and not await self._grow(lease, ctx, tokens, cost):
                     raise await self._exceeded(ctx.user_id, ctx.role, now, tokens=tokens, cost=cost)
+            finally:
+                lease.lock.release()
         lease.inflight_tokens += tokens
         lease.inflight_cost += cost
         lease.last_used = self.monotonic()
+        if (
+            lease.slice_factor > 1
+            and not lease.lock.locked()
+            and self._running_low(lease, tokens, cost)
+        ):
+            self._refill_ahead(lease, ctx, tokens, cost)
         return Reservation(user_id=ctx.user_id, tokens=tokens, cost=cost, handle=lease)
+
+    def _running_low(self, lease: _Lease, tokens: int, cost: Decimal) -> bool:
+        """Less than half a slice of calls like this one left."""
+        half = max(1, self.settings.lease_calls * lease.slice_factor // 2)
+        return not lease.fits(tokens * half, cost * half)
+
+    def _refill_ahead(self, lease: _Lease, ctx: CallContext, tokens: int, cost: Decimal) -> None:
+        async def refill() -> None:
+            try:
+                async with lease.lock:
+                    if self._running_low(lease, tokens, cost):
+                        await self._grow(lease, ctx, tokens, cost, exact=False)
+            except Exception as exc:  # a call that then lacks room refills (or fails) itself
+                log.warning("quota_refill_failed", error=type(exc).__name__)
+
+        task = asyncio.create_task(refill(), name="quota-refill")
+        self._ahead.add(task)
+        task.add_done_callback(self._ahead.discard)
 
     async def settle(self, reservation: Reservation, *, tokens: int, cost: Decimal) -> None:
         lease = reservation.handle
@@ -138,18 +189,30 @@ class DbQuota:
         lease.used_cost += cost
         lease.last_used = self.monotonic()
 
-    async def _grow(self, lease: _Lease, ctx: CallContext, tokens: int, cost: Decimal) -> bool:
-        """Reserve a slice for many calls like this one, or else exactly what it lacks."""
+    async def _grow(
+        self, lease: _Lease, ctx: CallContext, tokens: int, cost: Decimal, *, exact: bool = True
+    ) -> bool:
+        """Reserve a slice for many calls like this one (and those waiting), or else one of
+        ``lease_calls`` calls, or else (``exact``) exactly what it lacks."""
         lacking_tokens = max(
             lease.inflight_tokens + lease.used_tokens + tokens - lease.granted_tokens, 0
         )
         lacking_cost = max(
             lease.inflight_cost + lease.used_cost + cost - lease.granted_cost, Decimal(0)
         )
-        calls = self.settings.lease_calls
-        asks = [(max(lacking_tokens, tokens * calls), max(lacking_cost, cost * calls))]
-        if asks[0] != (lacking_tokens, lacking_cost):
-            asks.append((lacking_tokens, lacking_cost))
+        now = self.monotonic()
+        lasted = now - lease.last_refill  # how long the last slice served
+        if lasted < _FAST_REFILL_S:
+            lease.slice_factor = min(lease.slice_factor * 2, _MAX_SLICE_FACTOR)
+        elif lasted > _SLOW_REFILL_S:
+            lease.slice_factor = max(lease.slice_factor // 2, 1)
+        lease.last_refill = now
+        base = self.settings.lease_calls
+        asks: list[tuple[int, Decimal]] = []
+        for calls in (base * lease.slice_factor + lease.waiting, base, 0)[: 3 if exact else 2]:
+            ask = (max(lacking_tokens, tokens * calls), max(lacking_cost, cost * calls))
+            if ask not in asks:
+                asks.append(ask)
         default = role_default(self.settings, ctx.role)
         for ask_tokens, ask_cost in asks:
             self.refills += 1
@@ -231,6 +294,8 @@ class DbQuota:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
+        # A refill still running would add to a lease after it was written back.
+        await asyncio.gather(*self._ahead, return_exceptions=True)
         for attempt in range(5):
             try:
                 await self.flush(release_idle_after_s=0.0)
