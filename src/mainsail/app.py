@@ -159,21 +159,24 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url=None,
     )
     app.state.settings = settings
-    install_error_handlers(app)
+    # /v1 answers in OpenAI's shape, whatever refuses the request.
+    v1_errors = (("/v1/", to_openai_error),)
+    install_error_handlers(app, shapes=v1_errors)
     app.add_exception_handler(LLMError, llm_problem)
     # Added innermost first: the request-id middleware wraps everything, so even a 413
     # refused before routing carries the id.
-    # Inside the body limit: it reads bodies already cut to size. /v1 answers in OpenAI's shape.
+    # Inside the body limit: it reads bodies already cut to size.
     app.add_middleware(
         IdempotencyMiddleware,
         settings=settings.idempotency,
-        error_shapes={"/v1/": to_openai_error},
+        error_shapes=v1_errors,
     )
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.http.max_body_bytes,
         # Uploads: the file plus room for the form around it.
         upload_limits={"/documents": settings.documents.max_upload_bytes + 65_536},
+        error_shapes=v1_errors,
     )
     if settings.rate_limit.enabled:  # outside the body limit: a refused request reads nothing
         app.add_middleware(RateLimitMiddleware, limits=rate_limits)

@@ -5,6 +5,8 @@ must stay so."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -231,3 +233,70 @@ async def test_json_media_types_are_served(
         return
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "fine"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        ("GET", "/v1/nowhere", 404, "No route matches GET /v1/nowhere"),
+        ("GET", PATH, 405, f"GET is not allowed on {PATH}"),
+    ],
+)
+async def test_unknown_routes_and_methods_answer_in_openais_shape(
+    live: LiveMainsail, method: str, path: str, status: int, message: str
+) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url) as http:
+        response = await http.request(
+            method, path, headers={"Authorization": f"Bearer {live.api_key}"}
+        )
+        elsewhere = await http.get("/nowhere")
+    assert response.status_code == status
+    assert response.headers["x-request-id"]
+    assert response.json() == {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    # Outside /v1 the same refusal stays problem+json.
+    assert elsewhere.headers["content-type"] == "application/problem+json"
+    assert elsewhere.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("length", "status", "message"),
+    [
+        ("999999999999", 413, "The request body exceeds the limit of {limit} bytes"),
+        ("many", 400, "Content-Length is not a valid number"),
+    ],
+)
+async def test_a_body_refused_before_it_is_read_answers_in_openais_shape(
+    live: LiveMainsail, length: str, status: int, message: str
+) -> None:
+    host, port = live.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {live.api_key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(65_536), timeout=10)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if length == "many":  # the HTTP server itself may refuse a malformed header first
+        assert head.split()[1] == b"400"
+        return
+    assert head.split()[1] == str(status).encode()
+    assert b"connection: close" in head.lower()
+    error = json.loads(body)["error"]
+    limit = live.settings.http.max_body_bytes
+    assert error == {
+        "message": message.format(limit=limit),
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "payload_too_large",
+    }

@@ -8,7 +8,7 @@ never reaches a client.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar, cast
 
@@ -17,11 +17,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from mainsail.core.logging import get_logger
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:mainsail:problem:"
+
+# Renders an error for a family of paths in that surface's own shape (``/v1``: OpenAI's);
+# None lets the default problem+json through.
+ErrorShaper = Callable[[Exception, str | None], Response | None]
+ErrorShapes = Sequence[tuple[str, ErrorShaper]]  # (path prefix, shaper), first match wins
+
+
+def shaped_error(
+    shapes: ErrorShapes, path: str, exc: Exception, request_id: str | None
+) -> Response | None:
+    """The answer to ``exc`` in the shape of the surface ``path`` belongs to, if it has one."""
+    for prefix, shape in shapes:
+        if path.startswith(prefix):
+            return shape(exc, request_id)
+    return None
+
 
 log = get_logger(__name__)
 
@@ -170,18 +187,30 @@ _BY_STATUS: dict[int, type[AppError]] = {
 }
 
 
+def _phrase(status: int) -> str:
+    return HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+
+
+def _http_detail(request: Request, exc: StarletteHTTPException) -> str | None:
+    """The exception's own detail, or for an unknown route or method, which one it was."""
+    status = exc.status_code
+    if isinstance(exc.detail, str) and exc.detail != _phrase(status):
+        return exc.detail
+    if status == 404:
+        return f"No route matches {request.method} {request.url.path}"
+    if status == 405:
+        return f"{request.method} is not allowed on {request.url.path}"
+    return None
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(StarletteHTTPException, exc)
     status = exc.status_code
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    phrase = _phrase(status)
     known = _BY_STATUS.get(status)
     code = known.code if known else phrase.lower().replace(" ", "_").replace("-", "_")
-    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
+    detail = _http_detail(request, exc)
     phrase = known.title if known else phrase
-    if status == 404 and detail is None:
-        detail = f"No route matches {request.method} {request.url.path}"
-    if status == 405 and detail is None:
-        detail = f"{request.method} is not allowed on {request.url.path}"
     return problem_response(
         status=status,
         code=code,
@@ -243,10 +272,31 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(AppError, _app_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def install_error_handlers(app: FastAPI, *, shapes: ErrorShapes = ()) -> None:
+    """problem+json for every error, except on paths ``shapes`` answer in their own shape (an
+    unknown route or method under ``/v1``, or an error raised before the route runs)."""
+
+    def shaped(handler: Handler) -> Handler:
+        if not shapes:
+            return handler
+
+        async def handle(request: Request, exc: Exception) -> Response:
+            if isinstance(exc, StarletteHTTPException):  # say which route or method
+                exc = StarletteHTTPException(
+                    exc.status_code, _http_detail(request, exc), headers=exc.headers
+                )
+            request_id = getattr(request.state, "request_id", None)
+            response = shaped_error(shapes, request.url.path, exc, request_id)
+            return response if response is not None else await handler(request, exc)
+
+        return handle
+
+    app.add_exception_handler(AppError, shaped(_app_error))
+    app.add_exception_handler(StarletteHTTPException, shaped(_http_error))
+    app.add_exception_handler(RequestValidationError, shaped(_validation_error))
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(ConnectionRefusedError, _connection_refused)
     app.add_exception_handler(Exception, _unexpected_error)

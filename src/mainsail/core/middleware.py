@@ -16,7 +16,15 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mainsail.core.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX, PayloadTooLarge
+from mainsail.core.errors import (
+    PROBLEM_CONTENT_TYPE,
+    PROBLEM_TYPE_PREFIX,
+    AppError,
+    BadRequest,
+    ErrorShapes,
+    PayloadTooLarge,
+    shaped_error,
+)
 from mainsail.core.logging import get_logger
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -91,11 +99,17 @@ class BodySizeLimitMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, upload_limits: dict[str, int] | None = None
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        upload_limits: dict[str, int] | None = None,
+        error_shapes: ErrorShapes = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.upload_limits = upload_limits or {}
+        self.error_shapes = error_shapes
 
     def _limit(self, scope: Scope) -> int:
         upload_limit = self.upload_limits.get(scope["path"])
@@ -117,24 +131,12 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = -1
                 if declared < 0:
-                    await _send_problem(
-                        send,
-                        scope,
-                        400,
-                        "bad_request",
-                        "Bad request",
-                        "Content-Length is not a valid number",
+                    await self._refuse(
+                        BadRequest("Content-Length is not a valid number"), scope, receive, send
                     )
                     return
                 if declared > limit:
-                    await _send_problem(
-                        send,
-                        scope,
-                        413,
-                        PayloadTooLarge.code,
-                        PayloadTooLarge.title,
-                        _too_large(limit),
-                    )
+                    await self._refuse(PayloadTooLarge(_too_large(limit)), scope, receive, send)
                     return
                 break
         received = 0
@@ -150,20 +152,29 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, counting_receive, send)
 
+    async def _refuse(self, exc: AppError, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answers before the body is read (so the connection closes after it): in the shape
+        of the path's surface, else problem+json."""
+        request_id = scope.get("state", {}).get("request_id")
+        shaped = shaped_error(self.error_shapes, scope["path"], exc, request_id)
+        if shaped is not None:
+            shaped.headers["connection"] = "close"
+            await shaped(scope, receive, send)
+            return
+        await _send_problem(send, scope, exc)
+
 
 def _too_large(limit: int) -> str:
     return f"The request body exceeds the limit of {limit} bytes"
 
 
-async def _send_problem(
-    send: Send, scope: Scope, status: int, code: str, title: str, detail: str
-) -> None:
+async def _send_problem(send: Send, scope: Scope, exc: AppError) -> None:
     body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_PREFIX + code,
-        "title": title,
-        "status": status,
-        "code": code,
-        "detail": detail,
+        "type": PROBLEM_TYPE_PREFIX + exc.code,
+        "title": exc.title,
+        "status": exc.status,
+        "code": exc.code,
+        "detail": exc.detail,
         "instance": scope["path"],
     }
     request_id = scope.get("state", {}).get("request_id")
@@ -173,7 +184,7 @@ async def _send_problem(
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": exc.status,
             "headers": [
                 (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
                 (b"content-length", str(len(payload)).encode()),

@@ -21,21 +21,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mainsail.core.errors import (
     AppError,
     BadRequest,
     Conflict,
+    ErrorShapes,
     Forbidden,
     ServiceUnavailable,
     UnprocessableContent,
     problem_response,
+    shaped_error,
 )
 from mainsail.core.logging import get_logger
 from mainsail.core.principal import Principal
@@ -55,10 +55,6 @@ _METHODS = frozenset({"POST", "PATCH"})
 _KEPT_HEADERS = frozenset({"content-type", "content-language", "location"})
 # 4xx answers that depend on something other than the request and may change on a retry.
 _TRANSIENT_4XX = frozenset({401, 403, 408, 409, 423, 425, 429})
-
-# Renders an error for a family of paths in that surface's own shape (``/v1``: OpenAI's);
-# None lets the default problem+json through.
-ErrorShaper = Callable[[Exception, str | None], Response | None]
 
 
 class InvalidIdempotencyKey(BadRequest):
@@ -137,13 +133,13 @@ class IdempotencyMiddleware:
         app: ASGIApp,
         *,
         settings: IdempotencySettings,
-        error_shapes: Mapping[str, ErrorShaper] | None = None,
+        error_shapes: ErrorShapes = (),
     ) -> None:
         self.app = app
         self.settings = settings
         self.exact = frozenset(p for p in settings.paths if not p.endswith("/*"))
         self.prefixes = tuple(p[:-1] for p in settings.paths if p.endswith("/*"))
-        self.error_shapes = tuple((error_shapes or {}).items())
+        self.error_shapes = error_shapes
 
     def applies(self, path: str) -> bool:
         return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))
@@ -296,12 +292,10 @@ class IdempotencyMiddleware:
 
     async def _refuse(self, exc: AppError, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = scope.get("state", {}).get("request_id")
-        for prefix, shape in self.error_shapes:
-            if scope["path"].startswith(prefix):
-                shaped = shape(exc, request_id)
-                if shaped is not None:
-                    await shaped(scope, receive, send)
-                    return
+        shaped = shaped_error(self.error_shapes, scope["path"], exc, request_id)
+        if shaped is not None:
+            await shaped(scope, receive, send)
+            return
         response = problem_response(
             status=exc.status,
             code=exc.code,
