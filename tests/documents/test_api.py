@@ -253,6 +253,26 @@ async def test_a_corrupt_file_fails_with_a_reason_and_the_next_one_still_works(
     assert (await wait_for_status(client, alice, fine.json()["id"], "ready"))["status"] == "ready"
 
 
+async def test_the_same_bytes_after_a_failure_are_a_retry(
+    client: httpx.AsyncClient, alice: Account, upload: Upload
+) -> None:
+    broken = (FIXTURES / "sample.pdf").read_bytes()[:600]
+    first = await upload(alice, broken, "broken.pdf")
+    document = first.json()["id"]
+    await wait_for_status(client, alice, document, "failed", "ready")
+    # Uploaded again (under another name too): the same document, a new revision and job.
+    again = await upload(alice, broken, "broken-again.pdf")
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] == document
+    assert again.json()["revision"] == 2
+    assert again.json()["job_id"] != first.json()["job_id"]
+    failed = await wait_for_status(client, alice, document, "failed", "ready")
+    assert failed["revision"] == 2
+    assert failed["error"]
+    listed = (await client.get("/documents", headers=alice.headers)).json()
+    assert [item["id"] for item in listed["items"]] == [document]  # never a duplicate
+
+
 async def test_listing_filters_and_pages(
     client: httpx.AsyncClient, alice: Account, bob: Account, upload: Upload
 ) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mainsail.core.errors import NotFound, UnprocessableContent, UnsupportedMediaType
 from mainsail.core.principal import Principal
 from mainsail.documents import repository
-from mainsail.documents.models import QUEUED, Document
+from mainsail.documents.models import FAILED, QUEUED, Document
 from mainsail.documents.parsing import SUPPORTED, UnsupportedType, sniff_file
 from mainsail.documents.pipeline import INGEST
 from mainsail.documents.storage import DocumentStore, StagedFile
@@ -74,7 +74,9 @@ async def create(
         raise UnprocessableContent("The document is empty.")
     owner = principal.user_id
     same = await repository.find_same_bytes(session, owner, collection, staged.sha256)
-    if same is not None:
+    if same is not None and same.status == FAILED:
+        await session.refresh(same, with_for_update=True)  # one retry, not one per request
+    if same is not None and same.status != FAILED:
         staged.path.unlink(missing_ok=True)
         return Created(same, created=False)
     settings = (
@@ -85,8 +87,10 @@ async def create(
             "chunk_overlap": chunking.chunk_overlap,
         }
     )
-    document: Document | None = None
-    if filename is not None:
+    # The same bytes after a failure (a quota, a provider outage, attempts used up) are the
+    # owner's retry: a new revision of that document, ingested by a new job.
+    document: Document | None = same
+    if document is None and filename is not None:
         document = await repository.find_by_name(session, owner, collection, filename, lock=True)
     if document is not None:
         document.revision += 1
