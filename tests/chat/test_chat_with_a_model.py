@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
+from mainsail.chat.service import NO_DOCUMENTS
 from mainsail.settings import Settings
 from tests.chat.conftest import ask, sse_events
 from tests.documents.conftest import QUICK_JOBS
@@ -61,11 +62,17 @@ async def test_the_model_gets_numbered_sources_and_made_up_markers_are_removed(
     assert body["usage"]["input_tokens"] > 0
     assert body["usage"]["cost_usd"] != "0.00000000"
 
+    # The answer's usage names its request; the usage event of its model call carries it.
+    assert body["usage"]["request_id"]
+
     async def metered() -> bool:
         async with app.state.db.engine.connect() as connection:
             rows = await connection.execute(
-                text("SELECT kind, prompt_version FROM usage_events WHERE user_id = :u"),
-                {"u": alice.id},
+                text(
+                    "SELECT kind, prompt_version FROM usage_events"
+                    " WHERE user_id = :u AND request_id = :r"
+                ),
+                {"u": alice.id, "r": body["usage"]["request_id"]},
             )
             return [tuple(r) for r in rows] == [("chat", "answer@1")]
 
@@ -101,6 +108,26 @@ async def test_a_follow_up_is_condensed_by_the_model_before_searching(
     assert roles == ["system", "user", "assistant", "user"]
     assert "croissants" in follow["sources"][0]["title"] or follow["citations"]
     assert user_text(answer_call.body).rstrip().endswith("Question: And how long do they proof?")
+
+
+async def test_a_follow_up_after_the_documents_are_gone_costs_no_model_call(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    document = await ingest(alice, BAKING, "baking.md")
+    fake_provider.script(Reply("Laminate butter with three folds [1]."))
+    first = (await ask(client, alice.headers, question="How are croissants made?")).json()
+    deleted = await client.delete(f"/documents/{document}", headers=alice.headers)
+    assert deleted.status_code == 204, deleted.text
+    follow = await ask(
+        client,
+        alice.headers,
+        question="And how long do they proof?",
+        conversation_id=first["conversation_id"],
+    )
+    assert follow.status_code == 200, follow.text
+    assert follow.json()["answer"] == NO_DOCUMENTS
+    assert follow.json()["usage"]["model_calls"] == 0
+    assert len(fake_provider.calls) == 1  # the first answer only: nothing condensed
 
 
 async def test_a_stream_that_fails_after_retrieval_ends_with_an_error_event(

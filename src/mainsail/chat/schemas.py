@@ -62,6 +62,8 @@ class ChatUsage(OutModel):
     model_calls: int
     prompt_tokens_budgeted: int
     model: str | None = None
+    # The request whose usage events (GET /me/usage, the usage_events table) hold these calls.
+    request_id: str | None = None
 
 
 class ChatOut(OutModel):

@@ -63,6 +63,7 @@ class Turn:
     canned: str | None = None
     request: ChatRequest | None = None
     usage: list[tuple[str, Usage]] = field(default_factory=list)  # (model, usage) per call
+    request_id: str | None = None  # the usage events' link
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,12 @@ class ChatService:
         standalone = body.question
         usage: list[tuple[str, Usage]] = []
         if turns:
+            if not await self._has_documents(owner_id):
+                # Nothing left to search (documents deleted since): no condensing call either.
+                turn = Turn(conversation, question.id, model, extractive, standalone, None)
+                turn.request_id = ctx.request_id
+                turn.canned = NO_DOCUMENTS
+                return turn
             standalone = await self._condense(model, extractive, turns, body.question, ctx, usage)
         filters = body.filters or Filters.model_validate(conversation.filters or {})
         found = await self.searcher.search(
@@ -140,6 +147,7 @@ class ChatService:
             ctx=replace(ctx, kind="search"),
         )
         turn = Turn(conversation, question.id, model, extractive, standalone, None, usage=usage)
+        turn.request_id = ctx.request_id
         if not found.results:
             has_any = await self._has_documents(owner_id)
             turn.canned = NOTHING_IN_SCOPE if has_any else NO_DOCUMENTS
@@ -325,6 +333,7 @@ class ChatService:
             "cost_usd": f"{cost:.8f}",
             "model_calls": len(turn.usage),
             "prompt_tokens_budgeted": turn.packed.prompt_tokens if turn.packed else 0,
+            "request_id": turn.request_id,
         }
 
 
