@@ -195,6 +195,24 @@ async def test_busy_leases_refill_in_growing_slices(app: FastAPI, alice: Account
     assert (final["tokens_reserved"], final["tokens_used"]) == (0, 2640)
 
 
+async def test_a_busy_lease_uses_its_budget_to_the_end_without_refusals_ahead(
+    app: FastAPI, alice: Account
+) -> None:
+    quota = DbQuota(app.state.db, lease_settings(lease_calls=2))  # 1000 tokens: 100 calls
+    for _ in range(100):
+        held = await quota.reserve(caller(alice), tokens=10, cost=Decimal(0))
+        await asyncio.sleep(0.002)
+        await quota.settle(held, tokens=10, cost=Decimal(0))
+    with pytest.raises(QuotaExceeded):
+        await quota.reserve(caller(alice), tokens=10, cost=Decimal(0))
+    # Near the end slices shrink back: no more statements than fixed slices of 2 would take
+    # (50), rather than a refused slice ahead on every call.
+    assert quota.refills <= 50
+    await quota.drain()
+    final = await counter(app, alice.id)
+    assert (final["tokens_reserved"], final["tokens_used"]) == (0, 1000)
+
+
 async def test_processes_with_leases_never_hold_more_than_the_budget_together(
     app: FastAPI, alice: Account
 ) -> None:

@@ -15,11 +15,11 @@ by exactly what the call needs before refusing it.
 
 A slice is ``quota.lease_calls`` calls' worth, doubled each time a lease needs another one
 within a second of the last (up to ``_MAX_SLICE_FACTOR`` times; halved again when one lasts
-more than four seconds), plus room for the calls
-waiting on the refill; and once a lease has doubled, the next slice is reserved in the
-background when less than half of one is left. A busy caller's calls then neither wait for a
-refill nor queue behind one refill after another (at 32 concurrent calls that queue was the
-gateway's p99).
+more than four seconds), plus room for the calls waiting on the refill; and once a lease
+has doubled, the next slice is reserved in the background when less than half of one is
+left (until the budget refuses one: near its end, calls refill for themselves). A busy
+caller's calls then neither wait for a refill nor queue behind one refill after another (at
+32 concurrent calls that queue was the gateway's p99).
 """
 
 from __future__ import annotations
@@ -170,8 +170,11 @@ class DbQuota:
         async def refill() -> None:
             try:
                 async with lease.lock:
-                    if self._running_low(lease, tokens, cost):
-                        await self._grow(lease, ctx, tokens, cost, exact=False)
+                    grown = not self._running_low(lease, tokens, cost) or await self._grow(
+                        lease, ctx, tokens, cost, exact=False
+                    )
+                    if not grown:  # the budget is near its end: no more refills ahead
+                        lease.slice_factor = 1
             except Exception as exc:  # a call that then lacks room refills (or fails) itself
                 log.warning("quota_refill_failed", error=type(exc).__name__)
 
@@ -214,7 +217,9 @@ class DbQuota:
             if ask not in asks:
                 asks.append(ask)
         default = role_default(self.settings, ctx.role)
-        for ask_tokens, ask_cost in asks:
+        for tried, (ask_tokens, ask_cost) in enumerate(asks):
+            if tried:  # the budget has no room for a grown slice: start small again
+                lease.slice_factor = 1
             self.refills += 1
             async with self.db.autocommit() as connection:  # one atomic statement
                 granted = await repo.reserve(
