@@ -83,7 +83,7 @@ def stored_as_returned(
 async def ingest(
     path: Path,
     chunker: Chunker,
-    embedder: LocalEmbedder,
+    embedder: LocalEmbedder | OrderedProvider,
     *,
     skip_through: int = -1,
     batch_size: int = 32,
@@ -252,14 +252,7 @@ async def test_a_provider_embedder_is_given_chunks_in_ordinal_order(
     path.write_text("\n\n".join(essay(1 + i % 5, seed=i) for i in range(60)), encoding="utf-8")
     provider = OrderedProvider(model)
     chunker = Chunker(model.tokenizer, chunk_size=24, chunk_overlap=4)
-    batches: list[list[ChunkText]] = []
-
-    async def sink(chunks: list[ChunkText], rows: np.ndarray) -> None:
-        batches.append(chunks)
-
-    await run_pipeline(
-        path, "text/plain", chunker=chunker, embedder=provider, batch_size=16, sink=sink
-    )
+    batches, _ = await ingest(path, chunker, provider, batch_size=16)
     chunks = [chunk for batch in batches for chunk in batch]
     assert len(chunks) > 3 * 16
     # Sorting by length gains a provider nothing: each call is the next chunks in order, so

@@ -135,10 +135,16 @@ class ChatService:
         if turns:
             if not await self._has_documents(owner_id):
                 # Nothing left to search (documents deleted since): no condensing call either.
-                turn = Turn(conversation, question.id, model, extractive, standalone, None)
-                turn.request_id = ctx.request_id
-                turn.canned = NO_DOCUMENTS
-                return turn
+                return Turn(
+                    conversation,
+                    question.id,
+                    model,
+                    extractive,
+                    standalone,
+                    None,
+                    canned=NO_DOCUMENTS,
+                    request_id=ctx.request_id,
+                )
             standalone = await self._condense(model, extractive, turns, body.question, ctx, usage)
         filters = body.filters or Filters.model_validate(conversation.filters or {})
         found = await self.searcher.search(
@@ -146,8 +152,16 @@ class ChatService:
             SearchIn(query=standalone, top_k=self.settings.retrieve_k, filters=filters),
             ctx=replace(ctx, kind="search"),
         )
-        turn = Turn(conversation, question.id, model, extractive, standalone, None, usage=usage)
-        turn.request_id = ctx.request_id
+        turn = Turn(
+            conversation,
+            question.id,
+            model,
+            extractive,
+            standalone,
+            None,
+            usage=usage,
+            request_id=ctx.request_id,
+        )
         if not found.results:
             has_any = await self._has_documents(owner_id)
             turn.canned = NOTHING_IN_SCOPE if has_any else NO_DOCUMENTS

@@ -284,12 +284,16 @@ def install_error_handlers(app: FastAPI, *, shapes: ErrorShapes = ()) -> None:
             return handler
 
         async def handle(request: Request, exc: Exception) -> Response:
+            path = request.url.path
+            if not any(path.startswith(prefix) for prefix, _ in shapes):
+                return await handler(request, exc)
+            shown = exc
             if isinstance(exc, StarletteHTTPException):  # say which route or method
-                exc = StarletteHTTPException(
+                shown = StarletteHTTPException(
                     exc.status_code, _http_detail(request, exc), headers=exc.headers
                 )
             request_id = getattr(request.state, "request_id", None)
-            response = shaped_error(shapes, request.url.path, exc, request_id)
+            response = shaped_error(shapes, path, shown, request_id)
             return response if response is not None else await handler(request, exc)
 
         return handle
