@@ -277,3 +277,65 @@ async def test_repeated_search_is_served_from_cache_until_the_documents_change(
     third = await search(alice, "croissant butter")
     assert third.json()["cached"] is False
     assert new in documents_of(third)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
+async def test_a_quoted_phrase_must_occur_and_an_excluded_word_must_not(
+    alice: Account, library: dict[str, str], search: Search, mode: str
+) -> None:
+    phrase = (await search(alice, '"white masthead light" dough', mode=mode)).json()
+    assert phrase["results"]
+    assert all("white masthead light" in hit["text"] for hit in phrase["results"])
+    # The same words as plain text: the dough passages come back too.
+    loose = (
+        await search(alice, '"white masthead light" dough', mode=mode, query_syntax="plain")
+    ).json()
+    assert library["baking"] in documents_of_body(loose)
+
+    excluded = (await search(alice, "light through a lens -telescope", mode=mode)).json()
+    assert excluded["results"]
+    assert all("telescope" not in hit["text"].lower() for hit in excluded["results"])
+    unconstrained = (await search(alice, "light through a lens", mode=mode)).json()
+    assert any("telescope" in hit["text"].lower() for hit in unconstrained["results"])
+
+
+def documents_of_body(body: dict[str, Any]) -> list[str]:
+    return [hit["document_id"] for hit in body["results"]]
+
+
+async def test_an_exclusion_removes_passages_without_changing_the_others_scores(
+    alice: Account, library: dict[str, str], search: Search
+) -> None:
+    every = (await search(alice, "light", mode="keyword")).json()["results"]
+    kept = (await search(alice, 'light -"reflecting telescope"', mode="keyword")).json()
+    scores = {hit["chunk_id"]: hit["score"] for hit in every}
+    assert kept["results"]
+    assert len(kept["results"]) < len(every)
+    for hit in kept["results"]:
+        assert hit["score"] == pytest.approx(scores[hit["chunk_id"]])
+
+
+async def test_a_constraint_of_stop_words_alone_is_ignored(
+    alice: Account, library: dict[str, str], search: Search
+) -> None:
+    """'"the"' and '-a' name no word the full-text index keeps: they match every passage
+    rather than none."""
+    plain = (await search(alice, "anchor chain")).json()["results"]
+    assert plain
+    for query in ['anchor chain "the"', "anchor chain -a", 'anchor chain -"of the"']:
+        constrained = (await search(alice, query)).json()["results"]
+        assert [hit["chunk_id"] for hit in constrained] == [hit["chunk_id"] for hit in plain]
+
+
+@pytest.mark.parametrize("query", ["-anchor", '-"white light" -dough', '""'])
+async def test_a_query_with_nothing_to_look_for_is_a_422(
+    client: httpx.AsyncClient, alice: Account, query: str
+) -> None:
+    response = await client.post("/search", json={"query": query}, headers=alice.headers)
+    assert response.status_code == 422, response.text
+    assert [error["field"] for error in response.json()["errors"]] == ["body.query"]
+    # As plain text the same query is searched.
+    plain = await client.post(
+        "/search", json={"query": query, "query_syntax": "plain"}, headers=alice.headers
+    )
+    assert plain.status_code == 200, plain.text

@@ -102,3 +102,36 @@ async def test_the_one_round_trip_statement_agrees_with_exact_search(
         response = (await search(alice, query, mode="vector", top_k=POOL)).json()
         assert response["vector_strategy"] == "hnsw"
         assert [hit["chunk_id"] for hit in response["results"]] == expected[:POOL]
+
+
+@pytest.mark.parametrize("plan_rows", [0, None])
+async def test_an_excluded_word_narrows_the_index_s_results_to_an_exact_ranking(
+    app: FastAPI,
+    alice: Account,
+    ingest: Ingest,
+    search: Search,
+    monkeypatch: pytest.MonkeyPatch,
+    plan_rows: int | None,
+) -> None:
+    """Both HNSW statements (the one-round-trip one when ``plan_rows`` is 0) take the
+    exclusion as a scope filter: what comes back is the exact ranking of alice's chunks
+    without the word, whichever strategy answered."""
+    from mainsail.search import service
+
+    if plan_rows is not None:
+        monkeypatch.setattr(service, "HNSW_PLAN_ROWS", plan_rows)
+    for i, doc in enumerate([SAILING, BAKING, ASTRONOMY]):
+        await ingest(alice, doc, f"d{i}.md", chunking={"chunk_size": 24, "chunk_overlap": 0})
+    query = "a lens or a mirror to see faint stars"
+    response = (await search(alice, f"{query} -telescope", mode="vector", top_k=POOL)).json()
+    async with app.state.db.engine.connect() as connection:
+        with_word = set(
+            (
+                await connection.execute(
+                    text("SELECT id FROM chunks WHERE lower(text) LIKE '%telescope%'")
+                )
+            ).scalars()
+        )
+    assert with_word  # the exclusion has something to exclude
+    expected = [i for i in await exact_ranking(app, alice, query) if i not in with_word]
+    assert [hit["chunk_id"] for hit in response["results"]] == expected[:POOL]

@@ -149,7 +149,12 @@ class ChatService:
         filters = body.filters or Filters.model_validate(conversation.filters or {})
         found = await self.searcher.search(
             owner_id,
-            SearchIn(query=standalone, top_k=self.settings.retrieve_k, filters=filters),
+            SearchIn(
+                query=standalone,
+                query_syntax="plain",
+                top_k=self.settings.retrieve_k,
+                filters=filters,
+            ),
             ctx=replace(ctx, kind="search"),
         )
         turn = Turn(

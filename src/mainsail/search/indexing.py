@@ -351,7 +351,11 @@ class IndexVersions:
             if not any(gain > 0 for gain in gains.values()):
                 continue  # none of its documents is there: it says nothing about the index
             request = SearchIn(
-                query=query, mode=evaluation.mode, top_k=k, filters=evaluation.filters
+                query=query,
+                query_syntax="plain",
+                mode=evaluation.mode,
+                top_k=k,
+                filters=evaluation.filters,
             )
             result = await self.searcher.search(owner_id, request, version_id=version_id)
             ranked = list(dict.fromkeys(hit.document_id for hit in result.results))

@@ -38,6 +38,17 @@ class Scope:
     where: str
     params: dict[str, Any]
 
+    def matching(self, constraint: str) -> Scope:
+        """Only chunks that satisfy a web-search constraint (phrases, exclusions)."""
+        return Scope(
+            f"{self.where} AND {_CONSTRAINT.format(tsv='c.tsv')}",
+            {**self.params, "constraint": constraint, "config": TEXT_CONFIG},
+        )
+
+
+# A passage's ``tsvector`` against the query's phrases and exclusions.
+_CONSTRAINT = "{tsv} @@ websearch_to_tsquery(CAST(:config AS regconfig), :constraint)"
+
 
 def _scoped(sql: str, where: Scope) -> TextClause:
     """A statement with the scope's WHERE clause in place of ``{where}``. The clause is made
@@ -96,6 +107,16 @@ async def active_version(
     if row is None:
         return None
     return ActiveVersion(int(row.id), row.embedder, int(row.dimension), row.stamp)
+
+
+async def constrains(connection: AsyncConnection, constraint: str) -> bool:
+    """Whether a constraint names any word the full-text index keeps: one of stop words
+    alone (``"the"``, ``-a``) matches no passage at all, so it is dropped instead."""
+    value = await connection.scalar(
+        text("SELECT numnode(websearch_to_tsquery(CAST(:config AS regconfig), :constraint))"),
+        {"config": TEXT_CONFIG, "constraint": constraint},
+    )
+    return bool(value)
 
 
 async def count_scope(connection: AsyncConnection, where: Scope, *, cap: int) -> int:
@@ -226,7 +247,7 @@ async def vector_hnsw_session(
             """
             SELECT c.id, c.distance
             FROM (
-                SELECT c.id, c.document_id, c.revision, c.owner_id, c.collection,
+                SELECT c.id, c.document_id, c.revision, c.owner_id, c.collection, c.tsv,
                        (c.embedding::vector({dim})) <=> CAST(:query AS vector({dim}))
                            AS distance
                 FROM chunks c
@@ -276,10 +297,13 @@ async def keyword_bm25(
     k1: float,
     b: float,
     limit: int,
+    constraint: str | None = None,
 ) -> list[tuple[int, float]]:
     """(chunk id, BM25 score), best first. Any query term may match (OR): a question's words
     rarely all occur in one passage. Document frequencies are counted in the caller's scope,
-    so another tenant's documents never shape the scores. Each match's ``tsvector`` is cut
+    so another tenant's documents never shape the scores. A ``constraint`` (phrases,
+    exclusions) removes passages from the result, not from the frequencies: a passage scores
+    the same with or without it. Each match's ``tsvector`` is cut
     down to the query's lexemes in C (``setweight`` marks them, ``ts_filter`` keeps them; the
     stored vectors carry the default weight D) before it is unnested: unnesting whole vectors
     made a row per lexeme of every matching passage, several times the work of the rest."""
@@ -292,7 +316,7 @@ async def keyword_bm25(
                 WHERE u.lexeme !~ '[\\\\]'
             ),
             matches AS MATERIALIZED (
-                SELECT c.id, c.token_count,
+                SELECT c.id, c.token_count, {kept} AS kept,
                        ts_filter(setweight(c.tsv, 'A', (SELECT lexemes FROM terms)), '{a}')
                            AS tsv
                 FROM chunks c JOIN documents d ON d.id = c.document_id
@@ -303,7 +327,7 @@ async def keyword_bm25(
                   )
             ),
             tf AS (
-                SELECT m.id, m.token_count, u.lexeme,
+                SELECT m.id, m.token_count, m.kept, u.lexeme,
                        coalesce(array_length(u.positions, 1), 1) AS tf
                 FROM matches m, unnest(m.tsv) AS u
             ),
@@ -316,14 +340,16 @@ async def keyword_bm25(
                           + CAST(:b AS float8) * tf.token_count / CAST(:mean AS float8)))
                    ) AS score
             FROM tf JOIN df USING (lexeme)
+            WHERE tf.kept
             GROUP BY tf.id
             ORDER BY score DESC, tf.id
             LIMIT :limit
-            """,
+            """.replace("{kept}", _CONSTRAINT.format(tsv="c.tsv") if constraint else "true"),
             where,
         ),
         {
             **where.params,
+            **({"constraint": constraint} if constraint else {}),
             "query": query,
             "config": TEXT_CONFIG,
             "n": float(chunks),

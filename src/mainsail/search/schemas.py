@@ -6,11 +6,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mainsail.core.schemas import OutModel, StrictModel
+from mainsail.search.query import ParsedQuery, parse, plain
 
 Mode = Literal["hybrid", "vector", "keyword"]
+QuerySyntax = Literal["websearch", "plain"]
 MetadataValue = str | int | float | bool
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -52,6 +54,10 @@ class Filters(StrictModel):
 
 
 class SearchIn(StrictModel):
+    # websearch: "a phrase" must occur in a result, -word and -"a phrase" must not (every
+    # mode); plain: quotes and minus signs are ordinary text. (Before the query: its check
+    # reads it.)
+    query_syntax: QuerySyntax = "websearch"
     query: Annotated[str, Field(min_length=1, max_length=100_000)]
     mode: Mode = "hybrid"
     top_k: Annotated[int, Field(ge=1, le=1000)] = 10
@@ -64,10 +70,15 @@ class SearchIn(StrictModel):
 
     @field_validator("query")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _not_blank(cls, value: str, info: ValidationInfo) -> str:
         if not value.strip():
             raise ValueError("the query is blank")
+        if info.data.get("query_syntax") == "websearch" and not parse(value).text.strip():
+            raise ValueError("the query has no words to search for, only excluded ones")
         return value
+
+    def parsed(self) -> ParsedQuery:
+        return parse(self.query) if self.query_syntax == "websearch" else plain(self.query)
 
 
 class Ranks(OutModel):

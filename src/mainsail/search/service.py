@@ -6,6 +6,9 @@ repeats or skips a passage. Vector search is exact when the caller's filtered sc
 (``exact_below`` chunks) and uses the version's HNSW index otherwise; when the scope filters
 drop too many of the index's candidates it asks again with a list ``hnsw_overfetch`` times
 longer (up to pgvector's 1000), and ranks the scope exactly if that is still too few.
+
+A query's phrases and exclusions (``query.py``) narrow the vector retriever's scope (a small
+narrowed scope is ranked exactly) and filter the keyword retriever's result.
 """
 
 from __future__ import annotations
@@ -184,11 +187,18 @@ class Searcher:
         ctx: CallContext | None,
     ) -> SearchOut:
         where = repository.scope(version.id, owner_id, request.filters)
+        parsed = request.parsed()
+        constraint = parsed.constraint
+        if constraint is not None:
+            async with self.db.autocommit() as connection:
+                if not await repository.constrains(connection, constraint):
+                    constraint = None
         retrievers: dict[str, Awaitable[Ranking]] = {}
         if request.mode in ("hybrid", "vector"):
-            retrievers["vector"] = self._vector(version, where, request.query, ctx)
+            narrowed = where.matching(constraint) if constraint else where
+            retrievers["vector"] = self._vector(version, narrowed, parsed.text, ctx)
         if request.mode in ("hybrid", "keyword"):
-            retrievers["keyword"] = self._keyword(version, where, request.query)
+            retrievers["keyword"] = self._keyword(version, where, parsed.text, constraint)
         rankings = dict(zip(retrievers, await asyncio.gather(*retrievers.values()), strict=True))
         ordered = self._order(request.mode, rankings)
         end = request.offset + request.top_k
@@ -310,7 +320,10 @@ class Searcher:
             default=str,
         )
 
-    async def _keyword(self, version: ActiveVersion, where: Scope, query: str) -> Ranking:
+    async def _keyword(
+        self, version: ActiveVersion, where: Scope, query: str, constraint: str | None
+    ) -> Ranking:
+        """BM25 over ``where``; the constraint narrows the result, not the statistics."""
         stats_key = self._scope_key("bm25", version, where)
         async with self.db.autocommit() as connection:
             stats = self._stats.get(stats_key)
@@ -329,6 +342,7 @@ class Searcher:
                 k1=self.settings.bm25_k1,
                 b=self.settings.bm25_b,
                 limit=self.pool,
+                constraint=constraint,
             )
         return Ranking(hits)
 
