@@ -329,6 +329,9 @@ class DocumentSettings(BaseModel):
     # into batches, so a larger window pads less (memory grows with it).
     embed_window: int = Field(default=256, ge=1, le=8192)
     embed_threads: int | None = Field(default=None, ge=1, le=256)
+    # Threads of the local model's search-query session (a session of its own, beside the
+    # documents'): one short text per call, and the database needs the other cores.
+    query_embed_threads: int = Field(default=1, ge=1, le=256)
     # The embedding model of the first index version: "local" (all-MiniLM-L6-v2 in process, no
     # network), or the name of a catalogue model of kind embedding (text-embedding-3-small,
     # bedrock-titan-embed-v2, ...), called through the gateway and billed to each owner.

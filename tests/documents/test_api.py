@@ -3,6 +3,7 @@ embeds it with the real local model, and the chunks land in PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -329,3 +330,18 @@ async def test_binary_posing_as_text_is_refused_or_fails_with_a_reason(
     failed = await wait_for_status(client, alice, later.json()["id"], "failed", "ready")
     assert failed["status"] == "failed"
     assert "binary" in failed["error"].lower()
+
+
+async def test_search_queries_have_a_one_thread_session_of_their_own(app: FastAPI) -> None:
+    """Query vectors come from a session apart from the documents' (one thread by default),
+    and read the same as the documents' session would give."""
+    kit = app.state.documents
+    name = kit.ingestor.first_version.embedder
+    texts = ["where to anchor at night", "a sourdough starter", "telescope mirrors"]
+    from_queries = await kit.embedders.embed(name, texts, ctx=None)
+    documents_session = await asyncio.to_thread(kit.embedders, name)
+    queries_session = await asyncio.to_thread(kit.embedders.for_queries, name)
+    assert queries_session is not documents_session
+    assert queries_session is kit.embedders.for_queries(name)  # loaded once
+    assert kit.embedders.query_threads == 1
+    assert np.allclose(from_queries, documents_session.embed(texts), atol=1e-6)

@@ -42,6 +42,7 @@ async def start_documents(
         threads=config.embed_threads,
         batch_size=config.embed_batch_size,
         gateway=gateway,
+        query_threads=config.query_embed_threads,
     )
     name, dimension, max_tokens = (
         local_name(quantized=config.embed_quantized),
