@@ -127,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.search = start_search(
                 settings.search, db, app.state.documents.embedders, search_results
             )
+            stack.push_async_callback(app.state.search.aclose)  # its background counts
             app.state.index_versions = start_index_versions(
                 settings, db, app.state.documents, app.state.search
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -339,3 +340,36 @@ async def test_a_query_with_nothing_to_look_for_is_a_422(
         "/search", json={"query": query, "query_syntax": "plain"}, headers=alice.headers
     )
     assert plain.status_code == 200, plain.text
+
+
+async def test_slow_scope_figures_are_served_stale_while_one_background_count_replaces_them(
+    app: FastAPI,
+    alice: Account,
+    ingest: Ingest,
+    search: Search,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BM25's chunk count and mean length are exact for the owner's corpus stamp. Counted
+    cheaply, they are counted again right after an upload; when counting took long (every
+    count here, with the threshold at 0) the old figures answer until a background count
+    has replaced them."""
+    from mainsail.search import service
+
+    await ingest(alice, SAILING, "sailing.md")
+
+    async def anchor_score() -> float:
+        hits = (await search(alice, "anchor", mode="keyword")).json()["results"]
+        return float(hits[0]["score"])
+
+    first = await anchor_score()
+    await ingest(alice, BAKING, "baking.md")  # more chunks: the same passage's idf rises
+    exact = await anchor_score()
+    assert exact > first  # cheap figures: counted again at once
+
+    monkeypatch.setattr(service, "SLOW_FIGURES_S", 0.0)
+    await ingest(alice, ASTRONOMY, "astronomy.md")
+    assert await anchor_score() == pytest.approx(exact)  # stale, while the count runs
+    searcher = app.state.search
+    await asyncio.gather(*searcher._figures.refreshing.values())
+    assert not searcher._figures.refreshing
+    assert await anchor_score() > exact  # the new figures

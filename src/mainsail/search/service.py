@@ -46,6 +46,8 @@ HNSW_EF_MAX = 1000  # pgvector's upper bound for hnsw.ef_search
 # that many rows costs the planner far more than HNSW_EF_MAX index candidates.
 HNSW_PLAN_ROWS = 20_000
 STATS_TTL_S = 60.0
+# Scope figures that took this long to count are refreshed in the background when stale.
+SLOW_FIGURES_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,28 +56,72 @@ class Ranking:
 
     hits: list[tuple[int, float]]
     strategy: Strategy | None = None
+    # Ranked with scope figures of an earlier corpus stamp (being counted again).
+    stale: bool = False
+
+
+Figures = tuple[int, float]
+
+
+@dataclass(slots=True)
+class _Figure:
+    stamp: str  # the owner's corpus stamp it was counted at
+    expires: float
+    value: Figures
+    cost_s: float  # how long counting it took
 
 
 @dataclass
-class _StatsCache:
-    """Figures of a scope (its size; BM25's chunk count and mean length), briefly kept:
-    counting a large scope costs more than the rest of a query, and they move slowly."""
+class _FiguresCache:
+    """Figures of a scope (its size; BM25's chunk count and mean length): counting a large
+    scope costs more than the rest of a query (0.4 s at a million chunks).
 
-    entries: dict[str, tuple[float, tuple[int, float]]] = field(default_factory=dict)
+    A figure is exact for the owner's corpus stamp and kept up to ``STATS_TTL_S``. Once the
+    stamp has moved on (an upload, a delete) or the figure is old, one that was cheap to count
+    is counted again before the query; one that took ``SLOW_FIGURES_S`` or more is served as
+    it was while a single background count replaces it: after an upload a large scope's
+    figures differ by that document's chunks, not worth every query waiting 0.4 s for."""
 
-    def get(self, key: str) -> tuple[int, float] | None:
+    entries: dict[str, _Figure] = field(default_factory=dict)
+    refreshing: dict[str, asyncio.Task[Figures]] = field(default_factory=dict)
+
+    async def get(
+        self, key: str, stamp: str, count: Callable[[], Awaitable[Figures]]
+    ) -> tuple[Figures, bool]:
+        """The figures, and whether they are stale (of an earlier stamp)."""
         entry = self.entries.get(key)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
+        if entry is not None and entry.stamp == stamp and entry.expires >= time.monotonic():
+            return entry.value, False
+        if entry is None or entry.cost_s < SLOW_FIGURES_S:
+            return await self._count(key, stamp, count), False
+        if key not in self.refreshing:
+            task = asyncio.create_task(self._count(key, stamp, count))
+            self.refreshing[key] = task
+            task.add_done_callback(lambda done: self._refreshed(key, done))
+        return entry.value, entry.stamp != stamp
 
-    def put(self, key: str, value: tuple[int, float]) -> None:
-        if len(self.entries) >= 4096:
-            now = time.monotonic()
-            self.entries = {k: v for k, v in self.entries.items() if v[0] >= now}
-            if len(self.entries) >= 4096:
-                self.entries.clear()
-        self.entries[key] = (time.monotonic() + STATS_TTL_S, value)
+    async def _count(
+        self, key: str, stamp: str, count: Callable[[], Awaitable[Figures]]
+    ) -> Figures:
+        started = time.monotonic()
+        value = await count()
+        now = time.monotonic()
+        if len(self.entries) >= 4096 and key not in self.entries:
+            self.entries.clear()
+        self.entries[key] = _Figure(stamp, now + STATS_TTL_S, value, now - started)
+        return value
+
+    def _refreshed(self, key: str, task: asyncio.Task[Figures]) -> None:
+        self.refreshing.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            # The stale figure stays; the next query tries again.
+            log.warning("search_figures_refresh_failed", error=repr(task.exception()))
+
+    async def aclose(self) -> None:
+        tasks = list(self.refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def fuse(rankings: dict[str, Ranking], k: int) -> list[tuple[int, float, dict[str, int]]]:
@@ -134,7 +180,11 @@ class Searcher:
         self.settings = settings
         self.embed = embed
         self.cache = cache
-        self._stats = _StatsCache()
+        self._figures = _FiguresCache()
+
+    async def aclose(self) -> None:
+        """Stop background counts (at shutdown, before the database goes)."""
+        await self._figures.aclose()
 
     @property
     def pool(self) -> int:
@@ -165,8 +215,8 @@ class Searcher:
             raw = await self.cache.get(key)
             if raw is not None:
                 return SearchOut.model_validate_json(raw).model_copy(update={"cached": True})
-        result = await self._search(version, owner_id, request, ctx)
-        if self.cache is not None:
+        result, stale = await self._search(version, owner_id, request, ctx)
+        if self.cache is not None and not stale:  # a stale answer is not kept past its query
             await self.cache.set(key, result.model_dump_json().encode(), self.settings.cache_ttl_s)
         return result
 
@@ -185,7 +235,8 @@ class Searcher:
         owner_id: uuid.UUID,
         request: SearchIn,
         ctx: CallContext | None,
-    ) -> SearchOut:
+    ) -> tuple[SearchOut, bool]:
+        """The page, and whether a retriever ranked with stale scope figures."""
         where = repository.scope(version.id, owner_id, request.filters)
         parsed = request.parsed()
         constraint = parsed.constraint
@@ -211,6 +262,7 @@ class Searcher:
             if chunk_id in rows  # deleted between the two statements
         ]
         vector = rankings.get("vector")
+        stale = any(ranking.stale for ranking in rankings.values())
         return SearchOut(
             results=results,
             mode=request.mode,
@@ -218,7 +270,7 @@ class Searcher:
             offset=request.offset,
             next_offset=end if end < len(ordered) else None,
             vector_strategy=vector.strategy if vector else None,
-        )
+        ), stale
 
     def _order(
         self, mode: Mode, rankings: dict[str, Ranking]
@@ -242,13 +294,17 @@ class Searcher:
         # Counted exactly up to the cap (cap + 1 means "more"): enough to choose exact search,
         # and to know the scope (so the version) is too large for the planner to sort.
         cap = max(self.settings.exact_below, pool, HNSW_PLAN_ROWS)
+
+        async def count() -> Figures:
+            async with self.db.autocommit() as connection:
+                return (await repository.count_scope(connection, where, cap=cap), 0.0)
+
+        # A stale count only picks the strategy (each falls back when it finds too few), so
+        # the ranking is exact either way.
+        (in_scope, _), _ = await self._figures.get(
+            self._scope_key("count", version, where, cap), version.corpus_stamp, count
+        )
         async with self.db.autocommit() as connection:
-            count_key = self._scope_key("count", version, where, cap)
-            counted = self._stats.get(count_key)
-            if counted is None:  # kept briefly, like BM25's figures
-                counted = (await repository.count_scope(connection, where, cap=cap), 0.0)
-                self._stats.put(count_key, counted)
-            in_scope = counted[0]
             if in_scope <= self.settings.exact_below:
                 return Ranking(
                     await repository.vector_exact(connection, where, vector, pool), "exact"
@@ -312,10 +368,9 @@ class Searcher:
 
     @staticmethod
     def _scope_key(kind: str, version: ActiveVersion, where: Scope, *extra: object) -> str:
-        """The corpus stamp changes with the owner's documents, so a stale figure lives at
-        most until the next upload or delete (or ``STATS_TTL_S``)."""
+        """A figure's key: the corpus stamp is kept beside it (``_FiguresCache``)."""
         return json.dumps(
-            [kind, version.id, version.corpus_stamp, where.where, where.params, *extra],
+            [kind, version.id, where.where, where.params, *extra],
             sort_keys=True,
             default=str,
         )
@@ -324,15 +379,17 @@ class Searcher:
         self, version: ActiveVersion, where: Scope, query: str, constraint: str | None
     ) -> Ranking:
         """BM25 over ``where``; the constraint narrows the result, not the statistics."""
-        stats_key = self._scope_key("bm25", version, where)
+
+        async def count() -> Figures:
+            async with self.db.autocommit() as connection:
+                return await repository.scope_stats(connection, where)
+
+        (chunks, mean_tokens), stale = await self._figures.get(
+            self._scope_key("bm25", version, where), version.corpus_stamp, count
+        )
+        if chunks == 0:
+            return Ranking([], stale=stale)
         async with self.db.autocommit() as connection:
-            stats = self._stats.get(stats_key)
-            if stats is None:
-                stats = await repository.scope_stats(connection, where)
-                self._stats.put(stats_key, stats)
-            chunks, mean_tokens = stats
-            if chunks == 0:
-                return Ranking([])
             hits = await repository.keyword_bm25(
                 connection,
                 where,
@@ -344,7 +401,7 @@ class Searcher:
                 limit=self.pool,
                 constraint=constraint,
             )
-        return Ranking(hits)
+        return Ranking(hits, stale=stale)
 
 
 def _hit(row: Any, score: float, ranks: dict[str, int]) -> SearchHit:
