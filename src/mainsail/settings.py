@@ -383,6 +383,13 @@ class SearchSettings(BaseModel):
     # BM25 parameters of the keyword retriever.
     bm25_k1: float = Field(default=1.2, ge=0, le=10)
     bm25_b: float = Field(default=0.75, ge=0, le=1)
+    # In scopes of at least common_term_scope chunks, a query word in more than
+    # common_term_fraction of all chunks (PostgreSQL's own statistics of the full-text column)
+    # no longer finds passages by itself: it still scores in the passages the query's other
+    # words find, with its document frequency estimated from those statistics. Scoring every
+    # passage with a common word ("system" in a fifth of a million chunks) would take seconds.
+    common_term_scope: int = Field(default=200_000, ge=1)
+    common_term_fraction: float = Field(default=0.02, gt=0, le=1)
     # Results cached per (index version, owner, query, filters, mode, page); a new index
     # version changes the key, so activation needs no purge. Empty: no cache.
     cache_url: str = "memory://"

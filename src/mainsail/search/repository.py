@@ -287,6 +287,42 @@ async def scope_stats(connection: AsyncConnection, where: Scope) -> tuple[int, f
     return int(row.n), float(row.mean)
 
 
+# The query's lexemes that PostgreSQL's statistics of ``chunks.tsv`` (ANALYZE's most common
+# elements, a fraction of all rows each) count as common.
+_COMMON = """
+    common AS (
+        SELECT e.lexeme, e.freq
+        FROM pg_stats s,
+             unnest(CAST(CAST(s.most_common_elems AS text) AS text[]), s.most_common_elem_freqs)
+                 AS e(lexeme, freq)
+        WHERE s.schemaname = current_schema() AND s.tablename = 'chunks'
+          AND s.attname = 'tsv'
+          AND e.lexeme IN (SELECT unnest(lexemes) FROM terms)
+          AND e.freq >= CAST(:common_fraction AS float8)
+    ),
+    finding AS (
+        SELECT coalesce(
+            (SELECT array_agg(l) FROM unnest((SELECT lexemes FROM terms)) AS l
+             WHERE l NOT IN (SELECT lexeme FROM common)),
+            (SELECT ARRAY[lexeme] FROM common ORDER BY freq, lexeme LIMIT 1)
+        ) AS lexemes
+    ),
+"""
+_FINDING_ALL = """
+    finding AS (SELECT lexemes FROM terms),
+"""
+# Document frequency: counted over the matches for the lexemes that find them; estimated from
+# the statistics for common ones that do not.
+_DF_COUNTED = "SELECT lexeme, CAST(count(*) AS float8) AS df FROM tf GROUP BY lexeme"
+_DF_ESTIMATED = """
+    SELECT lexeme, CAST(count(*) AS float8) AS df FROM tf
+    WHERE lexeme IN (SELECT unnest(lexemes) FROM finding) GROUP BY lexeme
+    UNION ALL
+    SELECT lexeme, greatest(freq * CAST(:n AS float8), 1) FROM common
+    WHERE lexeme NOT IN (SELECT unnest(lexemes) FROM finding)
+"""
+
+
 async def keyword_bm25(
     connection: AsyncConnection,
     where: Scope,
@@ -298,6 +334,7 @@ async def keyword_bm25(
     b: float,
     limit: int,
     constraint: str | None = None,
+    common_fraction: float | None = None,
 ) -> list[tuple[int, float]]:
     """(chunk id, BM25 score), best first. Any query term may match (OR): a question's words
     rarely all occur in one passage. Document frequencies are counted in the caller's scope,
@@ -307,7 +344,13 @@ async def keyword_bm25(
     in C (``setweight`` marks them, ``ts_filter`` keeps them; the stored vectors carry the
     default weight D) before it is unnested: unnesting whole vectors made a row per lexeme of
     every matching passage, several times the work of the rest. One materialized step from
-    match to (passage, lexeme, tf) rows: a step in between cost a tenth of the statement."""
+    match to (passage, lexeme, tf) rows: a step in between cost a tenth of the statement.
+
+    ``common_fraction`` (large scopes): lexemes in at least that fraction of all chunks, by
+    the column's statistics, find no passages themselves unless every query lexeme is that
+    common (then the least common one does). They still score in the passages the others
+    find, with their document frequency estimated as that fraction of ``chunks``: the cost
+    of the statement follows the rarer words' matches, not a common word's."""
     rows = await connection.execute(
         _scoped(
             """
@@ -316,6 +359,7 @@ async def keyword_bm25(
                 FROM unnest(to_tsvector(CAST(:config AS regconfig), :query)) AS u
                 WHERE u.lexeme !~ '[\\\\]'
             ),
+            {finding}
             tf AS MATERIALIZED (
                 SELECT c.id, c.token_count, {kept} AS kept, u.lexeme,
                        coalesce(array_length(u.positions, 1), 1) AS tf
@@ -326,10 +370,10 @@ async def keyword_bm25(
                 WHERE {where}
                   AND c.tsv @@ (
                       SELECT CAST(string_agg(quote_literal(l), ' | ') AS tsquery)
-                      FROM unnest((SELECT lexemes FROM terms)) AS l
+                      FROM unnest((SELECT lexemes FROM finding)) AS l
                   )
             ),
-            df AS (SELECT lexeme, count(*) AS df FROM tf GROUP BY lexeme)
+            df AS ({df})
             SELECT tf.id,
                    sum(
                        ln(1 + (CAST(:n AS float8) - df.df + 0.5) / (df.df + 0.5))
@@ -342,12 +386,15 @@ async def keyword_bm25(
             GROUP BY tf.id
             ORDER BY score DESC, tf.id
             LIMIT :limit
-            """.replace("{kept}", _CONSTRAINT.format(tsv="c.tsv") if constraint else "true"),
+            """.replace("{kept}", _CONSTRAINT.format(tsv="c.tsv") if constraint else "true")
+            .replace("{finding}", _COMMON if common_fraction is not None else _FINDING_ALL)
+            .replace("{df}", _DF_ESTIMATED if common_fraction is not None else _DF_COUNTED),
             where,
         ),
         {
             **where.params,
             **({"constraint": constraint} if constraint else {}),
+            **({"common_fraction": common_fraction} if common_fraction is not None else {}),
             "query": query,
             "config": TEXT_CONFIG,
             "n": float(chunks),

@@ -400,6 +400,11 @@ class Searcher:
                 b=self.settings.bm25_b,
                 limit=self.pool,
                 constraint=constraint,
+                common_fraction=(
+                    self.settings.common_term_fraction
+                    if chunks >= self.settings.common_term_scope
+                    else None
+                ),
             )
         return Ranking(hits, stale=stale)
 
