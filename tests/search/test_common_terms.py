@@ -36,11 +36,18 @@ def harbour_log() -> str:
 async def bm25(
     app: FastAPI, owner: Account, query: str, common_fraction: float | None
 ) -> list[tuple[int, float]]:
+    """The keyword statement, with the lexemes the statistics put in ``common_fraction`` of
+    the rows or more treated as common (None: none are)."""
     async with app.state.db.autocommit() as connection:
         version = await repository.active_version(connection, owner.id)
         assert version is not None
         where = repository.scope(version.id, owner.id, Filters())
         chunks, mean = await repository.scope_stats(connection, where)
+        common = (
+            await repository.common_lexemes(connection, common_fraction)
+            if common_fraction is not None
+            else None
+        )
         return await repository.keyword_bm25(
             connection,
             where,
@@ -50,7 +57,7 @@ async def bm25(
             k1=1.2,
             b=0.75,
             limit=100,
-            common_fraction=common_fraction,
+            common=common,
         )
 
 
@@ -63,6 +70,9 @@ async def test_a_common_word_scores_only_where_a_rarer_one_finds_passages(
     async with app.state.db.engine.begin() as connection:
         await connection.execute(text("ANALYZE chunks"))
         chunks = await connection.scalar(text("SELECT count(*) FROM chunks"))
+        common = await repository.common_lexemes(connection, 0.5)
+    assert "harbour" in common  # stemmed as the index stems it; in every passage
+    assert "lighthous" not in common
     assert chunks is not None
     assert chunks >= 20
 

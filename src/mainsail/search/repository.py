@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,18 +288,34 @@ async def scope_stats(connection: AsyncConnection, where: Scope) -> tuple[int, f
     return int(row.n), float(row.mean)
 
 
-# The query's lexemes that PostgreSQL's statistics of ``chunks.tsv`` (ANALYZE's most common
-# elements, a fraction of all rows each) count as common.
-_COMMON = """
+_COMMON_LEXEMES = text(
+    """
+    SELECT e.lexeme, e.freq
+    FROM pg_stats s,
+         unnest(CAST(CAST(s.most_common_elems AS text) AS text[]), s.most_common_elem_freqs)
+             AS e(lexeme, freq)
+    WHERE s.schemaname = current_schema() AND s.tablename = 'chunks' AND s.attname = 'tsv'
+      AND e.lexeme IS NOT NULL AND e.freq >= :fraction
+    """
+)
+
+
+async def common_lexemes(connection: AsyncConnection, fraction: float) -> dict[str, float]:
+    """Lexemes of ``chunks.tsv`` in at least ``fraction`` of its rows, with that fraction, by
+    ANALYZE's statistics of the column (its most common elements; none before the first
+    ANALYZE)."""
+    rows = await connection.execute(_COMMON_LEXEMES, {"fraction": fraction})
+    return {str(row.lexeme): float(row.freq) for row in rows}
+
+
+# The query's common lexemes (given), and those that find passages: the rest, or the least
+# common one when every lexeme is common.
+_FINDING_COMMON = """
     common AS (
         SELECT e.lexeme, e.freq
-        FROM pg_stats s,
-             unnest(CAST(CAST(s.most_common_elems AS text) AS text[]), s.most_common_elem_freqs)
-                 AS e(lexeme, freq)
-        WHERE s.schemaname = current_schema() AND s.tablename = 'chunks'
-          AND s.attname = 'tsv'
-          AND e.lexeme IN (SELECT unnest(lexemes) FROM terms)
-          AND e.freq >= CAST(:common_fraction AS float8)
+        FROM unnest(CAST(:common_lexemes AS text[]), CAST(:common_freqs AS float8[]))
+            AS e(lexeme, freq)
+        WHERE e.lexeme IN (SELECT unnest(lexemes) FROM terms)
     ),
     finding AS (
         SELECT coalesce(
@@ -334,7 +351,7 @@ async def keyword_bm25(
     b: float,
     limit: int,
     constraint: str | None = None,
-    common_fraction: float | None = None,
+    common: Mapping[str, float] | None = None,
 ) -> list[tuple[int, float]]:
     """(chunk id, BM25 score), best first. Any query term may match (OR): a question's words
     rarely all occur in one passage. Document frequencies are counted in the caller's scope,
@@ -346,11 +363,11 @@ async def keyword_bm25(
     every matching passage, several times the work of the rest. One materialized step from
     match to (passage, lexeme, tf) rows: a step in between cost a tenth of the statement.
 
-    ``common_fraction`` (large scopes): lexemes in at least that fraction of all chunks, by
-    the column's statistics, find no passages themselves unless every query lexeme is that
-    common (then the least common one does). They still score in the passages the others
-    find, with their document frequency estimated as that fraction of ``chunks``: the cost
-    of the statement follows the rarer words' matches, not a common word's."""
+    ``common`` (large scopes; ``common_lexemes``: lexeme -> fraction of the rows): the query's
+    lexemes among them find no passages themselves unless every query lexeme is common (then
+    the least common one does). They still score in the passages the others find, with their
+    document frequency estimated as their fraction of ``chunks``: the statement's cost follows
+    the rarer words' matches, not a common word's."""
     rows = await connection.execute(
         _scoped(
             """
@@ -387,14 +404,18 @@ async def keyword_bm25(
             ORDER BY score DESC, tf.id
             LIMIT :limit
             """.replace("{kept}", _CONSTRAINT.format(tsv="c.tsv") if constraint else "true")
-            .replace("{finding}", _COMMON if common_fraction is not None else _FINDING_ALL)
-            .replace("{df}", _DF_ESTIMATED if common_fraction is not None else _DF_COUNTED),
+            .replace("{finding}", _FINDING_COMMON if common else _FINDING_ALL)
+            .replace("{df}", _DF_ESTIMATED if common else _DF_COUNTED),
             where,
         ),
         {
             **where.params,
             **({"constraint": constraint} if constraint else {}),
-            **({"common_fraction": common_fraction} if common_fraction is not None else {}),
+            **(
+                {"common_lexemes": list(common), "common_freqs": list(common.values())}
+                if common
+                else {}
+            ),
             "query": query,
             "config": TEXT_CONFIG,
             "n": float(chunks),

@@ -48,6 +48,8 @@ HNSW_PLAN_ROWS = 20_000
 STATS_TTL_S = 60.0
 # Scope figures that took this long to count are refreshed in the background when stale.
 SLOW_FIGURES_S = 0.02
+# How long the list of common lexemes (from ANALYZE's statistics) is kept.
+COMMON_TTL_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,7 @@ class Searcher:
         self.embed = embed
         self.cache = cache
         self._figures = _FiguresCache()
+        self._common: tuple[float, dict[str, float]] | None = None
 
     async def aclose(self) -> None:
         """Stop background counts (at shutdown, before the database goes)."""
@@ -400,13 +403,23 @@ class Searcher:
                 b=self.settings.bm25_b,
                 limit=self.pool,
                 constraint=constraint,
-                common_fraction=(
-                    self.settings.common_term_fraction
+                common=(
+                    await self._common_lexemes(connection)
                     if chunks >= self.settings.common_term_scope
                     else None
                 ),
             )
         return Ranking(hits, stale=stale)
+
+    async def _common_lexemes(self, connection: AsyncConnection) -> dict[str, float]:
+        """Lexemes in ``common_term_fraction`` of the chunks or more (table-wide statistics,
+        which change only with ANALYZE), read again every ``COMMON_TTL_S``."""
+        cached = self._common
+        if cached is not None and cached[0] >= time.monotonic():
+            return cached[1]
+        found = await repository.common_lexemes(connection, self.settings.common_term_fraction)
+        self._common = (time.monotonic() + COMMON_TTL_S, found)
+        return found
 
 
 def _hit(row: Any, score: float, ranks: dict[str, int]) -> SearchHit:
