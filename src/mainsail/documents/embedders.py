@@ -123,12 +123,7 @@ class Embedders:
 
     def __call__(self, name: str) -> Embedder:
         """The local embedder ``name``, loaded on first use (blocking: call it in a thread)."""
-        with self._lock:
-            embedder = self._loaded.get(name)
-            if embedder is None:
-                embedder = self._load(name, self.threads, self.batch_size)
-                self._loaded[name] = embedder
-            return embedder
+        return self._session(self._loaded, name, self.threads)
 
     def for_queries(self, name: str) -> Embedder:
         """The local model ``name`` in a session of its own with ``query_threads`` threads,
@@ -136,11 +131,14 @@ class Embedders:
         work over than it saves (1.7 against 2.2 ms here), and it would take the core the
         database needs for the same search; nor does a query queue behind an ingestion
         batch in the documents' session."""
+        return self._session(self._queries, name, self.query_threads)
+
+    def _session(self, sessions: dict[str, Embedder], name: str, threads: int | None) -> Embedder:
         with self._lock:
-            embedder = self._queries.get(name)
+            embedder = sessions.get(name)
             if embedder is None:
-                embedder = self._load(name, self.query_threads, self.batch_size)
-                self._queries[name] = embedder
+                embedder = self._load(name, threads, self.batch_size)
+                sessions[name] = embedder
             return embedder
 
     def provider(self, name: str) -> ProviderEmbedder:
