@@ -157,7 +157,8 @@ class LLMSettings(BaseModel):
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
     aws_region: str | None = None
-    # auto: on when a region and AWS credentials are in the environment or ~/.aws.
+    # auto: on when a region and AWS credentials are in the environment or ~/.aws, or on an
+    # EC2 instance (its role; AWS_EC2_METADATA_DISABLED=true says not to count on one).
     bedrock: Literal["auto", "on", "off"] = "auto"
     scripted_file: FilePath | None = None
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)

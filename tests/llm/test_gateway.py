@@ -9,7 +9,7 @@ import pytest
 
 from mainsail.llm.catalogue import CatalogueError, ModelEntry, load_catalogue
 from mainsail.llm.errors import InvalidChatRequest, ModelNotFound, ProviderNotConfigured
-from mainsail.llm.factory import build_gateway
+from mainsail.llm.factory import Providers, build_gateway
 from mainsail.llm.gateway import CallContext
 from mainsail.llm.types import (
     ChatRequest,
@@ -277,3 +277,34 @@ def test_a_custom_anthropic_endpoint_never_gets_the_real_key(tmp_path: Path) -> 
     )
     with pytest.raises(ProviderNotConfigured):
         gateway.resolve("via-proxy")
+
+
+@pytest.mark.parametrize(
+    ("firmware", "extra_env", "on"),
+    [
+        ({"sys/devices/virtual/dmi/id/sys_vendor": "Amazon EC2\n"}, {}, True),
+        ({"sys/devices/virtual/dmi/id/board_asset_tag": "i-0123456789abcdef0\n"}, {}, True),
+        ({"sys/hypervisor/uuid": "ec2e1916-9099-7caf-fd21-012345abcdef\n"}, {}, True),
+        (
+            {"sys/devices/virtual/dmi/id/sys_vendor": "Amazon EC2\n"},
+            {"AWS_EC2_METADATA_DISABLED": "true"},
+            False,
+        ),
+        ({"sys/devices/virtual/dmi/id/sys_vendor": "QEMU\n"}, {}, False),
+        ({}, {}, False),
+    ],
+)
+def test_bedrock_comes_on_with_a_region_on_an_ec2_instance(
+    tmp_path: Path, firmware: dict[str, str], extra_env: dict[str, str], on: bool
+) -> None:
+    """An instance role is read by the SDK's credential chain from instance metadata; the
+    instance itself is recognized from its firmware, without a network probe."""
+    for path, content in firmware.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(content)
+    home = tmp_path / "home"
+    home.mkdir()
+    environ = {"AWS_REGION": "eu-west-1", "HOME": str(home), **extra_env}
+    providers = Providers(LLMSettings(), environ, root=tmp_path)
+    built = providers.build(load_catalogue(None).provider("bedrock"))
+    assert isinstance(built, list) is not on

@@ -36,8 +36,11 @@ _AWS_CREDENTIAL_ENV = (
 class Providers:
     """Turns provider specs into adapters, or says which settings would switch one on."""
 
-    def __init__(self, settings: LLMSettings, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, settings: LLMSettings, environ: Mapping[str, str], root: Path = Path("/")
+    ) -> None:
         self.settings = settings
+        self.root = root  # where /sys is read from (tests)
         self.environ = environ  # variables a catalogue provider names itself are always read
         self.env = environ if settings.use_standard_env else {}
         self.timeouts = Timeouts(
@@ -127,11 +130,33 @@ class Providers:
         return spec.api_key
 
     def _aws_credentials_visible(self) -> bool:
-        """Without touching the network (no instance-metadata probe): env vars or ~/.aws."""
+        """Without touching the network (no instance-metadata probe): env vars, ~/.aws, or an
+        EC2 instance (whose role the SDK's chain reads), unless AWS_EC2_METADATA_DISABLED."""
         if any(self.env.get(name) for name in _AWS_CREDENTIAL_ENV):
             return True
         home = Path(self.env.get("HOME", "~")).expanduser()
-        return (home / ".aws" / "credentials").exists() or (home / ".aws" / "config").exists()
+        if (home / ".aws" / "credentials").exists() or (home / ".aws" / "config").exists():
+            return True
+        metadata_off = self.env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+        return not metadata_off and on_ec2(self.root)
+
+
+def on_ec2(root: Path = Path("/")) -> bool:
+    """Whether this is an EC2 instance, from what its firmware tells the kernel (no network):
+    Nitro instances report the vendor "Amazon EC2" and their instance id as the board's asset
+    tag, Xen ones a hypervisor uuid that starts with "ec2"."""
+
+    def read(path: str) -> str:
+        try:
+            return (root / path).read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+    return (
+        read("sys/devices/virtual/dmi/id/sys_vendor") == "Amazon EC2"
+        or read("sys/devices/virtual/dmi/id/board_asset_tag").startswith("i-")
+        or read("sys/hypervisor/uuid").lower().startswith("ec2")
+    )
 
 
 def response_cache(settings: ResponseCacheSettings) -> ResponseCache | None:
