@@ -355,6 +355,7 @@ async def test_slow_scope_figures_are_served_stale_while_one_background_count_re
     has replaced them."""
     from mainsail.search import service
 
+    monkeypatch.setattr(service, "SLOW_FIGURES_S", 60.0)  # every count is cheap, however slow
     await ingest(alice, SAILING, "sailing.md")
 
     async def anchor_score() -> float:
