@@ -130,42 +130,33 @@ class ChatService:
                 history = []
             question = await repository.add_message(session, conversation.id, "user", body.question)
         turns = self._history(history)
-        standalone = body.question
-        usage: list[tuple[str, Usage]] = []
-        if turns:
-            if not await self._has_documents(owner_id):
-                # Nothing left to search (documents deleted since): no condensing call either.
-                return Turn(
-                    conversation,
-                    question.id,
-                    model,
-                    extractive,
-                    standalone,
-                    None,
-                    canned=NO_DOCUMENTS,
-                    request_id=ctx.request_id,
-                )
-            standalone = await self._condense(model, extractive, turns, body.question, ctx, usage)
-        filters = body.filters or Filters.model_validate(conversation.filters or {})
-        found = await self.searcher.search(
-            owner_id,
-            SearchIn(
-                query=standalone,
-                query_syntax="plain",
-                top_k=self.settings.retrieve_k,
-                filters=filters,
-            ),
-            ctx=replace(ctx, kind="search"),
-        )
         turn = Turn(
             conversation,
             question.id,
             model,
             extractive,
-            standalone,
+            body.question,
             None,
-            usage=usage,
             request_id=ctx.request_id,
+        )
+        if turns:
+            if not await self._has_documents(owner_id):
+                # Nothing left to search (documents deleted since): no condensing call either.
+                turn.canned = NO_DOCUMENTS
+                return turn
+            turn.standalone = await self._condense(
+                model, extractive, turns, body.question, ctx, turn.usage
+            )
+        filters = body.filters or Filters.model_validate(conversation.filters or {})
+        found = await self.searcher.search(
+            owner_id,
+            SearchIn(
+                query=turn.standalone,
+                query_syntax="plain",
+                top_k=self.settings.retrieve_k,
+                filters=filters,
+            ),
+            ctx=replace(ctx, kind="search"),
         )
         if not found.results:
             has_any = await self._has_documents(owner_id)
@@ -205,7 +196,7 @@ class ChatService:
             # It quotes the passages that match the question: give it the question alone.
             turn.request = ChatRequest(
                 model=model,
-                messages=(Message(role="user", content=standalone),),
+                messages=(Message(role="user", content=turn.standalone),),
                 params=params,
                 context=tuple(
                     Passage(id=str(i), text=s.text, source=s.label())
