@@ -42,13 +42,13 @@ class Scope:
     def matching(self, constraint: str) -> Scope:
         """Only chunks that satisfy a web-search constraint (phrases, exclusions)."""
         return Scope(
-            f"{self.where} AND {_CONSTRAINT.format(tsv='c.tsv')}",
+            f"{self.where} AND {_CONSTRAINT}",
             {**self.params, "constraint": constraint, "config": TEXT_CONFIG},
         )
 
 
 # A passage's ``tsvector`` against the query's phrases and exclusions.
-_CONSTRAINT = "{tsv} @@ websearch_to_tsquery(CAST(:config AS regconfig), :constraint)"
+_CONSTRAINT = "c.tsv @@ websearch_to_tsquery(CAST(:config AS regconfig), :constraint)"
 
 
 def _scoped(sql: str, where: Scope) -> TextClause:
@@ -403,7 +403,7 @@ async def keyword_bm25(
             GROUP BY tf.id
             ORDER BY score DESC, tf.id
             LIMIT :limit
-            """.replace("{kept}", _CONSTRAINT.format(tsv="c.tsv") if constraint else "true")
+            """.replace("{kept}", _CONSTRAINT if constraint else "true")
             .replace("{finding}", _FINDING_COMMON if common else _FINDING_ALL)
             .replace("{df}", _DF_ESTIMATED if common else _DF_COUNTED),
             where,
