@@ -64,6 +64,7 @@ class _CannedServer:
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         self.connections = 0
+        self.heads: list[bytes] = []
         self.server: asyncio.Server | None = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -71,6 +72,7 @@ class _CannedServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
                 length = 0
                 for line in head.split(b"\r\n"):
                     name, _, value = line.partition(b":")
@@ -161,11 +163,14 @@ async def test_a_stream_that_is_not_json_is_unreadable() -> None:
         await _streamed(_sse("data: {not json\n\n"))
 
 
+_COMPLETION = (
+    b'{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},'
+    b'"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
+)
+
+
 async def test_connections_are_kept_alive_across_answers_and_streams() -> None:
-    completion = (
-        b'{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},'
-        b'"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
-    )
+    completion = _COMPLETION
     answers = _CannedServer(completion, b"application/json")
     async with answers as url:
         adapter = _adapter(url)
@@ -219,7 +224,7 @@ class _Blocks:
 async def test_lines_end_where_the_sse_format_says_whatever_the_blocks(
     blocks: tuple[bytes, ...],
 ) -> None:
-    lines = [line async for line in _lines(_Blocks(*blocks))]  # type: ignore[arg-type]
+    lines = [line async for line in _lines(_Blocks(*blocks).iter_any())]
     assert lines == [b"a", b"b", b"", b"c"]
 
 
@@ -243,3 +248,23 @@ def test_the_environments_proxy_is_honoured_with_its_credentials(
         "http://proxy.internal:8080",
         None,
     )
+
+
+async def test_calls_go_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    proxy = _CannedServer(_COMPLETION, b"application/json")
+    async with proxy as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url.replace("http://", "http://me:pw@")[:-3])
+        # The provider's address is never connected to: the proxy answers for it.
+        adapter = _adapter("http://provider.invalid:8000/v1")
+        try:
+            assert (await adapter.complete(question(), ENTRY)).message.content == "hi"
+        finally:
+            await adapter.aclose()
+    [head] = proxy.heads
+    assert head.startswith(b"POST http://provider.invalid:8000/v1/chat/completions HTTP/1.1")
+    assert b"Proxy-Authorization: Basic " + base64.b64encode(b"me:pw") in head
