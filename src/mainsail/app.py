@@ -17,6 +17,7 @@ from mainsail.chat.runtime import start_chat
 from mainsail.core import embedded_pg
 from mainsail.core.db import Database
 from mainsail.core.errors import install_error_handlers
+from mainsail.core.hotpath import HotRoutes
 from mainsail.core.logging import configure_logging, get_logger
 from mainsail.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from mainsail.core.notify import PgListener
@@ -37,6 +38,7 @@ from mainsail.llm.errors import LLMError
 from mainsail.llm.factory import build_gateway, response_cache
 from mainsail.llm.tokens import warm_up as warm_up_tokenizer
 from mainsail.openai_compat.errors import llm_problem, to_openai_error
+from mainsail.openai_compat.router import hot_routes as openai_hot_routes
 from mainsail.quotas.service import DbQuota
 from mainsail.ratelimits.middleware import RateLimitMiddleware
 from mainsail.ratelimits.policy import RateLimits
@@ -166,6 +168,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(LLMError, llm_problem)
     # Added innermost first: the request-id middleware wraps everything, so even a 413
     # refused before routing carries the id.
+    # Innermost: the gateway's hot route, straight to its handler (see core.hotpath).
+    app.add_middleware(HotRoutes, owner=app, lanes=openai_hot_routes())
     # Inside the body limit: it reads bodies already cut to size.
     app.add_middleware(
         IdempotencyMiddleware,

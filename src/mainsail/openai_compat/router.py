@@ -44,22 +44,31 @@ class OpenAIRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         body_model: type[BaseModel] | None = getattr(self.endpoint, _LEAN, None)
-        handler = (
-            super().get_route_handler()
-            if body_model is None
-            else _lean_handler(self, self.endpoint, body_model)
-        )
+        if body_model is None:
+            return _shaped(super().get_route_handler())
+        # The lean handler runs exactly one dependency, ``v1_caller``: refuse to start if the
+        # route ever needs another, rather than skip it silently.
+        calls = {dependency.call for dependency in self.dependant.dependencies}
+        if calls != {v1_caller}:
+            raise RuntimeError(f"{self.path}: a lean route may depend on v1_caller only")
+        return _shaped(_lean_handler(self.endpoint, body_model))
 
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:
-                shaped = to_openai_error(exc, getattr(request.state, "request_id", None))
-                if shaped is None:
-                    raise
-                return shaped
 
-        return handle
+def _shaped(
+    handler: Callable[[Request], Coroutine[Any, Any, Response]],
+) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    """``handler`` with every failure it raises answered in OpenAI's error shape, if ours."""
+
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            shaped = to_openai_error(exc, getattr(request.state, "request_id", None))
+            if shaped is None:
+                raise
+            return shaped
+
+    return handle
 
 
 _LEAN = "__mainsail_reads_own_request__"
@@ -87,14 +96,8 @@ def reads_own_request(body_model: type[BaseModel]) -> Callable[[_Endpoint], _End
 
 
 def _lean_handler(
-    route: APIRoute, endpoint: Callable[..., Any], body_model: type[BaseModel]
+    endpoint: Callable[..., Any], body_model: type[BaseModel]
 ) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-    # The lean handler runs exactly one dependency, ``v1_caller``: refuse to start if the
-    # route ever needs another, rather than skip it silently.
-    calls = {dependency.call for dependency in route.dependant.dependencies}
-    if calls != {v1_caller}:
-        raise RuntimeError(f"{route.path}: a lean route may depend on v1_caller only")
-
     async def handle(request: Request) -> Response:
         data: Any = _MISSING_BODY
         try:
@@ -200,6 +203,16 @@ async def chat_completions(
         _sse(first, events, created=created, include_usage=include_usage),
         headers=CACHE_HIT if isinstance(first, StreamStart) and first.cache_hit else None,
     )
+
+
+def hot_routes() -> dict[tuple[str, str], Callable[[Request], Coroutine[Any, Any, Response]]]:
+    """The surface's hot routes and their handlers, for ``core.hotpath.HotRoutes``: the same
+    handler the route builds (lean, OpenAI-shaped errors), called without the router."""
+    calls = [dependency.dependency for dependency in router.dependencies]
+    if calls != [v1_caller]:  # what the lean handler checks itself, and nothing more
+        raise RuntimeError("the /v1 router's dependencies changed: the hot route would skip them")
+    lean = _shaped(_lean_handler(chat_completions, ChatCompletionRequest))
+    return {("POST", "/v1/chat/completions"): lean}
 
 
 def _data(payload: dict[str, Any]) -> bytes:

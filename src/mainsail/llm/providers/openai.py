@@ -36,7 +36,7 @@ from mainsail.llm.types import (
     Usage,
 )
 
-# How chat requests travel: straight over aiohttp (see ``openai_http``) or through the SDK.
+# How chat requests travel: straight over HTTP (see ``openai_http``) or through the SDK.
 Transport = OpenAITransport
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
