@@ -268,3 +268,17 @@ async def test_calls_go_through_the_proxy_the_environment_names(
     [head] = proxy.heads
     assert head.startswith(b"POST http://provider.invalid:8000/v1/chat/completions HTTP/1.1")
     assert b"Proxy-Authorization: Basic " + base64.b64encode(b"me:pw") in head
+
+
+def test_a_proxy_reached_over_https_sends_chat_through_the_sdks_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.internal:3128")
+    assert _adapter("https://api.example.com/v1").wire is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    wire = _adapter("https://api.example.com/v1").wire
+    assert wire is not None
+    assert wire.proxy == "http://proxy.internal:3128"

@@ -11,6 +11,7 @@ the database implementations live outside ``llm``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -574,6 +575,8 @@ class Gateway:
             prompt_version=ctx.prompt_version,
         )
         self.usage.record(event)
+        if not log.isEnabledFor(logging.INFO):  # the line would be built only to be dropped
+            return
         log.info(
             "llm_call",
             request_id=ctx.request_id,

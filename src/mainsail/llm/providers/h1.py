@@ -39,6 +39,10 @@ class BadHttp(ValueError):
     """The origin answered with bytes that are not HTTP/1.1."""
 
 
+class UnsupportedProxy(ValueError):
+    """A proxy this client does not speak to (one reached over https)."""
+
+
 class _Connection(asyncio.Protocol):
     """One socket to the origin and the answer being read from it."""
 
@@ -283,7 +287,7 @@ class Origin:
         if proxy is not None:
             through = urlsplit(proxy)
             if through.scheme != "http" or not through.hostname:
-                raise ValueError(f"only http:// proxies are supported, not {proxy!r}")
+                raise UnsupportedProxy(f"only http:// proxies are spoken to, not {proxy!r}")
             self.address = (through.hostname, through.port or 80)
             if secure:
                 hostport = f"{bracketed}:{self.port}"

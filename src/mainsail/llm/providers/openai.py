@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import openai
 
+from mainsail.core.logging import get_logger
 from mainsail.llm.catalogue import ModelEntry, OpenAITransport
 from mainsail.llm.errors import (
     LLMError,
@@ -19,6 +20,7 @@ from mainsail.llm.errors import (
     UpstreamUnavailable,
 )
 from mainsail.llm.providers.base import Timeouts, new_response_id, status_error, transport_error
+from mainsail.llm.providers.h1 import UnsupportedProxy
 from mainsail.llm.providers.openai_http import ChatWire
 from mainsail.llm.types import (
     ChatRequest,
@@ -36,6 +38,7 @@ from mainsail.llm.types import (
     Usage,
 )
 
+log = get_logger("mainsail.llm")
 # How chat requests travel: straight over HTTP (see ``openai_http``) or through the SDK.
 Transport = OpenAITransport
 _FINISH: dict[str, FinishReason] = {
@@ -81,13 +84,16 @@ class OpenAIAdapter:
         self._options: dict[str, Any] = {}  # per model: the SDK's request options, built once
         self.wire: ChatWire | None = None
         if transport == "direct":
-            self.wire = ChatWire(
-                provider=name,
-                base_url=str(self.client.base_url),
-                headers=_sdk_headers(self.client),
-                timeouts=timeouts,
-                max_connections=max_connections,
-            )
+            try:
+                self.wire = ChatWire(
+                    provider=name,
+                    base_url=str(self.client.base_url),
+                    headers=_sdk_headers(self.client),
+                    timeouts=timeouts,
+                    max_connections=max_connections,
+                )
+            except UnsupportedProxy as exc:  # the SDK's client speaks to it: chat through that
+                log.warning("chat_through_sdk", provider=name, reason=str(exc))
 
     async def aclose(self) -> None:
         if self.wire is not None:

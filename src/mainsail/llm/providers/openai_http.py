@@ -56,7 +56,7 @@ class ChatWire:
         self.timeouts = timeouts
         self.max_connections = max_connections
         self.proxy, self.proxy_headers = _env_proxy(self.url)
-        # Refuses what it cannot speak to (an https:// proxy) here, at start-up.
+        # Raises ``UnsupportedProxy`` here, at start-up, for a proxy it cannot speak to.
         self.origin = Origin(
             self.url,
             headers=self.headers,
