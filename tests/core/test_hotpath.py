@@ -1,4 +1,5 @@
-"""The hot routes' short way in: the same answers as the usual way, errors included."""
+"""The gateway's hot path through the app: the hot routes' short way in (the same answers as
+the usual way, errors included), and FastAPI's telemetry checks only where something collects."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from opentelemetry.trace import NoOpTracerProvider
 
+from mainsail import app as app_module
+from mainsail.app import fastapi_telemetry
 from mainsail.core.errors import AppError, NotFound, install_error_handlers
 from mainsail.core.hotpath import HotRoutes
 from mainsail.openai_compat import router as openai_router
@@ -92,3 +96,16 @@ def test_the_gateway_route_is_not_made_hot_if_its_router_gains_a_dependency(
     )
     with pytest.raises(RuntimeError, match="dependencies"):
         openai_router.hot_routes()
+
+
+def test_fastapis_telemetry_is_on_only_for_signals_an_sdk_was_set_up_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FASTAPI_OTEL_AUTO_CONFIGURE", raising=False)
+    # Nothing set up (the test process has only the API's stand-ins): every signal off, so
+    # FastAPI does not ask the providers again on each request.
+    assert fastapi_telemetry() == {"tracing": False, "metrics": False, "logs": False}
+    monkeypatch.setattr(app_module.otel_trace, "get_tracer_provider", NoOpTracerProvider)
+    assert fastapi_telemetry() == {"tracing": True, "metrics": False, "logs": False}
+    monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")  # FastAPI sets it up itself
+    assert fastapi_telemetry() == {}
