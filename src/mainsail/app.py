@@ -156,8 +156,9 @@ def create_app(settings: Settings) -> FastAPI:
             yield
             log.info("stopping")
 
+    telemetry = fastapi_telemetry()
     app = FastAPI(
-        telemetry=fastapi_telemetry(),
+        telemetry=telemetry,
         title="Mainsail",
         version=__version__,
         summary="Self-hosted AI backend",
@@ -174,8 +175,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(LLMError, llm_problem)
     # Added innermost first: the request-id middleware wraps everything, so even a 413
     # refused before routing carries the id.
-    # Innermost: the gateway's hot route, straight to its handler (see core.hotpath).
-    app.add_middleware(HotRoutes, owner=app, lanes=openai_hot_routes())
+    # Innermost: the gateway's hot route, straight to its handler (see core.hotpath). Not
+    # while FastAPI's telemetry is on: its spans and metrics learn the route from the router.
+    if telemetry and not any(telemetry.values()):
+        app.add_middleware(HotRoutes, owner=app, lanes=openai_hot_routes())
     # Inside the body limit: it reads bodies already cut to size.
     app.add_middleware(
         IdempotencyMiddleware,

@@ -10,10 +10,11 @@ from fastapi.responses import JSONResponse, Response
 from opentelemetry.trace import NoOpTracerProvider
 
 from mainsail import app as app_module
-from mainsail.app import fastapi_telemetry
+from mainsail.app import create_app, fastapi_telemetry
 from mainsail.core.errors import AppError, NotFound, install_error_handlers
 from mainsail.core.hotpath import HotRoutes
 from mainsail.openai_compat import router as openai_router
+from mainsail.settings import Settings
 
 _SEEN: list[str] = []
 
@@ -109,3 +110,15 @@ def test_fastapis_telemetry_is_on_only_for_signals_an_sdk_was_set_up_for(
     assert fastapi_telemetry() == {"tracing": True, "metrics": False, "logs": False}
     monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")  # FastAPI sets it up itself
     assert fastapi_telemetry() == {}
+
+
+def test_the_hot_route_is_left_out_while_fastapis_telemetry_is_on(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    def hot(app: FastAPI) -> bool:
+        return any(middleware.cls is HotRoutes for middleware in app.user_middleware)
+
+    monkeypatch.delenv("FASTAPI_OTEL_AUTO_CONFIGURE", raising=False)
+    assert hot(create_app(settings))
+    monkeypatch.setattr(app_module.otel_trace, "get_tracer_provider", NoOpTracerProvider)
+    assert not hot(create_app(settings))

@@ -498,3 +498,105 @@ def test_only_plain_http_proxies_are_accepted() -> None:
             keepalive_s=5,
             proxy="https://proxy.internal:3128",
         )
+
+
+async def test_a_whole_answer_larger_than_the_streams_pause_threshold_is_read() -> None:
+    payload = b"x" * (3 * 1024 * 1024)  # no flow control on a whole answer: no stall
+    async with serving(lambda w, n: w.write(_fixed(payload))) as (_, url):
+        origin = _origin(url)
+        try:
+            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == payload
+        finally:
+            await origin.aclose()
+
+
+async def test_interim_answers_are_skipped_and_never_left_for_the_next_call() -> None:
+    async def continue_then_answer(writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(_fixed(b"answer %d" % n, b"X-Final: yes"))
+
+    async with serving(continue_then_answer) as (server, url):
+        origin = _origin(url)
+        try:
+            first, body = await origin.post(b"{}", connect_s=1, read_s=1)
+            assert (first.status, body, first.headers.get("x-final")) == (200, b"answer 1", "yes")
+            assert "link" not in first.headers
+            async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
+                assert (answer.status, await answer.read()) == (200, b"answer 2")
+            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"answer 3"
+        finally:
+            await origin.aclose()
+    assert server.connections == 1
+
+
+async def test_a_second_answer_to_one_request_poisons_the_connection() -> None:
+    async with serving(lambda w, n: w.write(_fixed(b"one") + _fixed(b"two"))) as (server, url):
+        origin = _origin(url)
+        try:
+            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"one"
+            # Not reused: the extra answer would have been read as the next call's.
+            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"one"
+        finally:
+            await origin.aclose()
+    assert server.connections == 2
+
+
+async def test_a_chunked_stream_left_at_its_last_event_keeps_its_connection() -> None:
+    async def events(writer: asyncio.StreamWriter, _: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[END]\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)  # the closing chunk comes in a write of its own
+        writer.write(b"0\r\n\r\n")
+
+    async with serving(events) as (server, url):
+        origin = _origin(url)
+        try:
+            for _ in range(3):
+                async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
+                    async for block in answer.iter_any():
+                        if block.endswith(b"[END]"):
+                            break  # as the SSE reader leaves at [DONE]
+        finally:
+            await origin.aclose()
+    assert server.connections == 1
+
+
+async def test_a_stream_paused_by_an_unread_body_is_resumed_before_reuse() -> None:
+    big = b"y" * (1024 * 1024)
+
+    async with serving(lambda w, n: w.write(_fixed(big if n == 1 else b"small"))) as (_, url):
+        origin = _origin(url)
+        try:
+            async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
+                await asyncio.sleep(0.1)  # more than the threshold arrives: reading pauses
+                received = b""
+                async for block in answer.iter_any():
+                    received += block
+                assert received == big
+            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"small"
+        finally:
+            await origin.aclose()
+
+
+async def test_a_call_cancelled_while_waiting_for_a_connection_stays_cancelled() -> None:
+    async def slow(writer: asyncio.StreamWriter, _: int) -> None:
+        await asyncio.sleep(0.05)
+        writer.write(_fixed(b"{}"))
+
+    async with serving(slow) as (_, url):
+        origin = _origin(url, max_connections=1)
+        try:
+            first = asyncio.create_task(origin.post(b"{}", connect_s=1, read_s=1))
+            await asyncio.sleep(0.01)
+            waiting = asyncio.create_task(origin.post(b"{}", connect_s=1, read_s=1))
+            await asyncio.sleep(0.01)
+            waiting.cancel()
+            origin._wake_one()  # a release in the same turn takes the waiter off first
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert (await first)[1] == b"{}"
+            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"{}"
+        finally:
+            await origin.aclose()

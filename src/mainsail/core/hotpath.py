@@ -9,6 +9,8 @@ takes a ``Request`` and returns a ``Response`` and needs none of that (no depend
 among the app's middleware and sends an exact method and path match straight to its handler,
 inside a Starlette ``ExceptionMiddleware`` built with the app's own exception handlers, so
 errors are answered exactly as on the usual way. Every other request goes down that way.
+What the router also does, telling FastAPI's OpenTelemetry instrumentation which route was
+taken, is skipped too: the app leaves hot routes out while that instrumentation is on.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class HotRoutes:
         self, app: ASGIApp, *, owner: FastAPI, lanes: Mapping[tuple[str, str], Handler]
     ) -> None:
         self.app = app
+        if owner.router.dependencies:  # the app's own dependencies would be skipped
+            raise RuntimeError("hot routes skip the router: the app must have no dependencies")
         # As FastAPI builds its exception middleware (this runs when it builds the stack, with
         # every handler added): the catch-all stays with the outermost middleware.
         handlers = {

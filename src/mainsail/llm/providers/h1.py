@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Mapping
@@ -29,6 +30,9 @@ import httptools
 
 # A stream's unread body above this pauses reading from the socket (TCP flow control).
 _HIGH_WATER = 256 * 1024
+# How long a stream left before its end (at ``[DONE]``, say) is read on for the rest of the
+# body (typically the chunked encoding's last, empty chunk), to keep its connection.
+_DRAIN_S = 0.25
 
 
 class Unreachable(ConnectionError):
@@ -65,6 +69,8 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.paused = False
         self.headers_done = False
+        self.interim = False  # a 1xx answer is being read: the real one comes after it
+        self.streaming = False  # read as it comes (``Origin.stream``): flow control applies
         self.complete = False
         self.keep_alive = False  # read when the answer ends: the parser forgets it after
         self.error: BaseException | None = None
@@ -101,11 +107,21 @@ class _Connection(asyncio.Protocol):
 
     # httptools' callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: nothing to trust on this socket
+            raise BadHttp("the origin sent more than one answer")  # stops the parser
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if not self.headers_done:  # (a chunked body's trailers are not the answer's headers)
+            self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the answer is still to come
+            self.interim = True
+            self.headers.clear()
+            return
+        self.status = status
         self.headers_done = True
         encoding = self.headers.get("content-encoding", "").strip().lower()
         if encoding in ("gzip", "x-gzip", "deflate"):
@@ -120,12 +136,22 @@ class _Connection(asyncio.Protocol):
                 return
         self.body.append(body)
         self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+        # A whole answer (``Origin.post``) is read to its end whatever its size; a stream's
+        # reader takes what came, so a slow reader pauses the socket.
+        if (
+            self.streaming
+            and self.buffered > _HIGH_WATER
+            and not self.paused
+            and self.transport is not None
+        ):
             self.paused = True
             self.transport.pause_reading()
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         if self.decoder is not None:
             rest = self.decoder.flush()
             if rest:
@@ -197,7 +223,8 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.close()
+            with contextlib.suppress(RuntimeError):  # its event loop is closed: nothing to do
+                self.transport.close()
         self.closed = True
 
     async def wait(self, read_s: float) -> None:
@@ -331,17 +358,22 @@ class Origin:
     async def stream(
         self, body: bytes, *, connect_s: float, read_s: float
     ) -> AsyncIterator[Answer]:
-        """The answer once its headers are in; its body is read through ``Answer``. The
-        connection goes back to the pool only if the answer was read to its end."""
+        """The answer once its headers are in; its body is read through ``Answer``. Left
+        without an error before the body's end (a reader that saw what it needed), the rest
+        is read for up to ``_DRAIN_S`` so the connection can serve the next call."""
         connection = await self._send(body, connect_s, read_s)
+        connection.streaming = True
         try:
             while not connection.headers_done:
                 if connection.error is not None:
                     raise connection.error
                 await connection.wait(read_s)
             yield Answer(connection, read_s)
-        finally:
+        except BaseException:
             self._release(connection, connection.complete)
+            raise
+        await _drain(connection)
+        self._release(connection, connection.complete)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -416,6 +448,8 @@ class Origin:
             connection = self._idle.pop()  # the most recently used: the likeliest alive
             if (
                 not connection.closed
+                and connection.transport is not None
+                and not connection.transport.is_closing()  # (closed on the server's FIN)
                 and connection.loop is loop  # (tests run one loop after another)
                 and connection.idle_since > stale_before
                 and connection.status == 0  # nothing arrived while it was idle
@@ -437,13 +471,16 @@ class Origin:
                 self._wake_one()  # woken, but leaving: the room goes to the next in line
             else:
                 waiter.cancel()
-                self._waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # already taken off by a release
+                    self._waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
                 raise TimeoutError(f"no free connection to {self.host} in {wait_s:g} s") from None
             raise
 
     def _release(self, connection: _Connection, reusable: bool) -> None:
         if reusable and not self._closed and not connection.closed and connection.keep_alive:
+            if connection.paused and connection.transport is not None:
+                connection.transport.resume_reading()
             connection.reset()
             connection.idle_since = connection.loop.time()
             self._idle.append(connection)
@@ -462,3 +499,15 @@ class Origin:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+async def _drain(connection: _Connection) -> None:
+    """Reads and drops the rest of an answer for up to ``_DRAIN_S``."""
+    if connection.complete or connection.error is not None or connection.closed:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_DRAIN_S):
+            while not connection.complete and connection.error is None:
+                connection.take()
+                await connection.wait(_DRAIN_S)
+    connection.take()
