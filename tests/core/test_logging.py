@@ -1,6 +1,14 @@
 from __future__ import annotations
 
-from mainsail.core.logging import REDACTED, get_logger
+import asyncio
+import logging
+from typing import Any
+
+import structlog
+
+from mainsail.core.logging import REDACTED, configure_logging, get_logger, level_check
+from mainsail.core.middleware import RequestContextMiddleware
+from mainsail.settings import LogSettings
 from tests.fixtures.logs import CapturedLogs
 
 
@@ -29,3 +37,33 @@ def test_stdlib_loggers_come_out_as_json(logs: CapturedLogs) -> None:
     assert event["level"] == "warning"
     assert event["logger"] == "sqlalchemy.engine"
     assert "timestamp" in event
+
+
+def test_hot_paths_skip_lines_below_the_level_and_work_before_logging_is_configured() -> None:
+    check = level_check("mainsail.access", logging.INFO)
+    try:
+        configure_logging(LogSettings(format="json", level="WARNING"))
+        assert not check()
+        configure_logging(LogSettings(format="json", level="INFO"))
+        assert check()
+        structlog.reset_defaults()  # as for an app made without configure_logging
+        assert check()  # structlog's defaults print every line
+        app = RequestContextMiddleware(_ok)
+        messages: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, object]) -> None:
+            messages.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+        assert messages[0]["status"] == 200
+    finally:
+        configure_logging(LogSettings(format="json", level="INFO"))
+
+
+async def _ok(scope: object, receive: object, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -116,3 +116,16 @@ def configure_logging(settings: LogSettings, *, stream: Any = None) -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
+
+
+def level_check(name: str, level: int) -> Callable[[], bool]:
+    """A cheap test of whether logger ``name`` writes lines at ``level``, for a hot path to
+    skip building a line that would be dropped. The standard library's level decides, as
+    ``filter_by_level`` does once ``configure_logging`` ran; before that (structlog's own
+    defaults, which print everything) it is always true."""
+    logger = logging.getLogger(name)
+
+    def enabled() -> bool:
+        return not structlog.is_configured() or logger.isEnabledFor(level)
+
+    return enabled

@@ -26,12 +26,13 @@ from mainsail.core.errors import (
     PayloadTooLarge,
     shaped_error,
 )
-from mainsail.core.logging import get_logger
+from mainsail.core.logging import get_logger, level_check
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 
 access_log = get_logger("mainsail.access")
+access_log_on = level_check("mainsail.access", logging.INFO)
 
 
 def new_request_id() -> str:
@@ -81,7 +82,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             # Checked first: below the level, the line would be built only to be dropped.
-            if scope["type"] == "http" and access_log.isEnabledFor(logging.INFO):
+            if scope["type"] == "http" and access_log_on():
                 access_log.info(
                     "request",
                     method=scope["method"],

@@ -26,7 +26,7 @@ import numpy as np
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from mainsail.core.logging import get_logger
+from mainsail.core.logging import get_logger, level_check
 from mainsail.core.principal import Principal
 from mainsail.llm.cache import CacheMode, ResponseCache
 from mainsail.llm.catalogue import Catalogue, ModelEntry, ModelKind, ProviderKind
@@ -56,6 +56,7 @@ from mainsail.llm.types import (
 )
 
 log = get_logger("mainsail.llm")
+_calls_logged = level_check("mainsail.llm", logging.INFO)
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Texts per upstream embedding request, and their tokens (None: no limit), by provider kind:
 # OpenAI takes 2048 inputs and 300k tokens a request; Bedrock's Titan one text per call, which
@@ -575,7 +576,7 @@ class Gateway:
             prompt_version=ctx.prompt_version,
         )
         self.usage.record(event)
-        if not log.isEnabledFor(logging.INFO):  # the line would be built only to be dropped
+        if not _calls_logged():  # the line would be built only to be dropped
             return
         log.info(
             "llm_call",
