@@ -16,7 +16,7 @@ from mainsail.llm.errors import (
     UpstreamUnavailable,
 )
 from mainsail.llm.gateway import CallContext
-from mainsail.llm.types import ChatRequest, Message, StreamEnd, TextDelta
+from mainsail.llm.types import ChatRequest, Message, StreamEnd, StreamStart, TextDelta
 from tests.fakes.provider_server import FakeProviderServer, Fault, Reply
 from tests.llm.conftest import MakeGateway
 
@@ -189,6 +189,20 @@ async def test_a_stream_that_fails_before_its_first_token_falls_back(
     assert isinstance(events[-1], StreamEnd)
     assert sink.events[-1].model == "fake-claude"
     assert sink.events[-1].status == "ok"
+
+
+async def test_a_stream_announced_but_cut_before_content_is_retried_unseen(
+    make_gateway: MakeGateway, fake_provider: FakeProviderServer
+) -> None:
+    # The first attempt sends its role chunk (the adapter's StreamStart), then drops: the
+    # start is held below every retry layer, so the retry is invisible to the consumer.
+    gateway, _ = await make_gateway(max_attempts=2)
+    fake_provider.script(Fault("cut_stream", after_chunks=0), Reply(text="second try"))
+    events = [e async for e in gateway.stream(ask(), CTX)]
+    assert fake_provider.count() == 2
+    assert [type(e) for e in events].count(StreamStart) == 1
+    assert isinstance(events[0], StreamStart)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "second try"
 
 
 async def test_a_stream_cut_after_tokens_is_reported_not_retried(

@@ -57,6 +57,15 @@ async def held_start(events: EventStream) -> EventStream:
             yield event
 
 
+def _held(client: ModelClient, request: ChatRequest) -> EventStream:
+    """``client``'s stream with its start held, wrapped in ``held_start`` only if it is not
+    held already: each wrapper here holds its inner stream's start (``holds_start``), and
+    ``Bounded`` passes a stream through as it came. Every event passes through each layer
+    as one more generator step, so a redundant hold costs on every token."""
+    events = client.stream(request)
+    return events if getattr(client, "holds_start", False) else held_start(events)
+
+
 class ModelClient(Protocol):
     entry: ModelEntry
 
@@ -90,6 +99,7 @@ class Bounded:
 
     def __init__(self, inner: ModelClient, slots: asyncio.Semaphore) -> None:
         self.inner, self.entry, self.slots = inner, inner.entry, slots
+        self.holds_start: bool = getattr(inner, "holds_start", False)  # passed through
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         return await self._call(self.inner.complete, request)
@@ -115,6 +125,8 @@ class Deadline:
     For a stream the limit bounds the wait for its first event; the whole stream gets
     ``stream_total_s``.
     """
+
+    holds_start = True  # its stream's start is held (see ``_held``)
 
     def __init__(self, inner: ModelClient, *, total_s: float, stream_total_s: float) -> None:
         self.inner, self.entry = inner, inner.entry
@@ -147,7 +159,7 @@ class Deadline:
         first_by = loop.time() + self.total_s
         all_by = loop.time() + self.stream_total_s
         started = False
-        async with contextlib.aclosing(held_start(self.inner.stream(request))) as events:
+        async with contextlib.aclosing(_held(self.inner, request)) as events:
             while True:
                 # Each wait has its own deadline and nothing is yielded inside one: a timer
                 # must never fire while the consumer, not the provider, is the slow one.
@@ -177,6 +189,8 @@ class Breaker:
     Only failures that say something about the provider count (timeouts, 5xx, rate limits,
     unreadable answers), never a rejected request.
     """
+
+    holds_start = True  # its stream's start is held (see ``_held``)
 
     def __init__(
         self,
@@ -256,7 +270,7 @@ class Breaker:
         probe = self._admit()
         alive = False
         try:
-            async with contextlib.aclosing(held_start(self.inner.stream(request))) as events:
+            async with contextlib.aclosing(_held(self.inner, request)) as events:
                 async for event in events:
                     if not alive:
                         alive = True
@@ -279,6 +293,8 @@ class Retrying:
     A 429's ``Retry-After`` is honoured when it is at most ``max_retry_after_s``; a longer one
     is not waited for (the caller's fallback is better than a long silence).
     """
+
+    holds_start = True  # its stream's start is held (see ``_held``)
 
     def __init__(
         self,
@@ -331,7 +347,7 @@ class Retrying:
         while True:
             started = False
             try:
-                async with contextlib.aclosing(held_start(self.inner.stream(request))) as events:
+                async with contextlib.aclosing(_held(self.inner, request)) as events:
                     async for event in events:
                         started = True
                         yield event
@@ -346,6 +362,8 @@ class Retrying:
 
 class Fallback:
     """Tries the model, then each fallback, on failures another model may not share."""
+
+    holds_start = True  # its stream's start is held (see ``_held``)
 
     def __init__(self, chain: list[ModelClient]) -> None:
         if not chain:
@@ -376,7 +394,7 @@ class Fallback:
         for client in self.chain:
             started = False
             try:
-                async with contextlib.aclosing(held_start(client.stream(request))) as events:
+                async with contextlib.aclosing(_held(client, request)) as events:
                     async for event in events:
                         started = True
                         yield event
