@@ -228,12 +228,16 @@ async def test_lines_end_where_the_sse_format_says_whatever_the_blocks(
     assert lines == [b"a", b"b", b"", b"c"]
 
 
-def test_the_environments_proxy_is_honoured_with_its_credentials(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _without_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_the_environments_proxy_is_honoured_with_its_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without_proxies(monkeypatch)
     assert _env_proxy("https://api.example.com/v1/chat/completions") == (None, None)
     monkeypatch.setenv("HTTPS_PROXY", "http://us%40er:p%3Ass@proxy.internal:3128")
     proxy, headers = _env_proxy("https://api.example.com/v1/chat/completions")
@@ -253,9 +257,7 @@ def test_the_environments_proxy_is_honoured_with_its_credentials(
 async def test_calls_go_through_the_proxy_the_environment_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+    _without_proxies(monkeypatch)
     proxy = _CannedServer(_COMPLETION, b"application/json")
     async with proxy as proxy_url:
         monkeypatch.setenv("HTTP_PROXY", proxy_url.replace("http://", "http://me:pw@")[:-3])
@@ -273,9 +275,7 @@ async def test_calls_go_through_the_proxy_the_environment_names(
 def test_a_proxy_reached_over_https_sends_chat_through_the_sdks_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+    _without_proxies(monkeypatch)
     monkeypatch.setenv("HTTPS_PROXY", "https://proxy.internal:3128")
     assert _adapter("https://api.example.com/v1").wire is None
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
