@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from mainsail.core import fastjson
 from mainsail.core.logging import get_logger
 from mainsail.core.sse import EventStreamResponse
 from mainsail.llm.errors import InternalError, LLMError, StreamInterrupted
@@ -187,8 +188,9 @@ async def chat_completions(
     created = int(time.time())
     if not body.stream:
         response = await gateway.complete(chat, ctx)
-        return JSONResponse(
-            completion_json(response, created=created),
+        return Response(
+            fastjson.dumps(completion_json(response, created=created)),
+            media_type="application/json",
             headers=CACHE_HIT if response.cache_hit else None,
         )
     events = aiter(gateway.stream(chat, ctx))
@@ -216,7 +218,7 @@ def hot_routes() -> dict[tuple[str, str], Callable[[Request], Coroutine[Any, Any
 
 
 def _data(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + fastjson.dumps(payload) + b"\n\n"
 
 
 async def openai_chunks(

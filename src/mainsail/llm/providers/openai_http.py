@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from mainsail.core import fastjson
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import LLMError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from mainsail.llm.providers.base import Timeouts, status_error
@@ -71,7 +71,7 @@ class ChatWire:
 
     async def complete(self, body: dict[str, Any], entry: ModelEntry) -> Any:
         """The decoded JSON answer (not yet checked for shape), or an ``LLMError``."""
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = fastjson.dumps(body)
         # No byte of a JSON answer comes before the whole answer: the read limit is the
         # answer's total time (see ``Timeouts.for_answer``).
         read_s = self.timeouts.for_answer(entry)
@@ -88,14 +88,14 @@ class ChatWire:
         except Exception as exc:
             raise self._transport(exc, entry) from None
         try:
-            return json.loads(raw)
+            return fastjson.loads(raw)
         except ValueError:
             raise self._unreadable(entry) from None
 
     async def stream(self, body: dict[str, Any], entry: ModelEntry) -> AsyncGenerator[Any, None]:
         """Each SSE event's decoded data until ``[DONE]`` or the end of the body. A status
         error raises before the first chunk; a cut connection raises where it happens."""
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = fastjson.dumps(body)
         try:
             async with self.origin.stream(
                 data, connect_s=self.timeouts.connect_s, read_s=self.timeouts.read_s
@@ -109,7 +109,7 @@ class ChatWire:
                     if payload.startswith(_DONE):
                         return
                     try:
-                        chunk = json.loads(payload)
+                        chunk = fastjson.loads(payload)
                     except ValueError:
                         raise self._unreadable(entry) from None
                     if isinstance(chunk, dict) and chunk.get("error"):
