@@ -57,13 +57,23 @@ class RawServer:
 @asynccontextmanager
 async def serving(
     answer: Callable[[asyncio.StreamWriter, int], object],
-) -> AsyncIterator[tuple[RawServer, str]]:
+    *,
+    max_connections: int = 4,
+    keepalive_s: float = 5.0,
+) -> AsyncIterator[tuple[RawServer, Origin]]:
+    """A raw server answering with ``answer``, and a client of it (closed on the way out)."""
     server = RawServer(answer)
     listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
+    origin = _origin(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        max_connections=max_connections,
+        keepalive_s=keepalive_s,
+    )
     try:
-        yield server, f"http://127.0.0.1:{port}/v1/chat/completions"
+        yield server, origin
     finally:
+        await origin.aclose()
         listener.close()
 
 
@@ -82,12 +92,8 @@ def _fixed(body: bytes, *extra: bytes) -> bytes:
 
 
 async def test_a_request_is_sent_whole_and_connections_are_kept_alive() -> None:
-    async with serving(lambda w, n: w.write(_fixed(b"answer %d" % n))) as (server, url):
-        origin = _origin(url)
-        try:
-            bodies = [(await origin.post(b'{"n":1}', connect_s=1, read_s=1))[1] for _ in range(3)]
-        finally:
-            await origin.aclose()
+    async with serving(lambda w, n: w.write(_fixed(b"answer %d" % n))) as (server, origin):
+        bodies = [(await origin.post(b'{"n":1}', connect_s=1, read_s=1))[1] for _ in range(3)]
     assert bodies == [b"answer 1", b"answer 2", b"answer 3"]
     assert server.connections == 1
     first = server.requests[0]
@@ -106,21 +112,13 @@ async def test_chunked_and_close_delimited_answers_are_read_to_their_end() -> No
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
         writer.close()
 
-    async with serving(lambda w, n: w.write(chunked)) as (server, url):
-        origin = _origin(url)
-        try:
-            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"abcde"
-            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"abcde"
-        finally:
-            await origin.aclose()
+    async with serving(lambda w, n: w.write(chunked)) as (server, origin):
+        assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"abcde"
+        assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"abcde"
     assert server.connections == 1
-    async with serving(close_delimited) as (server, url):
-        origin = _origin(url)
-        try:
-            for _ in range(2):  # the second call cannot reuse the closed connection
-                assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"until the end"
-        finally:
-            await origin.aclose()
+    async with serving(close_delimited) as (server, origin):
+        for _ in range(2):  # the second call cannot reuse the closed connection
+            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"until the end"
     assert server.connections == 2
 
 
@@ -137,25 +135,17 @@ async def test_compressed_answers_are_decoded(
 ) -> None:
     text = b'{"choices":[]}' * 200
     answer = _fixed(compress(text), b"Content-Encoding: " + encoding)
-    async with serving(lambda w, n: w.write(answer)) as (_, url):
-        origin = _origin(url)
-        try:
-            response, body = await origin.post(b"{}", connect_s=1, read_s=1)
-        finally:
-            await origin.aclose()
+    async with serving(lambda w, n: w.write(answer)) as (_, origin):
+        response, body = await origin.post(b"{}", connect_s=1, read_s=1)
     assert body == text
     assert response.headers["content-encoding"] == encoding.decode()
 
 
 async def test_a_connection_close_answer_is_not_reused_and_headers_are_read() -> None:
     answer = _fixed(b"{}", b"Connection: close", b"Retry-After: 7")
-    async with serving(lambda w, n: w.write(answer)) as (server, url):
-        origin = _origin(url)
-        try:
-            for _ in range(2):
-                response, _ = await origin.post(b"{}", connect_s=1, read_s=1)
-        finally:
-            await origin.aclose()
+    async with serving(lambda w, n: w.write(answer)) as (server, origin):
+        for _ in range(2):
+            response, _ = await origin.post(b"{}", connect_s=1, read_s=1)
     assert response.headers.get("retry-after") == "7"
     assert server.connections == 2
 
@@ -165,26 +155,18 @@ async def test_an_idle_connection_the_server_closed_is_not_used_again() -> None:
         writer.write(_fixed(b"{}"))  # keep-alive by the headers, then closed anyway
         writer.close()
 
-    async with serving(answer_and_hang_up) as (server, url):
-        origin = _origin(url)
-        try:
-            await origin.post(b"{}", connect_s=1, read_s=1)
-            await asyncio.sleep(0.05)  # the close reaches the client
-            await origin.post(b"{}", connect_s=1, read_s=1)
-        finally:
-            await origin.aclose()
+    async with serving(answer_and_hang_up) as (server, origin):
+        await origin.post(b"{}", connect_s=1, read_s=1)
+        await asyncio.sleep(0.05)  # the close reaches the client
+        await origin.post(b"{}", connect_s=1, read_s=1)
     assert server.connections == 2
 
 
 async def test_idle_connections_older_than_the_keepalive_are_replaced() -> None:
-    async with serving(lambda w, n: w.write(_fixed(b"{}"))) as (server, url):
-        origin = _origin(url, keepalive_s=0.05)
-        try:
-            await origin.post(b"{}", connect_s=1, read_s=1)
-            await asyncio.sleep(0.1)
-            await origin.post(b"{}", connect_s=1, read_s=1)
-        finally:
-            await origin.aclose()
+    async with serving(lambda w, n: w.write(_fixed(b"{}")), keepalive_s=0.05) as (server, origin):
+        await origin.post(b"{}", connect_s=1, read_s=1)
+        await asyncio.sleep(0.1)
+        await origin.post(b"{}", connect_s=1, read_s=1)
     assert server.connections == 2
 
 
@@ -200,14 +182,10 @@ async def test_calls_beyond_the_connection_limit_wait_for_a_free_one() -> None:
         in_flight -= 1
         writer.write(_fixed(b"{}"))
 
-    async with serving(slow) as (server, url):
-        origin = _origin(url, max_connections=2)
-        try:
-            results = await asyncio.gather(
-                *(origin.post(b"{}", connect_s=1, read_s=2) for _ in range(10))
-            )
-        finally:
-            await origin.aclose()
+    async with serving(slow, max_connections=2) as (server, origin):
+        results = await asyncio.gather(
+            *(origin.post(b"{}", connect_s=1, read_s=2) for _ in range(10))
+        )
     assert [body for _, body in results] == [b"{}"] * 10
     assert most == 2
     assert server.connections == 2
@@ -217,18 +195,14 @@ async def test_waiting_for_a_free_connection_is_bounded() -> None:
     async def never(writer: asyncio.StreamWriter, _: int) -> None:
         await asyncio.sleep(10)
 
-    async with serving(never) as (_, url):
-        origin = _origin(url, max_connections=1)
-        try:
-            first = asyncio.create_task(origin.post(b"{}", connect_s=1, read_s=5))
-            await asyncio.sleep(0.05)
-            with pytest.raises(TimeoutError, match="no free connection"):
-                await origin.post(b"{}", connect_s=1, read_s=0.1)
-            first.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await first
-        finally:
-            await origin.aclose()
+    async with serving(never, max_connections=1) as (_, origin):
+        first = asyncio.create_task(origin.post(b"{}", connect_s=1, read_s=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError, match="no free connection"):
+            await origin.post(b"{}", connect_s=1, read_s=0.1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
 
 
 async def test_no_byte_within_the_read_limit_is_a_timeout_and_the_socket_is_dropped() -> None:
@@ -241,15 +215,11 @@ async def test_no_byte_within_the_read_limit_is_a_timeout_and_the_socket_is_drop
             await asyncio.sleep(1)
         writer.write(_fixed(b"late" if n == 1 else b"fresh"))
 
-    async with serving(first_hangs) as (server, url):
-        origin = _origin(url)
-        try:
-            with pytest.raises(TimeoutError, match="no byte"):
-                await origin.post(b"{}", connect_s=1, read_s=0.1)
-            # The late answer must not be read as the next call's.
-            assert (await origin.post(b"{}", connect_s=1, read_s=2))[1] == b"fresh"
-        finally:
-            await origin.aclose()
+    async with serving(first_hangs) as (server, origin):
+        with pytest.raises(TimeoutError, match="no byte"):
+            await origin.post(b"{}", connect_s=1, read_s=0.1)
+        # The late answer must not be read as the next call's.
+        assert (await origin.post(b"{}", connect_s=1, read_s=2))[1] == b"fresh"
     assert server.connections == 2
 
 
@@ -262,13 +232,11 @@ async def test_a_slow_stream_that_keeps_sending_is_not_timed_out() -> None:
             await writer.drain()
         writer.write(b"0\r\n\r\n")
 
-    async with serving(trickle) as (_, url):
-        origin = _origin(url)
-        try:
-            async with origin.stream(b"{}", connect_s=1, read_s=0.15) as answer:
-                blocks = [block async for block in answer.iter_any()]
-        finally:
-            await origin.aclose()
+    async with (
+        serving(trickle) as (_, origin),
+        origin.stream(b"{}", connect_s=1, read_s=0.15) as answer,
+    ):
+        blocks = [block async for block in answer.iter_any()]
     assert b"".join(blocks) == b"x" * 6
     assert len(blocks) >= 2  # read as it came
 
@@ -279,14 +247,12 @@ async def test_a_large_stream_is_read_whole_through_flow_control() -> None:
     def big(writer: asyncio.StreamWriter, _: int) -> None:
         writer.write(_fixed(payload))
 
-    async with serving(big) as (_, url):
-        origin = _origin(url)
-        try:
-            async with origin.stream(b"{}", connect_s=1, read_s=2) as answer:
-                await asyncio.sleep(0.1)  # let it pile up: reading pauses, then resumes
-                received = await answer.read()
-        finally:
-            await origin.aclose()
+    async with (
+        serving(big) as (_, origin),
+        origin.stream(b"{}", connect_s=1, read_s=2) as answer,
+    ):
+        await asyncio.sleep(0.1)  # let it pile up: reading pauses, then resumes
+        received = await answer.read()
     assert received == payload
 
 
@@ -294,16 +260,12 @@ async def test_a_stream_left_before_its_end_does_not_go_back_to_the_pool() -> No
     def endless(writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
 
-    async with serving(endless) as (server, url):
-        origin = _origin(url)
-        try:
-            for _ in range(2):
-                async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
-                    async for block in answer.iter_any():
-                        assert block == b"first"
-                        break
-        finally:
-            await origin.aclose()
+    async with serving(endless) as (server, origin):
+        for _ in range(2):
+            async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
+                async for block in answer.iter_any():
+                    assert block == b"first"
+                    break
     assert server.connections == 2
 
 
@@ -312,26 +274,18 @@ async def test_an_answer_cut_off_midway_is_a_connection_error() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
         writer.close()
 
-    async with serving(cut) as (_, url):
-        origin = _origin(url)
-        try:
+    async with serving(cut) as (_, origin):
+        with pytest.raises(ConnectionError):
+            await origin.post(b"{}", connect_s=1, read_s=1)
+        async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
             with pytest.raises(ConnectionError):
-                await origin.post(b"{}", connect_s=1, read_s=1)
-            async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
-                with pytest.raises(ConnectionError):
-                    await answer.read()
-        finally:
-            await origin.aclose()
+                await answer.read()
 
 
 async def test_bytes_that_are_not_http_are_refused() -> None:
-    async with serving(lambda w, n: w.write(b"SSH-2.0-OpenSSH\r\n\r\n")) as (_, url):
-        origin = _origin(url)
-        try:
-            with pytest.raises(BadHttp):
-                await origin.post(b"{}", connect_s=1, read_s=1)
-        finally:
-            await origin.aclose()
+    async with serving(lambda w, n: w.write(b"SSH-2.0-OpenSSH\r\n\r\n")) as (_, origin):
+        with pytest.raises(BadHttp):
+            await origin.post(b"{}", connect_s=1, read_s=1)
 
 
 async def test_a_port_nobody_listens_on_is_unreachable() -> None:
@@ -502,12 +456,8 @@ def test_only_plain_http_proxies_are_accepted() -> None:
 
 async def test_a_whole_answer_larger_than_the_streams_pause_threshold_is_read() -> None:
     payload = b"x" * (3 * 1024 * 1024)  # no flow control on a whole answer: no stall
-    async with serving(lambda w, n: w.write(_fixed(payload))) as (_, url):
-        origin = _origin(url)
-        try:
-            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == payload
-        finally:
-            await origin.aclose()
+    async with serving(lambda w, n: w.write(_fixed(payload))) as (_, origin):
+        assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == payload
 
 
 async def test_interim_answers_are_skipped_and_never_left_for_the_next_call() -> None:
@@ -517,29 +467,21 @@ async def test_interim_answers_are_skipped_and_never_left_for_the_next_call() ->
         await asyncio.sleep(0.05)
         writer.write(_fixed(b"answer %d" % n, b"X-Final: yes"))
 
-    async with serving(continue_then_answer) as (server, url):
-        origin = _origin(url)
-        try:
-            first, body = await origin.post(b"{}", connect_s=1, read_s=1)
-            assert (first.status, body, first.headers.get("x-final")) == (200, b"answer 1", "yes")
-            assert "link" not in first.headers
-            async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
-                assert (answer.status, await answer.read()) == (200, b"answer 2")
-            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"answer 3"
-        finally:
-            await origin.aclose()
+    async with serving(continue_then_answer) as (server, origin):
+        first, body = await origin.post(b"{}", connect_s=1, read_s=1)
+        assert (first.status, body, first.headers.get("x-final")) == (200, b"answer 1", "yes")
+        assert "link" not in first.headers
+        async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
+            assert (answer.status, await answer.read()) == (200, b"answer 2")
+        assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"answer 3"
     assert server.connections == 1
 
 
 async def test_a_second_answer_to_one_request_poisons_the_connection() -> None:
-    async with serving(lambda w, n: w.write(_fixed(b"one") + _fixed(b"two"))) as (server, url):
-        origin = _origin(url)
-        try:
-            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"one"
-            # Not reused: the extra answer would have been read as the next call's.
-            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"one"
-        finally:
-            await origin.aclose()
+    async with serving(lambda w, n: w.write(_fixed(b"one") + _fixed(b"two"))) as (server, origin):
+        assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"one"
+        # Not reused: the extra answer would have been read as the next call's.
+        assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"one"
     assert server.connections == 2
 
 
@@ -550,34 +492,26 @@ async def test_a_chunked_stream_left_at_its_last_event_keeps_its_connection() ->
         await asyncio.sleep(0.02)  # the closing chunk comes in a write of its own
         writer.write(b"0\r\n\r\n")
 
-    async with serving(events) as (server, url):
-        origin = _origin(url)
-        try:
-            for _ in range(3):
-                async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
-                    async for block in answer.iter_any():
-                        if block.endswith(b"[END]"):
-                            break  # as the SSE reader leaves at [DONE]
-        finally:
-            await origin.aclose()
+    async with serving(events) as (server, origin):
+        for _ in range(3):
+            async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
+                async for block in answer.iter_any():
+                    if block.endswith(b"[END]"):
+                        break  # as the SSE reader leaves at [DONE]
     assert server.connections == 1
 
 
 async def test_a_stream_paused_by_an_unread_body_is_resumed_before_reuse() -> None:
     big = b"y" * (1024 * 1024)
 
-    async with serving(lambda w, n: w.write(_fixed(big if n == 1 else b"small"))) as (_, url):
-        origin = _origin(url)
-        try:
-            async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
-                await asyncio.sleep(0.1)  # more than the threshold arrives: reading pauses
-                received = b""
-                async for block in answer.iter_any():
-                    received += block
-                assert received == big
-            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"small"
-        finally:
-            await origin.aclose()
+    async with serving(lambda w, n: w.write(_fixed(big if n == 1 else b"small"))) as (_, origin):
+        async with origin.stream(b"{}", connect_s=1, read_s=1) as answer:
+            await asyncio.sleep(0.1)  # more than the threshold arrives: reading pauses
+            received = b""
+            async for block in answer.iter_any():
+                received += block
+            assert received == big
+        assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"small"
 
 
 async def test_a_call_cancelled_while_waiting_for_a_connection_stays_cancelled() -> None:
@@ -585,18 +519,14 @@ async def test_a_call_cancelled_while_waiting_for_a_connection_stays_cancelled()
         await asyncio.sleep(0.05)
         writer.write(_fixed(b"{}"))
 
-    async with serving(slow) as (_, url):
-        origin = _origin(url, max_connections=1)
-        try:
-            first = asyncio.create_task(origin.post(b"{}", connect_s=1, read_s=1))
-            await asyncio.sleep(0.01)
-            waiting = asyncio.create_task(origin.post(b"{}", connect_s=1, read_s=1))
-            await asyncio.sleep(0.01)
-            waiting.cancel()
-            origin._wake_one()  # a release in the same turn takes the waiter off first
-            with pytest.raises(asyncio.CancelledError):
-                await waiting
-            assert (await first)[1] == b"{}"
-            assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"{}"
-        finally:
-            await origin.aclose()
+    async with serving(slow, max_connections=1) as (_, origin):
+        first = asyncio.create_task(origin.post(b"{}", connect_s=1, read_s=1))
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(origin.post(b"{}", connect_s=1, read_s=1))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        origin._wake_one()  # a release in the same turn takes the waiter off first
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await first)[1] == b"{}"
+        assert (await origin.post(b"{}", connect_s=1, read_s=1))[1] == b"{}"
