@@ -54,7 +54,6 @@ class ChatWire:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.headers = {**headers, "Content-Type": "application/json"}
         self.timeouts = timeouts
-        self.max_connections = max_connections
         self.proxy, self.proxy_headers = _env_proxy(self.url)
         # Raises ``UnsupportedProxy`` here, at start-up, for a proxy it cannot speak to.
         self.origin = Origin(
@@ -167,8 +166,8 @@ async def _events(blocks: AsyncIterator[bytes]) -> AsyncIterator[str]:
 
 async def _lines(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """The body's lines without their ends (``\\r\\n``, ``\\n`` or ``\\r``, as the SSE format
-    allows), of any length: aiohttp's own line reader refuses lines over 128 KiB, and one
-    chunk of a long tool call or of a server that sends its answer whole can be longer."""
+    allows), of any length: one chunk of a long tool call, or of a server that sends its
+    answer whole, can be hundreds of KiB on one line."""
     parts: list[bytes] = []  # the unfinished line so far
     async for block in blocks:
         if b"\n" not in block and b"\r" not in block:
