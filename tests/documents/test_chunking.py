@@ -436,3 +436,26 @@ def test_counting_from_one_encoding_cuts_as_the_splitter_own_counting_does(
     ours = chunker._indices(text, _Spans(chunker.tokenizer, text), size, overlap)
     assert ours == native.chunk_indices(text)
     assert len(ours) > 3
+
+
+def test_the_chunker_counts_whole_texts_and_leaves_the_given_tokenizer_as_it_was(
+    tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    """tokenizer.json truncates at 128 and pads to 128: the chunker counts with a copy that
+    does neither; a tokenizer that already does neither (the local embedder's) is used as it
+    is, not copied for every document."""
+    truncation, padding = tokenizer.truncation, tokenizer.padding
+    assert truncation is not None
+    assert padding is not None
+    chunker = Chunker(tokenizer, chunk_size=400, chunk_overlap=0)
+    assert (tokenizer.truncation, tokenizer.padding) == (truncation, padding)
+    assert chunker.tokenizer is not tokenizer
+    plain = Tokenizer.from_str(tokenizer.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    text = " ".join([BODY] * 3)  # one paragraph of ~190 tokens: over 128, under 400
+    _, chunks = chunk_file(tmp_path, "long.txt", text, chunker)
+    whole = len(plain.encode(text, add_special_tokens=False).ids)
+    assert [c.token_count for c in chunks] == [whole]
+    assert whole > truncation["max_length"]
+    assert Chunker(plain, chunk_size=400, chunk_overlap=0).tokenizer is plain

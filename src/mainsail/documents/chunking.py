@@ -176,10 +176,7 @@ class Chunker:
         self.tokenizer: Tokenizer | None = None
         self.source = tokenizer  # the tokenizer given, whose word pieces chunks carry
         if tokenizer is not None:
-            counting = Tokenizer.from_str(tokenizer.to_str())
-            counting.no_truncation()
-            counting.no_padding()
-            self.tokenizer = counting
+            self.tokenizer = _counting(tokenizer)
         # BERT's pre-tokenizer makes every punctuation mark a word of its own and splits at any
         # whitespace, so the joined view (punctuation and whitespace swapped one for one) has
         # the text's token offsets: its counts come from the text's encoding (``_Spans.view``).
@@ -403,3 +400,19 @@ def _heading(section: list[tuple[int, Block]], first: int, last: int) -> tuple[s
         if section[i][1].kind != "heading":
             return section[i][1].heading
     return section[first][1].heading
+
+
+def _counting(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer`` as the chunker counts with it: whole texts, neither truncated nor padded.
+
+    The local embedder's tokenizer is already so and is used as it is: a copy (its JSON
+    written and read back) takes ~15 ms of the event loop for every document, with the GIL
+    held. Any other is copied, so that the caller's keeps its settings. Nothing here changes
+    the tokenizer's settings afterwards, and encoding is safe from several threads at once.
+    """
+    if tokenizer.truncation is None and tokenizer.padding is None:
+        return tokenizer
+    counting = Tokenizer.from_str(tokenizer.to_str())
+    counting.no_truncation()
+    counting.no_padding()
+    return counting
