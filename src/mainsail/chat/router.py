@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from mainsail.chat.schemas import (
     MessageOut,
 )
 from mainsail.chat.service import ChatService, answer_out
+from mainsail.core import fastjson
 from mainsail.core.deps import JsonBody, SessionDep
 from mainsail.core.errors import AppError, NotFound
 from mainsail.core.logging import get_logger
@@ -84,7 +84,7 @@ async def chat_stream(
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return b"event: " + name.encode() + b"\ndata: " + fastjson.dumps(data) + b"\n\n"
 
 
 async def _sse(
