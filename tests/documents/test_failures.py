@@ -3,7 +3,9 @@ poisoned job that ends in the dead-letter list and is re-queued once fixed."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,6 +13,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.engine import URL
 
+from mainsail.documents import repository as documents_repository
+from mainsail.jobs import repository as jobs_repository
+from mainsail.jobs.service import JobContext
 from mainsail.settings import Settings
 from mainsail.worker import build_runner
 from tests.documents.conftest import Upload, chunk_rows, essay, wait_for_status
@@ -111,3 +116,142 @@ async def test_a_poisoned_job_ends_dead_then_runs_again_when_requeued(
     ready = await wait_for_status(client, alice, document_id, "ready", "failed")
     assert ready["status"] == "ready"
     assert len(await chunk_rows(app, document_id)) == ready["chunk_count"] > 0
+
+
+async def test_a_job_whose_worker_dies_on_every_attempt_fails_its_document(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, upload: Upload, settings: Settings
+) -> None:
+    """The last attempt's worker is killed too: the job ends dead without its handler running
+    again, and the document must not stay ``processing`` (re-uploading retries it)."""
+    body = essay(4).encode()
+    created = await upload(alice, body, "doomed.txt")
+    document_id, job_id = created.json()["id"], created.json()["job_id"]
+    for attempt in (1, 2):  # claimed, marked processing, then the worker vanishes
+        async with app.state.db.autocommit() as connection:
+            row = await jobs_repository.claim(connection, worker=f"doomed-{attempt}", lease_s=0.1)
+            assert row is not None
+            assert row["attempts"] == attempt
+        async with app.state.db.unit_of_work() as session:
+            claimed = await documents_repository.claim_for_ingest(
+                session, uuid.UUID(document_id), 1
+            )
+            assert claimed is not None
+        await asyncio.sleep(0.2)  # the lease lapses
+    runner = await build_runner(settings, app.state.db)
+    assert await runner.run_one()
+    job = (await client.get(f"/jobs/{job_id}", headers=alice.headers)).json()
+    assert (job["state"], job["attempts"]) == ("dead", 3)
+    document = (await client.get(f"/documents/{document_id}", headers=alice.headers)).json()
+    assert document["status"] == "failed"
+    assert "gave up after 2 attempts" in document["error"]
+
+    again = await upload(alice, body, "doomed.txt")
+    assert again.status_code == 202  # a retry: a new revision and a new job
+    assert (again.json()["revision"], again.json()["status"]) == (2, "queued")
+    assert again.json()["job_id"] != job_id
+
+
+async def test_a_dead_job_leaves_a_ready_revision_ready(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, upload: Upload, settings: Settings
+) -> None:
+    """Its worker died after the revision was activated: giving up does not undo that."""
+    created = await upload(alice, essay(2).encode(), "done.txt")
+    document_id = uuid.UUID(created.json()["id"])
+    runner = await build_runner(settings, app.state.db)
+    ingestor = app.state.documents.ingestor
+    async with app.state.db.autocommit() as connection:
+        row = await jobs_repository.claim(connection, worker="w", lease_s=60)
+    assert row is not None
+    ctx = JobContext(
+        id=row["id"],
+        kind=row["kind"],
+        payload=row["payload"],
+        owner_id=row["owner_id"],
+        attempt=row["attempts"],
+        max_attempts=row["max_attempts"],
+        db=app.state.db,
+        worker="w",
+    )
+    await ingestor(ctx)
+    await runner.give_ups["ingest"](ctx, "worker gone")
+    document = (await client.get(f"/documents/{document_id}", headers=alice.headers)).json()
+    assert (document["status"], document["error"]) == ("ready", None)
+
+
+async def test_blank_documents_are_refused_or_fail_with_a_reason(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, upload: Upload, settings: Settings
+) -> None:
+    inline = await client.post("/documents", json={"text": " \n\t \n"}, headers=alice.headers)
+    assert inline.status_code == 422
+    assert "blank" in inline.text
+    created = await upload(alice, b" \r\n\t \n\n   \r\n", "blank.txt")
+    assert created.status_code == 202  # a file: read by the job
+    runner = await build_runner(settings, app.state.db)
+    assert await runner.run_one()
+    failed = await wait_for_status(client, alice, created.json()["id"], "ready", "failed")
+    assert failed["status"] == "failed"
+    assert failed["error"] == "No text could be extracted from the document."
+    job = (await client.get(f"/jobs/{created.json()['job_id']}", headers=alice.headers)).json()
+    assert (job["state"], job["attempts"]) == ("failed", 1)  # permanent: not retried
+
+
+async def test_a_long_multipart_filename_is_a_422_and_nothing_stays_staged(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, upload: Upload
+) -> None:
+    as_part = await upload(alice, b"Some text here.", "x" * 600 + ".txt")
+    as_field = await client.post(
+        "/documents",
+        files={"file": ("a.txt", b"Other text here.")},
+        data={"filename": "y" * 513},
+        headers=alice.headers,
+    )
+    for answer in (as_part, as_field):
+        assert answer.status_code == 422
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert "filename" in answer.json()["detail"]
+    assert staged(app) == []
+    longest = await upload(alice, b"Third text here.", "z" * 508 + ".txt")
+    assert longest.status_code == 202
+
+
+async def test_bad_multipart_metadata_is_a_400_even_nested_beyond_the_parser(
+    alice: Account, upload: Upload, app: FastAPI
+) -> None:
+    deep = "[" * 20_000 + "]" * 20_000
+    for metadata in ('{"a": ' + deep + "}", "[1, 2]", "{not json"):
+        answer = await upload(alice, b"Some text here.", "a.txt", metadata=metadata)
+        assert answer.status_code == 400
+        assert "metadata" in answer.json()["detail"]
+    assert staged(app) == []
+
+
+async def test_a_chunked_multipart_body_over_the_limit_is_a_413(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account
+) -> None:
+    """The file is under the limit, but the form's other fields push the body (sent without
+    a Content-Length) past the limit on the whole request."""
+    boundary = "b0undary"
+    parts = [
+        ("metadata", None, b'{"k": "' + b"v" * 60_000 + b'"}'),
+        ("collection", None, b"c" * 6_000),
+        ("file", "a.txt", b"word " * 800),
+    ]
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        body += data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    answer = await client.post(
+        "/documents",
+        content=chunks(),
+        headers={**alice.headers, "content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert answer.status_code == 413
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert staged(app) == []

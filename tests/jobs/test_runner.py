@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from mainsail.jobs import repository
 from mainsail.jobs import service as jobs
 from mainsail.jobs.service import JobContext, PermanentError
 from mainsail.settings import JobSettings
@@ -198,3 +199,58 @@ async def test_stopping_hands_a_running_job_back_without_counting_the_attempt(
     await runner.stop()
     back = await row(app, job_id)
     assert (back["state"], back["attempts"], back["worker"]) == ("queued", 0, None)
+
+
+async def test_a_job_whose_workers_all_died_ends_dead_and_its_kind_hears_of_it(
+    app: FastAPI, make_runner: MakeRunner
+) -> None:
+    """Every attempt's worker vanished: the next claim ends the job dead without running the
+    handler, and the kind's ``gave_up`` hook learns why (once)."""
+    ran: list[uuid.UUID] = []
+    heard: list[tuple[uuid.UUID, str]] = []
+
+    async def handler(ctx: JobContext) -> None:
+        ran.append(ctx.id)
+
+    async def gave_up(ctx: JobContext, reason: str) -> None:
+        heard.append((ctx.id, reason))
+
+    job_id = await enqueue(app)
+    async with app.state.db.autocommit() as connection:
+        for attempt in range(FAST_JOBS["max_attempts"]):
+            claimed = await repository.claim(connection, worker=f"gone-{attempt}", lease_s=0.05)
+            assert claimed is not None
+            await asyncio.sleep(0.1)  # the lease lapses: its worker is gone
+    runner = await make_runner({})
+    runner.register("work", handler, gave_up=gave_up)
+    assert await runner.run_one()
+    assert not await runner.run_one()
+    assert ran == []
+    assert [job for job, _ in heard] == [job_id]
+    assert "stopped before finishing" in heard[0][1]
+    assert (await row(app, job_id))["state"] == "dead"
+
+
+async def test_a_retry_and_a_requeued_job_are_sent_to_the_broker_again_when_due(
+    app: FastAPI,
+) -> None:
+    """Celery executor: a job handed out once is sent again after its backoff (and after an
+    admin's re-queue), not only once the resend period of the first send has passed."""
+    resend_s = JobSettings(**FAST_JOBS).celery_visibility_timeout_s
+    job_id = await enqueue(app)
+    async with app.state.db.autocommit() as connection:
+        assert await repository.take_due(connection, resend_s=resend_s, limit=10) == [job_id]
+        assert await repository.take_due(connection, resend_s=resend_s, limit=10) == []
+        assert await repository.claim(connection, worker="w", lease_s=60, job_id=job_id)
+        await repository.finish(
+            connection, job_id, worker="w", state="retrying", error="boom", retry_in_s=0.0
+        )
+        assert await repository.take_due(connection, resend_s=resend_s, limit=10) == [job_id]
+        assert await repository.claim(connection, worker="w", lease_s=60, job_id=job_id)
+        await repository.finish(connection, job_id, worker="w", state="dead", error="boom")
+        assert await repository.take_due(connection, resend_s=resend_s, limit=10) == []
+    async with app.state.db.unit_of_work() as session:
+        _, requeued = await repository.requeue(session, job_id)
+        assert requeued
+    async with app.state.db.autocommit() as connection:
+        assert await repository.take_due(connection, resend_s=resend_s, limit=10) == [job_id]

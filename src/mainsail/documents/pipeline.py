@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from mainsail.core.db import Database
 from mainsail.core.logging import get_logger
@@ -41,6 +41,8 @@ from mainsail.documents.embedders import AsyncEmbedder, DocumentEmbedder, Provid
 from mainsail.documents.models import (
     ACTIVE,
     FAILED,
+    PROCESSING,
+    QUEUED,
     READY_TO_ACTIVATE,
     Document,
     IndexVersion,
@@ -398,7 +400,40 @@ class Ingestor:
         self.jobs = jobs or JobSettings()
         self.vector_index_above = vector_index_above
 
+    async def gave_up(self, ctx: JobContext, reason: str) -> None:
+        """The job ended dead without running again (its worker died on every attempt): the
+        revision fails, so the document does not stay ``processing`` and the same bytes
+        uploaded again retry it. A revision that became ready before its worker died stays so."""
+        async with self.db.unit_of_work() as session:
+            await repository.set_status(
+                session,
+                uuid.UUID(ctx.payload["document_id"]),
+                int(ctx.payload["revision"]),
+                FAILED,
+                error=f"Ingestion gave up after {ctx.max_attempts} attempts: {reason}",
+                only_from=(QUEUED, PROCESSING),
+            )
+
     async def __call__(self, ctx: JobContext) -> None:
+        try:
+            await self._ingest(ctx)
+        except Exception:
+            # Deleted (its chunks' inserts then break the foreign key) or superseded by a newer
+            # revision while it ran: nothing is left to do, and no retry would find any.
+            if await self._still_wanted(ctx):
+                raise
+            log.info("ingest_stopped", document_id=ctx.payload["document_id"], reason="gone")
+
+    async def _still_wanted(self, ctx: JobContext) -> bool:
+        async with self.db.autocommit() as connection:
+            revision = await connection.scalar(
+                select(Document.revision).where(
+                    Document.id == uuid.UUID(ctx.payload["document_id"])
+                )
+            )
+        return revision == int(ctx.payload["revision"])
+
+    async def _ingest(self, ctx: JobContext) -> None:
         document_id = uuid.UUID(ctx.payload["document_id"])
         revision = int(ctx.payload["revision"])
         async with self.db.unit_of_work() as session:
@@ -434,6 +469,8 @@ class Ingestor:
                         totals[version.id] = await self.write_version(
                             source, version, billing=billing, on_batch=report
                         )
+                        if not totals[version.id].chunks:  # whitespace, a PDF of scans
+                            raise DocumentError("No text could be extracted from the document.")
                 async with self.db.unit_of_work() as session:
                     # Shared with other ingestions, exclusive of a version being created or
                     # activated: the versions seen here are all there are until commit.

@@ -147,6 +147,11 @@ def vector_index_ddl(version_id: int, dimension: int, *, concurrently: bool = Fa
 async def find_same_bytes(
     session: AsyncSession, owner_id: uuid.UUID, collection: str, sha256: str
 ) -> Document | None:
+    """The owner's document of these bytes in the collection. Uploads of the same bytes wait
+    for each other here until the transaction ends (an advisory lock on owner, collection and
+    hash), so two at once make one document, not two."""
+    key = f"documents:{owner_id}:{collection}:{sha256}"
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
     return await session.scalar(
         select(Document)
         .where(
@@ -272,9 +277,10 @@ async def set_status(
     status: str,
     *,
     error: str | None = None,
+    only_from: tuple[str, ...] | None = None,
 ) -> None:
-    await session.execute(
-        update(Document)
-        .where(Document.id == document_id, Document.revision == revision)
-        .values(status=status, error=error, updated_at=utcnow())
-    )
+    """``only_from``: change it only from one of these statuses."""
+    statement = update(Document).where(Document.id == document_id, Document.revision == revision)
+    if only_from is not None:
+        statement = statement.where(Document.status.in_(only_from))
+    await session.execute(statement.values(status=status, error=error, updated_at=utcnow()))

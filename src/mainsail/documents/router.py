@@ -17,7 +17,13 @@ from mainsail.core.errors import (
 from mainsail.core.pagination import Page, PageParams
 from mainsail.core.principal import Scope
 from mainsail.documents import repository, service
-from mainsail.documents.schemas import ChunkingIn, DocumentOut, Status, TextDocumentIn
+from mainsail.documents.schemas import (
+    MAX_FILENAME,
+    ChunkingIn,
+    DocumentOut,
+    Status,
+    TextDocumentIn,
+)
 from mainsail.documents.service import Chunking
 from mainsail.documents.storage import DocumentStore
 from mainsail.documents.upload import parse_json_field, read_multipart, stage_text
@@ -67,7 +73,7 @@ async def upload(
             collection = _collection(
                 fields.get("collection") or settings.documents.default_collection
             )
-            filename = fields.get("filename") or upload.filename
+            filename = _filename(fields.get("filename") or upload.filename)
         except Exception:
             upload.staged.path.unlink(missing_ok=True)
             raise
@@ -94,20 +100,20 @@ async def upload(
         )
     try:
         service.check_chunking(chunking, max_tokens=_max_tokens(request))
-    except Exception:
-        staged.path.unlink(missing_ok=True)
+        created = await service.create(
+            session,
+            store,
+            settings.jobs,
+            principal,
+            staged,
+            filename=filename,
+            collection=collection,
+            metadata=metadata,
+            chunking=chunking,
+        )
+    except BaseException:
+        staged.path.unlink(missing_ok=True)  # gone already once the store kept it
         raise
-    created = await service.create(
-        session,
-        store,
-        settings.jobs,
-        principal,
-        staged,
-        filename=filename,
-        collection=collection,
-        metadata=metadata,
-        chunking=chunking,
-    )
     if not created.created:
         response.status_code = status.HTTP_200_OK
     return DocumentOut.model_validate(created.document)
@@ -123,6 +129,14 @@ def _chunking(size: str | None, overlap: str | None) -> Chunking | None:
             "chunk_size must be 16-8192 and chunk_overlap 0-4096 (whole numbers)."
         ) from None
     return Chunking(parsed.chunk_size, parsed.chunk_overlap)
+
+
+def _filename(value: str | None) -> str | None:
+    """A multipart filename (the part's, or a ``filename`` field), held to the JSON body's
+    limits."""
+    if value is not None and not 1 <= len(value) <= MAX_FILENAME:
+        raise UnprocessableContent(f"filename must be 1-{MAX_FILENAME} characters long.")
+    return value
 
 
 def _collection(value: str) -> str:

@@ -6,12 +6,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mainsail.core.schemas import OutModel, StrictModel
 
 Collection = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\w.\-: ]+$")]
 Status = Literal["queued", "processing", "ready", "failed"]
+
+
+MAX_FILENAME = 512
 
 
 class ChunkingIn(StrictModel):
@@ -23,10 +26,17 @@ class TextDocumentIn(StrictModel):
     """A document given inline (plain text or Markdown)."""
 
     text: Annotated[str, Field(min_length=1)]
-    filename: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    filename: Annotated[str, Field(min_length=1, max_length=MAX_FILENAME)] | None = None
     collection: Collection | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     chunking: ChunkingIn | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the text is blank")
+        return value
 
 
 class DocumentOut(OutModel):

@@ -9,6 +9,7 @@ from email.message import Message
 from typing import Any
 
 from python_multipart.multipart import MultipartParser
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from mainsail.core.errors import AppError, BadRequest
@@ -115,7 +116,7 @@ async def read_multipart(request: Request, store: DocumentStore, max_bytes: int)
     except Exception as exc:
         if writer is not None:
             writer.discard()
-        if isinstance(exc, AppError):
+        if isinstance(exc, AppError | HTTPException):  # HTTPException: the body's size limit
             raise
         raise BadRequest("The multipart body is malformed.") from None
     if writer is None:
@@ -140,7 +141,7 @@ def parse_json_field(value: str | None, name: str) -> dict[str, Any]:
         return {}
     try:
         parsed = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's depth
         raise BadRequest(f"The form field {name!r} must be a JSON object.") from None
     if not isinstance(parsed, dict):
         raise BadRequest(f"The form field {name!r} must be a JSON object.")

@@ -142,6 +142,10 @@ async def finish(
     }
     if state in (SUCCEEDED, FAILED, DEAD):
         values["finished_at"] = now
+    if state in (RETRYING, QUEUED):
+        # Runnable again: the Celery dispatcher sends it when due, not only after the resend
+        # period of the send that started this run.
+        values["dispatched_at"] = None
     if state == RETRYING:
         values["run_after"] = now + timedelta(seconds=retry_in_s or 0)
     if state == QUEUED:
@@ -166,7 +170,7 @@ async def requeue(session: AsyncSession, job_id: uuid.UUID) -> tuple[Job | None,
     if job.state not in (DEAD, FAILED):
         return job, False
     job.state, job.attempts, job.run_after = QUEUED, 0, utcnow()
-    job.finished_at = None
+    job.finished_at = job.dispatched_at = None
     await session.flush()
     await session.execute(select(func.pg_notify(CHANNEL, job.kind)))
     return job, True

@@ -63,6 +63,7 @@ class JobContext:
 
 
 Handler = Callable[[JobContext], Coroutine[Any, Any, None]]
+GiveUp = Callable[[JobContext, str], Coroutine[Any, Any, None]]
 
 
 async def enqueue(
@@ -103,6 +104,7 @@ class JobRunner:
         self.db = db
         self.settings = settings
         self.handlers: dict[str, Handler] = dict(handlers or {})
+        self.give_ups: dict[str, GiveUp] = {}
         # Kinds that may run for hours (rebuilding an index): they get lanes of their own, so
         # uploads keep being ingested meanwhile.
         self.long_kinds: tuple[str, ...] = ()
@@ -112,9 +114,17 @@ class JobRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self.completed = 0  # runs finished by this runner, any outcome
 
-    def register(self, kind: str, handler: Handler, *, long: bool = False) -> None:
-        """``long``: the kind runs in the ``long_concurrency`` lanes, never in the others."""
+    def register(
+        self, kind: str, handler: Handler, *, long: bool = False, gave_up: GiveUp | None = None
+    ) -> None:
+        """``long``: the kind runs in the ``long_concurrency`` lanes, never in the others.
+        ``gave_up``: called with the reason when a job of the kind ends ``dead`` without its
+        handler running (its workers died on every attempt, the last one included), so what
+        the job was for (a document, an index version) does not stay "in progress" for ever.
+        """
         self.handlers[kind] = handler
+        if gave_up is not None:
+            self.give_ups[kind] = gave_up
         if long and kind not in self.long_kinds:
             self.long_kinds = (*self.long_kinds, kind)
 
@@ -188,7 +198,13 @@ class JobRunner:
         handler = self.handlers.get(ctx.kind)
         log.info("job_started", job_id=str(ctx.id), kind=ctx.kind, attempt=ctx.attempt)
         if ctx.attempt > ctx.max_attempts:  # its workers kept dying: stop feeding it to them
-            await self._finish(ctx, DEAD, "The job's worker stopped before finishing, each try.")
+            reason = "The job's worker stopped before finishing, each try."
+            gave_up = self.give_ups.get(ctx.kind)
+            if await self._finish(ctx, DEAD, reason) and gave_up is not None:
+                try:
+                    await gave_up(ctx, reason)
+                except Exception:
+                    log.exception("job_give_up_failed", job_id=str(ctx.id), kind=ctx.kind)
             return
         if handler is None:
             await self._finish(ctx, FAILED, f"No handler for jobs of kind {ctx.kind!r}.")
@@ -253,9 +269,10 @@ class JobRunner:
         error: str | None = None,
         *,
         retry_in_s: float | None = None,
-    ) -> None:
+    ) -> bool:
+        """Whether the job was still this worker's to finish."""
         async with self.db.autocommit() as connection:
-            await repository.finish(
+            finished = await repository.finish(
                 connection,
                 ctx.id,
                 worker=self.worker,
@@ -264,3 +281,4 @@ class JobRunner:
                 retry_in_s=retry_in_s,
             )
         log.info("job_finished", job_id=str(ctx.id), kind=ctx.kind, state=state)
+        return finished

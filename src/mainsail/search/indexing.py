@@ -432,6 +432,11 @@ class IndexVersions:
                 )
             raise
 
+    async def build_gave_up(self, ctx: JobContext, reason: str) -> None:
+        """The ``reindex`` job ended dead without running again: the version's build failed
+        (re-queue the job to go on)."""
+        await self._fail(int(ctx.payload["version_id"]), f"Gave up: {reason}")
+
     async def _build(self, ctx: JobContext, spec: VersionSpec) -> None:
         progress: dict[str, Any] = {
             "phase": "documents",

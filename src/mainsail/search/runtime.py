@@ -45,7 +45,7 @@ def start_index_versions(
 def register_jobs(runner: JobRunner, documents: DocumentsKit, versions: IndexVersions) -> None:
     """Every job handler, in the service's runner and in ``mainsail worker``'s alike. Index
     builds run in lanes of their own, so uploads are ingested while one runs."""
-    runner.register(INGEST, documents.ingestor)
-    runner.register(REINDEX, versions.build, long=True)
+    runner.register(INGEST, documents.ingestor, gave_up=documents.ingestor.gave_up)
+    runner.register(REINDEX, versions.build, long=True, gave_up=versions.build_gave_up)
     runner.register(PURGE, versions.purge, long=True)
     runner.register(VECTOR_INDEX, versions.build_vector_index, long=True)

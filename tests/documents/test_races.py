@@ -1,0 +1,64 @@
+"""Uploads and deletes that meet a running job or each other."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import URL
+
+from mainsail.settings import Settings
+from tests.documents.conftest import QUICK_JOBS, chunk_rows, essay
+from tests.fixtures.app import make_settings, wait_until
+from tests.fixtures.identity import Account
+
+
+@pytest.fixture
+def settings(database_url: URL) -> Settings:
+    # Small embedder calls, so a long document is stored in many steps.
+    return make_settings(database_url, jobs=QUICK_JOBS, documents={"embed_window": 16})
+
+
+async def test_deleting_a_document_while_it_is_ingested_stops_its_job_cleanly(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account
+) -> None:
+    created = await client.post("/documents", json={"text": essay(400)}, headers=alice.headers)
+    assert created.status_code == 202
+    document_id, job_id = created.json()["id"], created.json()["job_id"]
+
+    async def some_chunks_stored() -> bool:
+        return bool(await chunk_rows(app, document_id))
+
+    await wait_until(some_chunks_stored, within_s=60, interval=0.01)
+    running = (await client.get(f"/jobs/{job_id}", headers=alice.headers)).json()
+    assert running["state"] == "running"  # the race this test is about
+    deleted = await client.delete(f"/documents/{document_id}", headers=alice.headers)
+    assert deleted.status_code == 204
+    job: dict[str, Any] = {}
+
+    async def settled() -> bool:
+        nonlocal job
+        job = (await client.get(f"/jobs/{job_id}", headers=alice.headers)).json()
+        return job["state"] in ("succeeded", "failed", "dead")
+
+    await wait_until(settled, within_s=60, interval=0.05)
+    # Not a failure to retry, and nothing written after the delete.
+    assert (job["state"], job["attempts"], job["last_error"]) == ("succeeded", 1, None)
+    assert await chunk_rows(app, document_id) == []
+
+
+async def test_the_same_bytes_uploaded_twice_at_once_make_one_document(
+    client: httpx.AsyncClient, alice: Account
+) -> None:
+    body = {"text": essay(3), "collection": "twice"}
+    answers = await asyncio.gather(
+        *[client.post("/documents", json=body, headers=alice.headers) for _ in range(3)]
+    )
+    assert sorted(a.status_code for a in answers) == [200, 200, 202]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert len({a.json()["job_id"] for a in answers}) == 1
+    listed = await client.get("/documents", params={"collection": "twice"}, headers=alice.headers)
+    assert listed.json()["total"] == 1
