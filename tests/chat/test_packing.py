@@ -89,3 +89,27 @@ def test_markers_that_name_no_passage_are_removed_and_counted() -> None:
     assert [c["marker"] for c in cited.citations] == [1]
     assert cited.citations[0]["quote"] == "Pay out five times the depth in chain."
     assert (cited.citations[0]["quote_start"], cited.citations[0]["quote_end"]) == (0, 38)
+
+
+def test_a_marker_after_a_full_stop_quotes_for_the_sentence_it_ends() -> None:
+    """The extractive model's own shape, "<sentence> [n] <sentence> [m]": marker 1 cites the
+    sentence before it, not the one that follows it."""
+    sources = [
+        source(0, "Anchors hold boats in place. Chain should be five to seven times the depth."),
+        source(1, "Sourdough starter needs flour and water. Boats anchor in calm bays."),
+    ]
+    answer = (
+        "Chain should be five to seven times the depth. [1] "
+        "Sourdough starter needs flour and water. [2]"
+    )
+    cited = cite(answer, sources)
+    quotes = {c["marker"]: c["quote"] for c in cited.citations}
+    assert quotes == {
+        1: "Chain should be five to seven times the depth.",
+        2: "Sourdough starter needs flour and water.",
+    }
+    inline = cite("Anchors hold boats in place [1] and sourdough needs flour [2].", sources)
+    assert {c["marker"]: c["quote"] for c in inline.citations} == {
+        1: "Anchors hold boats in place.",
+        2: "Sourdough starter needs flour and water.",
+    }

@@ -12,7 +12,7 @@ from mainsail.search.query import ParsedQuery, parse
     ("query", "text", "constraint"),
     [
         ("anchor chain", "anchor chain", None),
-        ('"rare word" -foo bar', "rare word bar", '"rare word" -foo'),
+        ('"rare word" -foo bar', "rare word bar", '"rare word" -"foo"'),
         ('-"a b" c', "c", '-"a b"'),
         ('"open phrase', "open phrase", '"open phrase"'),
         ('""   x', "x", None),
@@ -22,7 +22,10 @@ from mainsail.search.query import ParsedQuery, parse
         ("state-of-the-art", "state-of-the-art", None),
         ("Differentiated E2f-1, -2, -3 TKO cells", "Differentiated E2f-1, -2, -3 TKO cells", None),
         ("a - b", "a - b", None),
-        ("-été soleil", "soleil", "-été"),
+        ("-été soleil", "soleil", '-"été"'),
+        # A word with a colon or a slash is excluded whole, never partly required.
+        ("anchors -site:reddit.com", "anchors", '-"site:reddit.com"'),
+        ("x -http://spam.example/a", "x", '-"http://spam.example/a"'),
     ],
 )
 def test_operators_are_read_like_web_search(query: str, text: str, constraint: str | None) -> None:

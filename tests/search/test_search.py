@@ -316,6 +316,19 @@ async def test_an_exclusion_removes_passages_without_changing_the_others_scores(
         assert hit["score"] == pytest.approx(scores[hit["chunk_id"]])
 
 
+@pytest.mark.parametrize("mode", ["keyword", "hybrid"])
+async def test_an_excluded_word_with_a_colon_is_excluded_whole_not_partly_required(
+    alice: Account, ingest: Ingest, search: Search, mode: str
+) -> None:
+    """PostgreSQL's web-search reading of a bare ``-site:reddit.com`` negates "site" and
+    requires "reddit.com": the exclusion must instead drop only what holds the whole word."""
+    await ingest(alice, "Anchors hold boats in the bay.", "plain.md")
+    await ingest(alice, "Anchors were discussed on reddit.com at length.", "mentions.md")
+    await ingest(alice, "Anchors: search site:reddit.com for more.", "literal.md")
+    found = (await search(alice, "anchors -site:reddit.com", mode=mode)).json()["results"]
+    assert sorted(hit["filename"] for hit in found) == ["mentions.md", "plain.md"]
+
+
 async def test_a_constraint_of_stop_words_alone_is_ignored(
     alice: Account, library: dict[str, str], search: Search
 ) -> None:

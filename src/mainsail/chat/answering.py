@@ -161,13 +161,13 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
     starts = sorted(sentences)
 
     def claim_at(position: int) -> str:
-        # The sentence holding the marker, or the one before it when the marker follows a
-        # full stop ("... the sun. [2]").
+        # What the marker ends: its sentence up to the marker, or the sentence before when
+        # the marker follows a full stop ("... the sun. [2] Next ...": not "Next ...").
         inside = [s for s in starts if s <= position]
         if not inside:
-            return answer
-        text = sentences[inside[-1]]
-        if len(_words(_MARKER.sub("", text))) == 0 and len(inside) > 1:
+            return answer[:position] or answer
+        text = answer[inside[-1] : position]
+        if not _words(_MARKER.sub("", text)) and len(inside) > 1:
             text = sentences[inside[-2]]
         return text
 

@@ -47,6 +47,11 @@ NOTHING_IN_SCOPE = (
     "None of your documents matched the filters of this question, so there is nothing to "
     "answer from."
 )
+NOTHING_FITS = (
+    "Passages matching the question were found, but none fits this model's prompt budget "
+    "beside the question and the conversation, so there is nothing to answer from. Ask a "
+    "shorter question, start a new conversation, or use a model with a larger context."
+)
 CONDENSED_MAX_CHARS = 1000
 
 
@@ -191,6 +196,9 @@ class ChatService:
             count=count_message_tokens,
         )
         turn.packed = packed
+        if not packed.sources:  # an answer would cite nothing: do not ask for one
+            turn.canned = NOTHING_FITS
+            return turn
         params = SamplingParams(temperature=self.settings.temperature, max_tokens=answer_tokens)
         if extractive:
             # It quotes the passages that match the question: give it the question alone.
@@ -313,7 +321,7 @@ class ChatService:
 
     async def _finish(self, turn: Turn, text: str, model: str | None) -> Answer:
         sources = turn.packed.sources if turn.packed else []
-        cited = cite(text, sources) if sources else Cited(text, [], 0)
+        cited = cite(text, sources)  # no sources: every marker is removed and counted
         usage = self._usage(turn)
         usage["model"] = model
         async with self.db.unit_of_work() as session:

@@ -42,7 +42,9 @@ def parse(query: str) -> ParsedQuery:
             if not negated:
                 positive.append(phrase)
         elif negated:
-            constraint.append(f"-{match.group('word')}")
+            # Quoted: websearch_to_tsquery would negate only the part before a colon or slash
+            # of a bare word and require the rest ("-site:example.com").
+            constraint.append(f'-"{match.group("word")}"')
         else:
             positive.append(match.group("word"))
     return ParsedQuery(" ".join(positive), " ".join(constraint) or None)
