@@ -177,7 +177,10 @@ async def test_search_serves_without_a_gap_while_a_new_version_builds_and_activa
     after = await search(alice, "anchor chain")
     assert after.status_code == 200
     assert after.json()["results"]
-    assert (await search(admin, "anchor", index_version=first)).json()["results"] == []
+    retired = await search(admin, "anchor", index_version=first)
+    assert retired.status_code == 404  # not an empty page that looks like "nothing found"
+    assert f"{first} is not ready or active" in retired.json()["detail"]
+    assert (await search(admin, "anchor", index_version=999)).status_code == 404
 
 
 async def test_a_document_uploaded_during_a_build_is_in_the_new_version(

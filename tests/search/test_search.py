@@ -387,3 +387,35 @@ async def test_slow_scope_figures_are_served_stale_while_one_background_count_re
     await asyncio.gather(*searcher._figures.refreshing.values())
     assert not searcher._figures.refreshing
     assert await anchor_score() > exact  # the new figures
+
+
+async def test_input_the_database_cannot_hold_is_a_422_not_a_500(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, search: Search
+) -> None:
+    """A NUL character (in a query, a chat question, metadata) and a NaN filter value."""
+    await ingest(alice, "Anchors hold boats. Chain is heavy.", "a.md", metadata={"year": 2024})
+    for mode in ("keyword", "vector", "hybrid"):
+        nul = await search(alice, "anchor\x00chain", mode=mode)
+        assert nul.status_code == 422, nul.text
+        assert nul.headers["content-type"].startswith("application/problem+json")
+        assert [error["field"] for error in nul.json()["errors"]] == ["body.query"]
+    question = await client.post(
+        "/chat", json={"question": "how\x00 heavy is chain?"}, headers=alice.headers
+    )
+    assert question.status_code == 422
+    assert [error["field"] for error in question.json()["errors"]] == ["body.question"]
+    metadata = await client.post(
+        "/documents",
+        json={"text": "Sails.", "filename": "s.md", "metadata": {"note": "a\x00b"}},
+        headers=alice.headers,
+    )
+    assert metadata.status_code == 422  # refused by PostgreSQL: nothing stored
+    assert "U+0000" in metadata.json()["detail"]
+    nan = await client.post(
+        "/search",
+        content=b'{"query": "anchor", "filters": {"metadata": {"year": NaN}}}',
+        headers={**alice.headers, "content-type": "application/json"},
+    )
+    assert nan.status_code == 422
+    fine = await search(alice, "anchor", filters={"metadata": {"year": 2024}})
+    assert [hit["filename"] for hit in fine.json()["results"]] == ["a.md"]

@@ -27,6 +27,8 @@ class ChatIn(StrictModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("the question is blank")
+        if "\x00" in value:  # PostgreSQL's text cannot hold it
+            raise ValueError("the question holds a NUL character (U+0000)")
         return value
 
 

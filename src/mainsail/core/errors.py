@@ -239,8 +239,28 @@ def _is_connection_problem(exc: DBAPIError) -> bool:
     return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
 
 
+# What PostgreSQL cannot hold, from the caller's input: a NUL (U+0000) in text (22021) or in
+# JSON (22P05). Such a request is refused as it is; nothing else is wrong with the service.
+_UNSTORABLE = frozenset({"22021", "22P05"})
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    cause = orig.__cause__ if orig is not None else None
+    state = getattr(orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(DBAPIError, exc)
+    if _sqlstate(exc) in _UNSTORABLE:
+        return await _app_error(
+            request,
+            UnprocessableContent(
+                "The request holds a character that cannot be stored or searched (NUL, "
+                "U+0000); remove it and send the request again."
+            ),
+        )
     if _is_connection_problem(exc):
         log.warning("database_unavailable", error=type(exc.orig).__name__)
         return await _app_error(

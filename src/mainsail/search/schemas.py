@@ -6,14 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
 from mainsail.core.schemas import OutModel, StrictModel
 from mainsail.search.query import ParsedQuery, parse, plain
 
 Mode = Literal["hybrid", "vector", "keyword"]
 QuerySyntax = Literal["websearch", "plain"]
-MetadataValue = str | int | float | bool
+MetadataValue = str | int | FiniteFloat | bool  # JSON has no NaN or Infinity
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
 
 
@@ -73,6 +73,8 @@ class SearchIn(StrictModel):
     def _not_blank(cls, value: str, info: ValidationInfo) -> str:
         if not value.strip():
             raise ValueError("the query is blank")
+        if "\x00" in value:  # PostgreSQL's text cannot hold it, in any mode
+            raise ValueError("the query holds a NUL character (U+0000)")
         if info.data.get("query_syntax") == "websearch" and not parse(value).text.strip():
             raise ValueError("the query has no words to search for, only excluded ones")
         return value

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mainsail.core.cache import ByteCache
 from mainsail.core.db import Database
+from mainsail.core.errors import NotFound
 from mainsail.core.logging import get_logger
 from mainsail.llm.gateway import CallContext
 from mainsail.search import repository
@@ -205,6 +206,8 @@ class Searcher:
         by default the active one. ``ctx``: who a provider embedder's call is billed to."""
         async with self.db.autocommit() as connection:
             version = await repository.active_version(connection, owner_id, version_id)
+        if version is None and version_id is not None:  # a typo, or a retired version
+            raise NotFound(f"Index version {version_id} is not ready or active.")
         if version is None:
             return SearchOut(
                 results=[],
