@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text as sql
 
+from mainsail.documents import repository as documents_repository
 from tests.fixtures.identity import Account
 from tests.search.conftest import Ingest, Search
 from tests.search.corpus import ASTRONOMY, BAKING, SAILING
@@ -278,6 +280,43 @@ async def test_repeated_search_is_served_from_cache_until_the_documents_change(
     third = await search(alice, "croissant butter")
     assert third.json()["cached"] is False
     assert new in documents_of(third)
+
+
+async def test_a_write_committed_after_a_later_one_still_changes_the_cached_answer(
+    app: FastAPI, alice: Account, ingest: Ingest, search: Search
+) -> None:
+    """Ingestion A stamps its document's updated_at, then B changes another document and
+    commits first; a search between the two commits caches a page without A's revision.
+    A's commit must still make that page stale, though its updated_at is the older."""
+    a = await ingest(alice, "Anchors hold boats in the bay.", "a.md")
+    b = await ingest(alice, "Lanterns glow at night.", "b.md")
+    db = app.state.db
+    async with db.engine.begin() as connection:  # revision 2 of a.md, written, not active
+        version = await connection.scalar(
+            sql("SELECT id FROM index_versions WHERE state = 'active'")
+        )
+        await connection.execute(
+            sql(
+                "INSERT INTO chunks (document_id, index_version, revision, ordinal, owner_id,"
+                " collection, text, token_count, char_start, char_end, page, page_end, heading,"
+                " embedding, created_at)"
+                " SELECT document_id, index_version, 2, ordinal, owner_id, collection,"
+                " 'Zeppelins float over harbours.', token_count, char_start, char_end, page,"
+                " page_end, heading, embedding, created_at FROM chunks WHERE document_id = :a"
+            ),
+            {"a": a},
+        )
+        await connection.execute(sql("UPDATE documents SET revision = 2 WHERE id = :a"), {"a": a})
+    async with db.unit_of_work() as first:
+        assert await documents_repository.activate_revision(first, uuid.UUID(a), 2, version)
+        await asyncio.sleep(0.01)
+        async with db.unit_of_work() as second:  # commits first, with a later updated_at
+            await documents_repository.set_status(second, uuid.UUID(b), 1, "ready")
+        before = (await search(alice, "zeppelins", mode="keyword")).json()
+        assert before["results"] == []
+    after = (await search(alice, "zeppelins", mode="keyword")).json()
+    assert after["cached"] is False
+    assert [hit["text"] for hit in after["results"]] == ["Zeppelins float over harbours."]
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])

@@ -28,7 +28,10 @@ class ActiveVersion:
     id: int
     embedder: str
     dimension: int
-    # Changes whenever the owner's documents change (upload, new revision, delete).
+    # Changes whenever the owner's documents change (upload, new revision, delete): their count
+    # and the sum of their updated_at. A row's updated_at only grows, so every committed write
+    # moves the sum, in whatever order transactions commit (a maximum would miss a write
+    # stamped before, but committed after, another one).
     corpus_stamp: str
 
 
@@ -88,7 +91,7 @@ def scope(version_id: int, owner_id: uuid.UUID, filters: Filters) -> Scope:
 
 _VERSION = """
     SELECT v.id, v.embedder, v.dimension,
-           (SELECT count(*)::text || '/' || coalesce(max(updated_at)::text, '-')
+           (SELECT count(*)::text || '/' || coalesce(sum(extract(epoch FROM updated_at))::text, '-')
             FROM documents WHERE owner_id = :owner) AS stamp
     FROM index_versions v
     """
