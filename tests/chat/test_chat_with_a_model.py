@@ -79,6 +79,16 @@ async def test_the_model_gets_numbered_sources_and_made_up_markers_are_removed(
     await wait_until(metered, within_s=5, interval=0.05)
 
 
+async def test_a_nul_in_the_model_s_answer_is_dropped_not_blamed_on_the_caller(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    await ingest(alice, SAILING, "sailing.md")
+    fake_provider.script(Reply("Pay out five\x00 to seven times the depth [1]."))
+    answered = await ask(client, alice.headers, question="How much anchor chain?")
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["answer"] == "Pay out five to seven times the depth [1]."
+
+
 async def test_a_follow_up_is_condensed_by_the_model_before_searching(
     client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
 ) -> None:

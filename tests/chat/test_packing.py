@@ -113,3 +113,10 @@ def test_a_marker_after_a_full_stop_quotes_for_the_sentence_it_ends() -> None:
         1: "Anchors hold boats in place.",
         2: "Sourdough starter needs flour and water.",
     }
+    # A marker before its claim cites the whole sentence it stands in.
+    for leading in (
+        "According to [1], chain should be five to seven times the depth.",
+        "[1] Chain should be five to seven times the depth.",
+    ):
+        (citation,) = cite(leading, sources).citations
+        assert citation["quote"] == "Chain should be five to seven times the depth."

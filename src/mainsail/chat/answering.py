@@ -163,13 +163,17 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
     def claim_at(position: int) -> str:
         # What the marker ends: its sentence up to the marker, or the sentence before when
         # the marker follows a full stop ("... the sun. [2] Next ...": not "Next ...").
+        # A marker leading its claim ("According to [1], ...", "[1] Chain ...") gets its
+        # whole sentence.
         inside = [s for s in starts if s <= position]
         if not inside:
-            return answer[:position] or answer
-        text = answer[inside[-1] : position]
-        if not _words(_MARKER.sub("", text)) and len(inside) > 1:
-            text = sentences[inside[-2]]
-        return text
+            return answer
+        before = _words(_MARKER.sub("", answer[inside[-1] : position]))
+        if not before and len(inside) > 1:
+            return sentences[inside[-2]]
+        if len(before) < 3:
+            return sentences[inside[-1]]
+        return answer[inside[-1] : position]
 
     def keep(match: re.Match[str]) -> str:
         nonlocal removed

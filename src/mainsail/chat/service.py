@@ -258,7 +258,9 @@ class ChatService:
             request, _with_prompt(ctx, condense.tag, kind="chat")
         )
         usage.append((response.model, response.usage))
-        rewritten = (response.message.content or "").strip()[:CONDENSED_MAX_CHARS]
+        # A NUL from the model could be neither searched nor stored (PostgreSQL text).
+        content = (response.message.content or "").replace("\x00", "")
+        rewritten = content.strip()[:CONDENSED_MAX_CHARS]
         return rewritten or question
 
     async def _has_documents(self, owner_id: uuid.UUID) -> bool:
@@ -321,6 +323,7 @@ class ChatService:
 
     async def _finish(self, turn: Turn, text: str, model: str | None) -> Answer:
         sources = turn.packed.sources if turn.packed else []
+        text = text.replace("\x00", "")  # the model's: PostgreSQL's text cannot hold it
         cited = cite(text, sources)  # no sources: every marker is removed and counted
         usage = self._usage(turn)
         usage["model"] = model

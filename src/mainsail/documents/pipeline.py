@@ -417,12 +417,21 @@ class Ingestor:
     async def __call__(self, ctx: JobContext) -> None:
         try:
             await self._ingest(ctx)
-        except Exception:
+        except Exception as exc:
             # Deleted (its chunks' inserts then break the foreign key) or superseded by a newer
             # revision while it ran: nothing is left to do, and no retry would find any.
-            if await self._still_wanted(ctx):
+            try:
+                wanted = await self._still_wanted(ctx)
+            except Exception:
+                raise exc from None  # the job's own error, not the check's
+            if wanted:
                 raise
-            log.info("ingest_stopped", document_id=ctx.payload["document_id"], reason="gone")
+            log.info(
+                "ingest_stopped",
+                document_id=ctx.payload["document_id"],
+                reason="document deleted or superseded",
+                error=type(exc).__name__,
+            )
 
     async def _still_wanted(self, ctx: JobContext) -> bool:
         async with self.db.autocommit() as connection:

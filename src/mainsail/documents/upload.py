@@ -145,4 +145,25 @@ def parse_json_field(value: str | None, name: str) -> dict[str, Any]:
         raise BadRequest(f"The form field {name!r} must be a JSON object.") from None
     if not isinstance(parsed, dict):
         raise BadRequest(f"The form field {name!r} must be a JSON object.")
+    if _depth(parsed) > MAX_JSON_DEPTH:
+        raise BadRequest(f"The form field {name!r} is nested over {MAX_JSON_DEPTH} levels deep.")
     return parsed
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests, counted without recursion (a hostile value may nest
+    beyond the interpreter's stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend(
+                    (child, depth + 1)
+                    for child in (item.values() if isinstance(item, dict) else item)
+                )
+    return deepest

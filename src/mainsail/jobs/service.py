@@ -200,11 +200,16 @@ class JobRunner:
         if ctx.attempt > ctx.max_attempts:  # its workers kept dying: stop feeding it to them
             reason = "The job's worker stopped before finishing, each try."
             gave_up = self.give_ups.get(ctx.kind)
-            if await self._finish(ctx, DEAD, reason) and gave_up is not None:
+            if gave_up is not None:
+                # First, and idempotent: if it fails, the job stays claimed until its lease
+                # lapses and the next claim tries again, instead of a dead job whose document
+                # stays "processing".
                 try:
                     await gave_up(ctx, reason)
                 except Exception:
                     log.exception("job_give_up_failed", job_id=str(ctx.id), kind=ctx.kind)
+                    return
+            await self._finish(ctx, DEAD, reason)
             return
         if handler is None:
             await self._finish(ctx, FAILED, f"No handler for jobs of kind {ctx.kind!r}.")
