@@ -25,7 +25,7 @@ from mainsail.documents.storage import S3Store, StagingWriter, StorageUnavailabl
 from mainsail.settings import DocumentSettings, Settings
 from mainsail.worker import build_runner
 from tests.documents.conftest import QUICK_JOBS, Upload, chunk_rows, essay, wait_for_status
-from tests.fixtures.app import make_settings
+from tests.fixtures.app import make_settings, wait_until
 from tests.fixtures.identity import Account
 from tests.fixtures.logs import CapturedLogs
 
@@ -190,7 +190,13 @@ async def test_a_revision_replaces_the_older_object_once_active(
     assert (second.json()["id"], second.json()["revision"]) == (document_id, 2)
     ready = await wait_for_status(client, alice, document_id, "ready", "failed")
     assert (ready["status"], ready["active_revision"]) == ("ready", 2)
-    assert keys(s3, bucket) == [f"{PREFIX}{document_id}/2"]
+
+    # The older object is deleted once the revision's activation has committed (just after
+    # the document reads ready).
+    async def only_the_new_object() -> bool:
+        return keys(s3, bucket) == [f"{PREFIX}{document_id}/2"]
+
+    await wait_until(only_the_new_object, within_s=10)
     assert body_of(s3, bucket, f"{PREFIX}{document_id}/2") == changed
     assert {c["revision"] for c in await chunk_rows(app, document_id)} == {2}
 
