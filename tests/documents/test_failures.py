@@ -162,16 +162,7 @@ async def test_a_dead_job_leaves_a_ready_revision_ready(
     async with app.state.db.autocommit() as connection:
         row = await jobs_repository.claim(connection, worker="w", lease_s=60)
     assert row is not None
-    ctx = JobContext(
-        id=row["id"],
-        kind=row["kind"],
-        payload=row["payload"],
-        owner_id=row["owner_id"],
-        attempt=row["attempts"],
-        max_attempts=row["max_attempts"],
-        db=app.state.db,
-        worker="w",
-    )
+    ctx = JobContext.claimed(row, db=app.state.db, worker="w")
     await ingestor(ctx)
     await runner.give_ups["ingest"](ctx, "worker gone")
     document = (await client.get(f"/documents/{document_id}", headers=alice.headers)).json()

@@ -16,7 +16,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,20 @@ class JobContext:
     db: Database
     worker: str
     _progress: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def claimed(cls, row: Mapping[str, Any], *, db: Database, worker: str) -> JobContext:
+        """The context of a job ``worker`` claimed (a row of ``repository.claim``)."""
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            payload=row["payload"],
+            owner_id=row["owner_id"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+            db=db,
+            worker=worker,
+        )
 
     async def progress(self, **values: Any) -> None:
         self._progress.update(values)
@@ -180,17 +194,7 @@ class JobRunner:
             )
         if row is None:
             return False
-        ctx = JobContext(
-            id=row["id"],
-            kind=row["kind"],
-            payload=row["payload"],
-            owner_id=row["owner_id"],
-            attempt=row["attempts"],
-            max_attempts=row["max_attempts"],
-            db=self.db,
-            worker=self.worker,
-        )
-        await self._execute(ctx)
+        await self._execute(JobContext.claimed(row, db=self.db, worker=self.worker))
         self.completed += 1
         return True
 
