@@ -110,6 +110,10 @@ class DatabaseUnavailable(ServiceUnavailable):
     code, title = "database_unavailable", "Database unavailable"
 
 
+class DatabaseBusy(ServiceUnavailable):
+    code, title = "database_busy", "Database busy"
+
+
 def problem_response(
     *,
     status: int,
@@ -242,6 +246,10 @@ def _is_connection_problem(exc: DBAPIError) -> bool:
 # What PostgreSQL cannot hold, from the caller's input: a NUL (U+0000) in text (22021) or in
 # JSON (22P05). Such a request is refused as it is; nothing else is wrong with the service.
 _UNSTORABLE = frozenset({"22021", "22P05"})
+# What waiting on other work ends in: a statement or lock timeout (57014, 55P03), a deadlock
+# (40P01), a serialization failure (40001). The statement's transaction is rolled back and the
+# same request can succeed a moment later, so the caller is told to retry, not shown a 500.
+_CONTENDED = frozenset({"57014", "55P03", "40P01", "40001"})
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -253,7 +261,18 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(DBAPIError, exc)
-    if _sqlstate(exc) in _UNSTORABLE:
+    state = _sqlstate(exc)
+    if state in _CONTENDED:
+        log.warning("database_busy", sqlstate=state, path=request.url.path)
+        return await _app_error(
+            request,
+            DatabaseBusy(
+                "The request waited too long on the database (a timeout, a lock or a "
+                "conflicting write); try again shortly.",
+                headers={"Retry-After": "1"},
+            ),
+        )
+    if state in _UNSTORABLE:
         return await _app_error(
             request,
             UnprocessableContent(
