@@ -282,6 +282,23 @@ async def test_repeated_search_is_served_from_cache_until_the_documents_change(
     assert new in documents_of(third)
 
 
+async def test_a_delete_changes_the_cached_answer_and_another_owners_upload_does_not(
+    client: httpx.AsyncClient, alice: Account, bob: Account, ingest: Ingest, search: Search
+) -> None:
+    kept = await ingest(alice, "Anchors hold boats in the bay.", "kept.md")
+    gone = await ingest(alice, "Anchor chains rust in the bay.", "gone.md")
+    await search(alice, "anchor bay")
+    await ingest(bob, "Anchors and bays, says Bob.", "bob.md")
+    again = (await search(alice, "anchor bay")).json()
+    assert again["cached"] is True  # Bob's corpus is his own
+    assert {hit["document_id"] for hit in again["results"]} == {kept, gone}
+    deleted = await client.delete(f"/documents/{gone}", headers=alice.headers)
+    assert deleted.status_code == 204
+    after = (await search(alice, "anchor bay")).json()
+    assert after["cached"] is False
+    assert {hit["document_id"] for hit in after["results"]} == {kept}
+
+
 async def test_a_write_committed_after_a_later_one_still_changes_the_cached_answer(
     app: FastAPI, alice: Account, ingest: Ingest, search: Search
 ) -> None:

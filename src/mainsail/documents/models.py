@@ -71,6 +71,21 @@ class Document(IdMixin, OwnedMixin, TimestampMixin, Base):
     job_id: Mapped[uuid.UUID | None]  # the latest ingestion job
 
 
+class CorpusStamp(Base):
+    """How many committed writes each owner's documents have had: search's caches key on it,
+    so an upload, a new revision or a delete makes their entries unreachable.
+
+    Kept by a trigger on ``documents`` (migration 0010), deferred to commit, so the row is
+    locked only while a transaction commits (uploads of one owner never wait on each other
+    for longer) and every committed write moves it, in whatever order transactions commit.
+    No foreign key: the trigger also counts the deletes of a user's last documents."""
+
+    __tablename__ = "corpus_stamps"
+
+    owner_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    changes: Mapped[int] = mapped_column(BigInteger)
+
+
 class IndexVersion(Base):
     """What a set of chunks was made with: the embedder, its dimension, the chunking."""
 

@@ -28,10 +28,8 @@ class ActiveVersion:
     id: int
     embedder: str
     dimension: int
-    # Changes whenever the owner's documents change (upload, new revision, delete): their count
-    # and the sum of their updated_at. A row's updated_at only grows, so every committed write
-    # moves the sum, in whatever order transactions commit (a maximum would miss a write
-    # stamped before, but committed after, another one).
+    # Changes whenever the owner's documents change (upload, new revision, delete): the count
+    # of committed writes to them (``CorpusStamp``), one row read.
     corpus_stamp: str
 
 
@@ -91,8 +89,8 @@ def scope(version_id: int, owner_id: uuid.UUID, filters: Filters) -> Scope:
 
 _VERSION = """
     SELECT v.id, v.embedder, v.dimension,
-           (SELECT count(*)::text || '/' || coalesce(sum(extract(epoch FROM updated_at))::text, '-')
-            FROM documents WHERE owner_id = :owner) AS stamp
+           coalesce((SELECT changes FROM corpus_stamps WHERE owner_id = :owner), 0)::text
+               AS stamp
     FROM index_versions v
     """
 _ACTIVE = text(_VERSION + "WHERE v.state = 'active'")
