@@ -52,7 +52,7 @@ from mainsail.documents.storage import DocumentStore
 from mainsail.embeddings.base import Embedder, TokenIdEmbedder
 from mainsail.identity import service as identity
 from mainsail.jobs.service import JobContext, PermanentError, enqueue, pending
-from mainsail.llm.errors import UpstreamRejected
+from mainsail.llm.errors import LLMError, UpstreamRejected
 from mainsail.llm.gateway import CallContext
 from mainsail.quotas.service import QuotaExceeded
 from mainsail.settings import JobSettings
@@ -76,6 +76,17 @@ Sink = Callable[[list[ChunkText], np.ndarray], Awaitable[None]]
 class PipelineStats:
     chunks: int = 0  # chunks the document has (stored now or before)
     embedded: int = 0  # chunks embedded by this run
+
+
+def _reason(exc: Exception) -> str:
+    """What a failure says to the owner or an admin."""
+    if isinstance(exc, QuotaExceeded):
+        return exc.detail
+    if isinstance(exc, LLMError):
+        return exc.message
+    if isinstance(exc, DocumentError):
+        return exc.reason
+    return type(exc).__name__
 
 
 class EmbedPool:
@@ -471,21 +482,52 @@ class Ingestor:
             await ctx.progress(chunks=chunks, embedded=embedded)
 
         activated = False
+        # Versions no search reads yet (being built, or ready beside the active one) that
+        # could not take this revision: the upload does not fail for them (a build's own
+        # sweep copies what it lacks). By version id, the error, raised after all if the
+        # version became the active one meanwhile.
+        missed: dict[int, Exception] = {}
         try:
             for _ in range(MAX_VERSION_ROUNDS):
-                for version in versions:
-                    if version.id not in totals:
+                for position, version in enumerate(versions):
+                    if version.id in totals:
+                        continue
+                    try:
                         totals[version.id] = await self.write_version(
                             source, version, billing=billing, on_batch=report
                         )
-                        if not totals[version.id].chunks:  # whitespace, a PDF of scans
-                            raise DocumentError("No text could be extracted from the document.")
+                    except (LLMError, QuotaExceeded, DocumentError) as exc:
+                        if position == 0:  # the active version: the upload fails
+                            raise
+                        missed[version.id] = exc
+                        totals[version.id] = PipelineStats()
+                        async with self.db.unit_of_work() as session:
+                            await repository.note_version_miss(
+                                session, version.id, document_id, _reason(exc)
+                            )
+                        log.warning(
+                            "ingest_version_missed",
+                            document_id=str(document_id),
+                            version=version.id,
+                            error=type(exc).__name__,
+                        )
+                        continue
+                    if not totals[version.id].chunks:  # whitespace, a PDF of scans
+                        raise DocumentError("No text could be extracted from the document.")
                 async with self.db.unit_of_work() as session:
                     # Shared with other ingestions, exclusive of a version being created or
                     # activated: the versions seen here are all there are until commit.
                     await repository.lock_versions(session, shared=True)
                     live = [VersionSpec.of(v) for v in await repository.live_versions(session)]
+                    if live and live[0].id in missed:  # activated while this ran
+                        raise missed[live[0].id]
                     if all(v.id in totals for v in live):
+                        # Retired while this ran: what was written there is nobody's.
+                        gone = sorted(set(totals) - {v.id for v in live})
+                        if gone:
+                            await repository.drop_revision_chunks(
+                                session, document_id, revision, gone
+                            )
                         activated = await repository.activate_revision(
                             session, document_id, revision, live[0].id
                         )
@@ -503,7 +545,7 @@ class Ingestor:
         except (QuotaExceeded, UpstreamRejected) as exc:
             # Trying again will not help: the owner's budget is spent until the reset (an
             # admin may raise it, then re-queue the job), or the provider refuses the text.
-            reason = exc.detail if isinstance(exc, QuotaExceeded) else exc.message
+            reason = _reason(exc)
             await self._failed(document_id, revision, reason)
             raise PermanentError(reason) from None
         except Exception as exc:

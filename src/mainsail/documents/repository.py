@@ -240,6 +240,55 @@ async def max_ordinal(
     return -1 if value is None else int(value)
 
 
+async def drop_revision_chunks(
+    session: AsyncSession, document_id: uuid.UUID, revision: int, version_ids: list[int]
+) -> None:
+    """A revision's chunks in versions retired while it was written."""
+    await session.execute(
+        delete(Chunk).where(
+            Chunk.document_id == document_id,
+            Chunk.revision == revision,
+            Chunk.index_version.in_(version_ids),
+        )
+    )
+
+
+# At most this many skipped documents are listed on a version's progress.
+MAX_REPORTED_ERRORS = 20
+
+
+async def note_version_miss(
+    session: AsyncSession, version_id: int, document_id: uuid.UUID, reason: str
+) -> None:
+    """A document that an index version not yet searched could not take (its embedder's
+    provider down, the owner's budget spent): listed on the version, as a build lists the
+    documents it skips. A build still running copies it again at its end."""
+    await session.execute(
+        text(
+            """
+            UPDATE index_versions SET progress = jsonb_set(
+                jsonb_set(progress, '{skipped}',
+                          to_jsonb(coalesce((progress ->> 'skipped')::int, 0) + 1)),
+                '{errors}',
+                coalesce(progress -> 'errors', '[]'::jsonb)
+                    || CASE WHEN jsonb_array_length(coalesce(progress -> 'errors', '[]'::jsonb))
+                                 < :most
+                            THEN jsonb_build_array(jsonb_build_object(
+                                'document_id', CAST(:document AS text),
+                                'error', CAST(:reason AS text)))
+                            ELSE '[]'::jsonb END)
+            WHERE id = :version
+            """
+        ),
+        {
+            "version": version_id,
+            "document": str(document_id),
+            "reason": reason[:500],
+            "most": MAX_REPORTED_ERRORS,
+        },
+    )
+
+
 async def activate_revision(
     session: AsyncSession, document_id: uuid.UUID, revision: int, index_version: int
 ) -> bool:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -72,7 +72,7 @@ PURGE = "index_purge"
 DOCUMENT_PAGE = 200  # documents listed per statement while copying
 PURGE_BATCH = 5000  # chunks deleted per statement when a version is retired
 MAX_SWEEPS = 5
-MAX_REPORTED_ERRORS = 20
+MAX_REPORTED_ERRORS = documents.MAX_REPORTED_ERRORS
 
 
 class QualityRegression(AppError):
@@ -235,10 +235,14 @@ class IndexVersions:
             raise NotFound(f"No index version {version_id}.")
         return version
 
-    async def all(self) -> list[IndexVersion]:
+    async def page(self, *, limit: int, offset: int) -> tuple[list[IndexVersion], int]:
+        """(versions, newest first, of the page; how many there are)."""
         async with self.db.unit_of_work() as session:
-            rows = await session.scalars(select(IndexVersion).order_by(IndexVersion.id.desc()))
-            return list(rows)
+            total = await session.scalar(select(func.count()).select_from(IndexVersion))
+            rows = await session.scalars(
+                select(IndexVersion).order_by(IndexVersion.id.desc()).limit(limit).offset(offset)
+            )
+            return list(rows), int(total or 0)
 
     async def activate(
         self, version_id: int, *, force: bool
@@ -339,7 +343,13 @@ class IndexVersions:
         path = self.settings.search.eval_set
         if path is None:
             return None
-        evaluation = await asyncio.to_thread(load_eval_set, path)
+        try:
+            evaluation = await asyncio.to_thread(load_eval_set, path)
+        except (OSError, ValueError) as exc:
+            raise UnprocessableContent(
+                f"The evaluation set cannot be read ({exc}); fix SEARCH__EVAL_SET, or "
+                "activate with force=true to skip the quality gate."
+            ) from None
         owner_id = await self._owner(evaluation.owner)
         names = {name for _, relevant in evaluation.queries for name in relevant}
         named = await self._documents_named(owner_id, names)
@@ -414,10 +424,26 @@ class IndexVersions:
         """The ``reindex`` job: resumable, since each document resumes where it stopped."""
         version_id = int(ctx.payload["version_id"])
         async with self.db.unit_of_work() as session:
+            # Exclusive of ingestion's final check, as in ``create``: a re-queued build that
+            # goes on gets every new revision from here on.
+            await documents.lock_versions(session, shared=False)
             version = await session.get(IndexVersion, version_id, with_for_update=True)
             if version is None or version.state not in (BUILDING, BUILD_FAILED):
                 log.info("reindex_skipped", version=version_id)
                 return  # built already, or retired
+            if version.state == BUILD_FAILED:  # re-queued: one build at a time, as in create
+                other = await session.scalar(
+                    select(IndexVersion.id)
+                    .where(IndexVersion.state == BUILDING, IndexVersion.id != version_id)
+                    .limit(1)
+                )
+                if other is not None:
+                    version.error = (
+                        f"Index version {other} is being built; re-queue this build once it "
+                        "is done."
+                    )
+                    log.info("reindex_deferred", version=version_id, building=other)
+                    return
             version.state, version.error = BUILDING, None  # a re-queued build goes on
             spec = VersionSpec.of(version)
         try:
@@ -455,46 +481,63 @@ class IndexVersions:
                     {"p": _json(progress), "v": spec.id},
                 )
 
+        # The documents searchable now, by id: later ones are written into this version by
+        # their own ingestion (it writes every live version) or found by the sweep below.
         async with self.db.autocommit() as connection:
-            progress["documents"] = int(
-                await connection.scalar(
-                    text("SELECT count(*) FROM documents WHERE active_revision IS NOT NULL")
+            counted = (
+                await connection.execute(
+                    text(
+                        "SELECT count(*) AS n, (SELECT id FROM documents WHERE "
+                        "active_revision IS NOT NULL ORDER BY id DESC LIMIT 1) AS last "
+                        "FROM documents WHERE active_revision IS NOT NULL"
+                    )
                 )
-                or 0
-            )
+            ).one()
+        progress["documents"] = int(counted.n)
+        last = counted.last or uuid.UUID(int=0)
         await report()
+        copied: set[tuple[uuid.UUID, int]] = set()  # (document, revision) copied or skipped
         after = uuid.UUID(int=0)
         while True:
             async with self.db.autocommit() as connection:
                 if not await self._building(connection, spec.id):
                     log.info("reindex_stopped", version=spec.id)
+                    await self._purge_if_retired(connection, spec.id)
                     return
                 rows = (
-                    await connection.execute(_PAGE, {"after": after, "limit": DOCUMENT_PAGE})
+                    await connection.execute(
+                        _PAGE, {"after": after, "last": last, "limit": DOCUMENT_PAGE}
+                    )
                 ).all()
             if not rows:
                 break
             for row in rows:
+                copied.add((row.id, int(row.active_revision)))
                 await self._copy(ctx, spec, row, progress)
             after = rows[-1].id
             await report()
         # Documents that became searchable while the pages were read, and had no live-version
-        # write of this one (ingested by a job that started before it existed).
-        swept: set[tuple[uuid.UUID, int]] = set()
+        # write of this one (ingested by a job that started before it existed), or whose new
+        # revision became active after their page. One the pages skipped is not tried again.
+        seen = {document_id for document_id, _ in copied}
         for _ in range(MAX_SWEEPS):
             async with self.db.autocommit() as connection:
                 rows = (await connection.execute(_MISSING, {"version": spec.id})).all()
-            todo = [row for row in rows if (row.id, row.active_revision) not in swept]
+            todo = [row for row in rows if (row.id, int(row.active_revision)) not in copied]
             if not todo:
                 break
             for row in todo:
-                swept.add((row.id, row.active_revision))
-                progress["documents"] += 1
-                await self._copy(ctx, spec, row, progress)
+                copied.add((row.id, int(row.active_revision)))
+                again = row.id in seen
+                seen.add(row.id)
+                if not again:
+                    progress["documents"] += 1
+                await self._copy(ctx, spec, row, progress, again=again)
             await report()
         async with self.db.autocommit() as connection:
             await connection.execute(_STALE, {"version": spec.id})
             if not await self._building(connection, spec.id):
+                await self._purge_if_retired(connection, spec.id)
                 return
         progress["phase"] = "index"
         await report()
@@ -509,8 +552,15 @@ class IndexVersions:
         if self.settings.search.eval_set is not None:
             try:
                 quality = await self.measure(spec.id)
-            except (AppError, ValueError, OSError) as exc:
-                quality = {"error": str(getattr(exc, "detail", exc))}
+            except (AppError, LLMError, ValueError, OSError) as exc:  # built all the same
+                reason = (
+                    exc.detail
+                    if isinstance(exc, AppError)
+                    else exc.message
+                    if isinstance(exc, LLMError)
+                    else str(exc)
+                )
+                quality = {"error": reason}
             progress["phase"] = "done"
             async with self.db.unit_of_work() as session:
                 version = await session.get(IndexVersion, spec.id, with_for_update=True)
@@ -518,10 +568,17 @@ class IndexVersions:
                     version.quality, version.progress = quality, dict(progress)
 
     async def _copy(
-        self, ctx: JobContext, spec: VersionSpec, row: Any, progress: dict[str, Any]
+        self,
+        ctx: JobContext,
+        spec: VersionSpec,
+        row: Any,
+        progress: dict[str, Any],
+        *,
+        again: bool = False,
     ) -> None:
         """One document's active revision into the version; an unreadable one is skipped
-        (and listed), one deleted or replaced meanwhile is not an error."""
+        (and listed), one deleted or replaced meanwhile is not an error. ``again``: a newer
+        revision of a document already counted (its chunks count, not the document)."""
         source = Source(
             row.id,
             int(row.active_revision),
@@ -546,6 +603,10 @@ class IndexVersions:
                 reason = "The file is no longer in storage."
         except (QuotaExceeded, UpstreamRejected) as exc:
             reason = exc.detail if isinstance(exc, QuotaExceeded) else exc.message
+        if again:
+            if reason is not None:
+                log.warning("reindex_document_skipped", version=spec.id, document_id=str(row.id))
+            return
         progress["done"] += 1
         if reason is not None:
             progress["skipped"] += 1
@@ -617,17 +678,33 @@ class IndexVersions:
                 await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
             finally:
                 await connection.execute(text("RESET statement_timeout"))
-            deleted = 0
-            while True:
-                result = await connection.execute(
-                    _PURGE, {"version": version_id, "batch": PURGE_BATCH}
-                )
-                if not result.rowcount:
-                    break
-                deleted += result.rowcount
-                await ctx.progress(deleted=deleted)
+            deleted = await _delete_chunks(connection, version_id, ctx)
         await ctx.progress(deleted=deleted, done=True)
         log.info("index_version_purged", version=version_id, chunks=deleted)
+
+    @staticmethod
+    async def _purge_if_retired(connection: AsyncConnection, version_id: int) -> None:
+        """A build that finds its version retired deletes what it wrote: the purge job may
+        have run while a page was being copied."""
+        state = await connection.scalar(
+            text("SELECT state FROM index_versions WHERE id = :v"), {"v": version_id}
+        )
+        if state == RETIRED:
+            await _delete_chunks(connection, version_id)
+
+
+async def _delete_chunks(
+    connection: AsyncConnection, version_id: int, ctx: JobContext | None = None
+) -> int:
+    """Deletes a version's chunks in batches (an autocommit connection); how many."""
+    deleted = 0
+    while True:
+        result = await connection.execute(_PURGE, {"version": version_id, "batch": PURGE_BATCH})
+        if not result.rowcount:
+            return deleted
+        deleted += result.rowcount
+        if ctx is not None:
+            await ctx.progress(deleted=deleted)
 
 
 def _json(value: Any) -> str:
@@ -638,7 +715,7 @@ _PAGE = text(
     """
     SELECT id, active_revision, owner_id, collection, content_type, chunking
     FROM documents
-    WHERE active_revision IS NOT NULL AND id > :after
+    WHERE active_revision IS NOT NULL AND id > :after AND id <= :last
     ORDER BY id
     LIMIT :limit
     """
@@ -670,18 +747,20 @@ _STALE = text(
     """
 )
 
-# What each document shows as its chunk count: that of the newly active version.
+# What each searchable document shows as its chunk count: that of the newly active version,
+# 0 for one the build skipped (no search finds it there).
 _CHUNK_COUNTS = text(
     """
-    UPDATE documents d SET chunk_count = s.n
-    FROM (
+    UPDATE documents d SET chunk_count = coalesce(s.n, 0)
+    FROM documents d0 LEFT JOIN (
         SELECT c.document_id, count(*) AS n
         FROM chunks c JOIN documents d2
           ON d2.id = c.document_id AND c.revision = d2.active_revision
         WHERE c.index_version = :version
         GROUP BY c.document_id
-    ) AS s
-    WHERE s.document_id = d.id AND d.chunk_count <> s.n
+    ) AS s ON s.document_id = d0.id
+    WHERE d.id = d0.id AND d0.active_revision IS NOT NULL
+      AND d.chunk_count <> coalesce(s.n, 0)
     """
 )
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from mainsail.core.deps import SettingsDep
 from mainsail.core.errors import Forbidden, UnprocessableContent
-from mainsail.core.pagination import Page
+from mainsail.core.pagination import Page, PageParams
 from mainsail.core.principal import Scope
 from mainsail.identity.deps import AdminPrincipal, CurrentPrincipal, require_scope
 from mainsail.llm.gateway import CallContext
 from mainsail.search.indexing import IndexVersions
 from mainsail.search.schemas import (
+    MAX_VERSION_ID,
     ActivationOut,
     IndexVersionIn,
     IndexVersionOut,
@@ -22,6 +23,9 @@ from mainsail.search.schemas import (
     SearchOut,
 )
 from mainsail.search.service import Searcher
+
+# An index version's id: a PostgreSQL integer; a larger number is a 422, not a database error.
+VersionId = Annotated[int, Path(ge=1, le=MAX_VERSION_ID)]
 
 router = APIRouter(tags=["search"])
 Readable = require_scope(Scope.DOCUMENTS_READ)
@@ -92,10 +96,12 @@ async def create_index_version(
 
 
 @router.get("/admin/index-versions", summary="Index versions, newest first")
-async def list_index_versions(request: Request, _: AdminPrincipal) -> Page[IndexVersionOut]:
-    rows = await _versions(request).all()
+async def list_index_versions(
+    request: Request, _: AdminPrincipal, page: Annotated[PageParams, Query()]
+) -> Page[IndexVersionOut]:
+    rows, total = await _versions(request).page(limit=page.limit, offset=page.offset)
     items = [IndexVersionOut.model_validate(row) for row in rows]
-    return Page(items=items, total=len(items), limit=len(items), offset=0)
+    return Page(items=items, total=total, limit=page.limit, offset=page.offset)
 
 
 @router.get(
@@ -103,7 +109,7 @@ async def list_index_versions(request: Request, _: AdminPrincipal) -> Page[Index
     summary="One index version: state, build progress and errors, quality figures",
 )
 async def read_index_version(
-    version_id: int, request: Request, _: AdminPrincipal
+    version_id: VersionId, request: Request, _: AdminPrincipal
 ) -> IndexVersionOut:
     return IndexVersionOut.model_validate(await _versions(request).get(version_id))
 
@@ -119,7 +125,7 @@ async def read_index_version(
     },
 )
 async def activate_index_version(
-    version_id: int,
+    version_id: VersionId,
     request: Request,
     _: AdminPrincipal,
     force: Annotated[bool, Query(description="Skip the quality gate")] = False,
@@ -137,7 +143,7 @@ async def activate_index_version(
     responses={409: {"description": "The version is the active one"}},
 )
 async def retire_index_version(
-    version_id: int, request: Request, _: AdminPrincipal
+    version_id: VersionId, request: Request, _: AdminPrincipal
 ) -> RetirementOut:
     version, job_id = await _versions(request).retire(version_id)
     return RetirementOut(version=IndexVersionOut.model_validate(version), purge_job_id=job_id)

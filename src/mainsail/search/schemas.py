@@ -11,6 +11,9 @@ from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_
 from mainsail.core.schemas import OutModel, StrictModel
 from mainsail.search.query import ParsedQuery, parse, plain
 
+# Index version ids are PostgreSQL integers.
+MAX_VERSION_ID = 2**31 - 1
+
 Mode = Literal["hybrid", "vector", "keyword"]
 QuerySyntax = Literal["websearch", "plain"]
 MetadataValue = str | int | FiniteFloat | bool  # JSON has no NaN or Infinity
@@ -66,7 +69,7 @@ class SearchIn(StrictModel):
     filters: Filters = Field(default_factory=Filters)
     # Admins only: search a built (ready) index version instead of the active one, to compare
     # versions before switching.
-    index_version: Annotated[int, Field(ge=1)] | None = None
+    index_version: Annotated[int, Field(ge=1, le=MAX_VERSION_ID)] | None = None
 
     @field_validator("query")
     @classmethod
