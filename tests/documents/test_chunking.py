@@ -4,6 +4,7 @@ and every chunk is still a contiguous span of the extracted text within the toke
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -372,6 +373,33 @@ PIECES = [
 ]
 
 
+def test_a_word_too_long_for_the_tokenizer_still_counts_by_its_length(
+    tokenizer: Tokenizer,
+) -> None:
+    """WordPiece reads a word of over 100 characters (a hex dump) as one [UNK]: counted as
+    one token, a whole such blob became one chunk of 100,000 characters."""
+    blob = "".join(f"{i * 2654435761 % 2**32:08x}" for i in range(500))  # 4,000 characters
+    text = f"{essay(1)}\n\n{blob}\n\n{essay(1, seed=2)}"
+    chunker = Chunker(tokenizer, chunk_size=64, chunk_overlap=8)
+    assert chunker.tokenizer is not None
+    spans = _Spans(chunker.tokenizer, text)
+    start = text.index(blob)
+    assert spans.count(start, start + len(blob)) == math.ceil(len(blob) / 1.5)
+    assert spans(blob[:1000]) == math.ceil(1000 / 1.5)  # a stretch of it, counted alone
+    chunks = list(chunker.chunks(iter([Block(text=text)])))
+    assert all(chunk.token_count <= 64 for chunk in chunks)
+    assert all(chunk.token_count == chunker._counts([chunk.text])[0] for chunk in chunks)
+    inside = [chunk for chunk in chunks if chunk.text in blob]
+    assert len(inside) >= len(blob) // 150  # the blob is cut into many chunks
+    assert max(len(chunk.text) for chunk in inside) < 150
+    covered = sorted((c.char_start, c.char_end) for c in chunks)
+    end = covered[0][1]
+    for a, b in covered[1:]:
+        assert text[end:a].strip() == ""  # no gap but whitespace: all of it is kept
+        end = max(end, b)
+    assert end == len(text)
+
+
 @hypothesis_settings(max_examples=200, deadline=None)
 @given(
     words=st.lists(st.sampled_from(PIECES), min_size=1, max_size=60),
@@ -386,7 +414,8 @@ def test_span_counts_equal_the_tokenizer_on_the_stretch_alone(
     spans = _Spans(chunker.tokenizer, text)
     for a, b in [(0, len(text)), *cuts]:
         start, end = sorted((a % (len(text) + 1), b % (len(text) + 1)))
-        alone = len(chunker.tokenizer.encode(text[start:end], add_special_tokens=False).ids)
+        # As the chunker counts a text alone: a word too long to read counts by its length.
+        alone = chunker._counts([text[start:end]])[0]
         assert spans.count(start, end) == alone
         assert spans(text[start:end]) == alone
         pieces = chunker.tokenizer.encode(text[start:end], add_special_tokens=False).ids
@@ -418,7 +447,7 @@ def test_the_joined_view_counts_from_the_text_encoding(
     spans = _Spans(chunker.tokenizer, text).view(view)
     for a, b in [(0, len(text)), *cuts]:
         start, end = sorted((a % (len(text) + 1), b % (len(text) + 1)))
-        alone = len(chunker.tokenizer.encode(view[start:end], add_special_tokens=False).ids)
+        alone = chunker._counts([view[start:end]])[0]
         assert spans.count(start, end) == alone
         assert spans(view[start:end]) == alone
 

@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 from semantic_text_splitter import TextSplitter
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers import Encoding, Tokenizer, models, normalizers, pre_tokenizers
 
 from mainsail.documents.parsing import Block
 from mainsail.llm.tokens import count_tokens
@@ -70,6 +71,47 @@ SENTENCE_ENDS = tuple('.!?;,"\u2026\u201d\u2019\u3002\uff01\uff1f')
 CL100K_MODEL = "text-embedding-3-small"
 
 
+# WordPiece reads a word of more than ``max_input_chars_per_word`` characters (100 for BERT's
+# models; a hex dump, a run of digits, minified data) as one [UNK] token. Counted as one, such a
+# word of any length would fit any chunk size: it counts as one token per this many of its
+# characters instead, about what its pieces come to (1.5 for random letters and digits, 2 for
+# a repeated letter, 2.7 for a long German compound).
+CHARS_PER_UNREAD_TOKEN = 1.5
+
+
+def _unread_words(tokenizer: Tokenizer) -> tuple[int, int] | None:
+    """(the unknown token's id, the longest word read) of a WordPiece tokenizer, else None."""
+    model = tokenizer.model
+    if not isinstance(model, models.WordPiece):
+        return None
+    unknown = tokenizer.token_to_id(model.unk_token)
+    return None if unknown is None else (unknown, int(model.max_input_chars_per_word))
+
+
+def _weights(
+    encoding: Encoding, unread: tuple[int, int] | None, ids: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Each token's count, where some token is a word too long to be read; else None.
+    ``ids``: the encoding's ids as an array, if made already."""
+    if unread is None:
+        return None
+    unknown, longest = unread
+    if ids is None:
+        ids = np.asarray(encoding.ids, dtype=np.int32)
+    candidates = np.flatnonzero(ids == unknown)
+    if not len(candidates):
+        return None
+    offsets = encoding.offsets
+    weights: np.ndarray | None = None
+    for i in candidates:
+        start, end = offsets[i]
+        if end - start > longest:
+            if weights is None:
+                weights = np.ones(len(ids), dtype=np.int64)
+            weights[i] = math.ceil((end - start) / CHARS_PER_UNREAD_TOKEN)
+    return weights
+
+
 class _Spans:
     """Token counts of stretches of one text, from a single encoding of it.
 
@@ -88,14 +130,23 @@ class _Spans:
         self.starts: list[int]
         self.ends: list[int]
         self.words: list[int | None]
+        # Counts before each token, where a word too long to be read counts for more than one
+        # (``_weights``); None when every token counts one.
+        self.before: np.ndarray | None
+        self.unread: tuple[int, int] | None
         if like is not None:
+            self.unread = like.unread
             self.starts, self.ends, self.words = like.starts, like.ends, like.words
+            self.before = like.before
             return
+        self.unread = _unread_words(tokenizer)
         encoding = tokenizer.encode(text, add_special_tokens=False)
         self.ids = np.asarray(encoding.ids, dtype=np.int32)
         self.starts = [start for start, _ in encoding.offsets]
         self.ends = [end for _, end in encoding.offsets]
         self.words = encoding.word_ids
+        weights = _weights(encoding, self.unread, self.ids)
+        self.before = None if weights is None else np.concatenate(([0], np.cumsum(weights)))
 
     def view(self, text: str) -> _Spans:
         """Spans of ``text``, a view of this text with some punctuation marks and whitespace
@@ -116,9 +167,14 @@ class _Spans:
     def count(self, start: int, end: int) -> int:
         tokens = self._tokens(start, end)
         if tokens is None:
-            return self._alone(self.text[start:end])
+            inside = self._inside_unread(start, end)
+            return self._alone(self.text[start:end]) if inside is None else inside
         first, after = tokens
-        return max(after - first, 0)
+        if after <= first:
+            return 0
+        if self.before is not None:
+            return int(self.before[after] - self.before[first])
+        return after - first
 
     def token_ids(self, start: int, end: int) -> np.ndarray:
         """The word pieces of ``[start, end)`` (no special tokens), as tokenized alone."""
@@ -144,8 +200,49 @@ class _Spans:
             return None
         return first, after
 
+    def _inside_unread(self, start: int, end: int) -> int | None:
+        """The count of ``[start, end)`` when it cuts only words too long to be read, from this
+        encoding (the splitter cuts such a word many times, each a stretch as long as the
+        word to tokenize alone); None when it cuts another token."""
+        before = self.before
+        if before is None:
+            return None
+        starts, ends, words = self.starts, self.ends, self.words
+
+        def unread(i: int) -> bool:
+            return bool(before[i + 1] - before[i] > 1)
+
+        first = bisect.bisect_left(ends, start + 1)
+        after = bisect.bisect_left(starts, end)
+        total, lo, hi = 0, first, after
+        if first < len(starts) and starts[first] < start:  # across the start
+            if not unread(first):
+                return None
+            if ends[first] >= end:  # within one word
+                return self._fragment(start, end)
+            total += self._fragment(start, ends[first])
+            lo = first + 1
+        if hi > lo and ends[hi - 1] > end:  # across the end
+            if not unread(hi - 1):
+                return None
+            total += self._fragment(starts[hi - 1], end)
+            hi -= 1
+        if (0 < lo < len(words) and words[lo] == words[lo - 1] is not None) or (
+            0 < hi < len(words) and hi == after and words[hi] == words[hi - 1] is not None
+        ):
+            return None
+        return total + (int(before[hi] - before[lo]) if hi > lo else 0)
+
+    def _fragment(self, start: int, end: int) -> int:
+        """A stretch of one word too long to be read, as counted alone."""
+        if end - start > (self.unread[1] if self.unread else 0):
+            return math.ceil((end - start) / CHARS_PER_UNREAD_TOKEN)
+        return self._alone(self.text[start:end])
+
     def _alone(self, piece: str) -> int:
-        return len(self.tokenizer.encode(piece, add_special_tokens=False).ids)
+        encoding = self.tokenizer.encode(piece, add_special_tokens=False)
+        weights = _weights(encoding, self.unread)
+        return len(encoding.ids) if weights is None else int(weights.sum())
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +318,11 @@ class Chunker:
         if self.tokenizer is None:
             return [count_tokens(piece) for piece in pieces]
         encodings = self.tokenizer.encode_batch(pieces, add_special_tokens=False)
-        return [len(e.ids) for e in encodings]
+        unread = _unread_words(self.tokenizer)
+        return [
+            len(e.ids) if (weights := _weights(e, unread)) is None else int(weights.sum())
+            for e in encodings
+        ]
 
     def _counted(
         self, text: str, spans: _Spans | None, stretches: Iterable[tuple[int, int]]
