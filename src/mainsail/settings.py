@@ -215,7 +215,7 @@ class IdempotencySettings(BaseModel):
 
     # Paths (exact, or a prefix ending in "/*") where POST and PATCH honour the header.
     paths: list[str] = Field(
-        default_factory=lambda: ["/v1/chat/completions", "/v1/embeddings", "/analyze"]
+        default_factory=lambda: ["/v1/chat/completions", "/v1/embeddings", "/analyze", "/chat"]
     )
     # Refuse requests to those paths without the header (400).
     required: bool = False

@@ -87,6 +87,22 @@ async def test_analyze_is_covered_by_default(
     assert await usage_events(app) == 1
 
 
+async def test_chat_is_covered_by_default(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account
+) -> None:
+    """A retried ``POST /chat`` gets the first answer and its conversation, not a second."""
+    ask = {"question": "Where do we anchor?"}
+    first = await client.post("/chat", json=ask, headers=keyed(alice, "chat-1"))
+    second = await client.post("/chat", json=ask, headers=keyed(alice, "chat-1"))
+    assert first.status_code == second.status_code == 200, first.text
+    assert second.content == first.content
+    assert second.headers["idempotent-replayed"] == "true"
+    listed = (await client.get("/conversations", headers=alice.headers)).json()
+    assert listed["total"] == 1
+    third = await client.post("/chat", json=ask, headers=keyed(alice, "chat-2"))
+    assert third.json()["conversation_id"] != first.json()["conversation_id"]
+
+
 async def test_the_fingerprint_ignores_json_spacing_and_key_order(
     client: httpx.AsyncClient, alice: Account, fake_provider: FakeProviderServer
 ) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from mainsail.jobs import service as jobs
 from mainsail.settings import JobSettings
-from tests.fixtures.identity import Account
+from tests.fixtures.identity import Account, create_api_key
 from tests.jobs.conftest import FAST_JOBS
 
 
@@ -53,6 +53,22 @@ async def test_the_owner_reads_a_job_and_others_learn_nothing(
     assert (await client.get(f"/jobs/{uuid.uuid4()}", headers=alice.headers)).status_code == 404
     assert (await client.get(f"/jobs/{job_id}")).status_code == 401
     assert (await client.get("/jobs/not-a-uuid", headers=alice.headers)).status_code == 422
+
+
+async def test_reading_a_job_takes_a_key_that_may_read_documents(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account
+) -> None:
+    job_id = await enqueue(app, alice)
+    chat_only = await create_api_key(client, alice, scopes=["chat"])
+    refused = await client.get(
+        f"/jobs/{job_id}", headers={"Authorization": f"Bearer {chat_only['key']}"}
+    )
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "insufficient_scope"
+    reader = await create_api_key(client, alice, scopes=["documents:read"])
+    read = await client.get(f"/jobs/{job_id}", headers={"Authorization": f"Bearer {reader['key']}"})
+    assert read.status_code == 200
+    assert read.json()["id"] == str(job_id)
 
 
 async def test_admins_list_dead_jobs_and_requeue_them(

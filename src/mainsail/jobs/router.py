@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from mainsail.core.deps import SessionDep
 from mainsail.core.errors import Conflict, NotFound
 from mainsail.core.pagination import Page, PageParams
-from mainsail.identity.deps import AdminPrincipal, CurrentPrincipal
+from mainsail.core.principal import Scope
+from mainsail.identity.deps import AdminPrincipal, CurrentPrincipal, require_scope
 from mainsail.jobs import repository
 from mainsail.jobs.models import Job
 from mainsail.jobs.schemas import JobOut, State
@@ -19,7 +20,12 @@ from mainsail.jobs.schemas import JobOut, State
 router = APIRouter(tags=["jobs"])
 
 
-@router.get("/jobs/{job_id}", summary="A job's state, attempts, progress and last error")
+@router.get(
+    "/jobs/{job_id}",
+    summary="A job's state, attempts, progress and last error",
+    # A user's jobs ingest their documents: a key that may not read documents reads no job.
+    dependencies=[require_scope(Scope.DOCUMENTS_READ)],
+)
 async def read_job(job_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep) -> JobOut:
     job = await session.get(Job, job_id)
     if job is None or (not principal.is_admin and job.owner_id != principal.user_id):
