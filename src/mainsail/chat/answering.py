@@ -112,8 +112,13 @@ def pack(
 
 # --- citations -------------------------------------------------------------------------------
 
-# A run of markers: [1], [2, 3], [2][3]; also the full-width brackets some models write.
-_MARKER = re.compile(r"(\s?)((?:[\[【]\s*\d+(?:\s*,\s*\d+)*\s*[\]】])+)")
+# A run of markers: [1], [2, 3], [2][3], ranges [1-3] (a hyphen or an en dash); also the
+# full-width brackets some models write.
+_NUMBERS = r"\d+(?:\s*[-\u2013]\s*\d+)?"
+_MARKER = re.compile(rf"(\s?)((?:[\[【]\s*{_NUMBERS}(?:\s*,\s*{_NUMBERS})*\s*[\]】])+)")
+_RANGE = re.compile(r"(\d+)(?:\s*[-\u2013]\s*(\d+))?")
+# A range naming more passages than this is not read as one (nor are its passages kept).
+MAX_RANGE = 20
 # A sentence may wrap over single line breaks; a blank line or a heading line ends it.
 _SENTENCE = re.compile(r"[^.!?\n]+(?:\n(?!\n)[^.!?\n]+)*(?:[.!?]+|$)", re.MULTILINE)
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -151,6 +156,18 @@ def _quote(source: Source, claim: str) -> tuple[str, int] | None:
     return sentence, start
 
 
+def _expand(item: re.Match[str]) -> list[int]:
+    """The passages one item of a marker names: ``2``, or ``1-3`` as 1, 2, 3. A range backwards
+    or wider than ``MAX_RANGE`` names passage 0 (none), so it is removed and counted."""
+    low = int(item.group(1))
+    if item.group(2) is None:
+        return [low]
+    high = int(item.group(2))
+    if high < low or high - low > MAX_RANGE:
+        return [0]
+    return list(range(low, high + 1))
+
+
 def cite(answer: str, sources: Sequence[Source]) -> Cited:
     """Keeps markers that name a supplied passage (1..n), removes the others (and counts
     them), and returns one citation per passage cited, in order of first citation, with a
@@ -177,7 +194,7 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
 
     def keep(match: re.Match[str]) -> str:
         nonlocal removed
-        numbers = [int(n) for n in re.findall(r"\d+", match.group(2))]
+        numbers = [n for item in _RANGE.finditer(match.group(2)) for n in _expand(item)]
         valid = list(dict.fromkeys(n for n in numbers if 1 <= n <= len(sources)))
         removed += sum(1 for n in numbers if not 1 <= n <= len(sources))
         if not valid:

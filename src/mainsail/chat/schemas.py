@@ -61,7 +61,8 @@ class ChatUsage(OutModel):
     input_tokens: int
     output_tokens: int
     cost_usd: str
-    model_calls: int
+    model_calls: int  # answered by the model (and paid for)
+    cached_calls: int = 0  # answered from the response cache, free
     prompt_tokens_budgeted: int
     model: str | None = None
     # The request whose usage events (GET /me/usage, the usage_events table) hold these calls.

@@ -53,6 +53,7 @@ NOTHING_FITS = (
     "shorter question, start a new conversation, or use a model with a larger context."
 )
 CONDENSED_MAX_CHARS = 1000
+CONDENSED_MAX_TOKENS = 200  # what the rewritten question may take
 
 
 @dataclass
@@ -67,7 +68,8 @@ class Turn:
     packed: Packed | None  # None: nothing to answer from, and no model call
     canned: str | None = None
     request: ChatRequest | None = None
-    usage: list[tuple[str, Usage]] = field(default_factory=list)  # (model, usage) per call
+    # (model, usage, served from the response cache) per call
+    usage: list[tuple[str, Usage, bool]] = field(default_factory=list)
     request_id: str | None = None  # the usage events' link
 
 
@@ -216,14 +218,16 @@ class ChatService:
         return turn
 
     def _history(self, messages: list[ChatMessage]) -> list[Message]:
-        """Newest first within the history budget, then back in order."""
+        """Newest first within the history budget, then back in order. A message over what
+        is left is left out, not the ones before it (a long last answer must not take the
+        question it answered with it)."""
         kept: list[Message] = []
         spent = 0
         for message in reversed(messages):
             item = Message(role=message.role, content=message.content)  # type: ignore[arg-type]
             cost = count_message_tokens([item])
             if spent + cost > self.settings.history_tokens:
-                break
+                continue
             kept.append(item)
             spent += cost
         return list(reversed(kept))
@@ -235,29 +239,43 @@ class ChatService:
         turns: list[Message],
         question: str,
         ctx: CallContext,
-        usage: list[tuple[str, Usage]],
+        usage: list[tuple[str, Usage, bool]],
     ) -> str:
         earlier = [m.content or "" for m in turns if m.role == "user"]
         if extractive or not self.settings.condense:
             # No model to rewrite it: search with the previous question as context.
             return f"{earlier[-1]} {question}" if earlier else question
         condense = prompt("condense")
-        history = "\n".join(f"{m.role}: {m.content}" for m in turns)
-        request = ChatRequest(
-            model=model,
-            messages=(
+        entry = self.gateway.resolve(model)
+        answer_tokens = min(CONDENSED_MAX_TOKENS, entry.max_output_tokens)
+        limit = entry.context_window - answer_tokens
+        if self.settings.max_prompt_tokens is not None:
+            limit = min(limit, self.settings.max_prompt_tokens)
+        # The newest turns that fit the model beside the prompt and the question: the
+        # history budget is the chat's, not this model's window.
+        messages: tuple[Message, ...] = ()
+        for first in range(len(turns)):
+            history = "\n".join(f"{m.role}: {m.content}" for m in turns[first:])
+            messages = (
                 Message(role="system", content=condense.system),
                 Message(
                     role="user",
                     content=condense.user.substitute(history=history, question=question).strip(),
                 ),
-            ),
-            params=SamplingParams(temperature=0.0, max_tokens=200),
+            )
+            if count_message_tokens(messages) <= limit:
+                break
+        else:  # not even the last turn fits: search with the question as it is
+            return question
+        request = ChatRequest(
+            model=model,
+            messages=messages,
+            params=SamplingParams(temperature=0.0, max_tokens=answer_tokens),
         )
         response = await self.gateway.complete(
             request, _with_prompt(ctx, condense.tag, kind="chat")
         )
-        usage.append((response.model, response.usage))
+        usage.append((response.model, response.usage, response.cache_hit))
         # A NUL from the model could be neither searched nor stored (PostgreSQL text).
         content = (response.message.content or "").replace("\x00", "")
         rewritten = content.strip()[:CONDENSED_MAX_CHARS]
@@ -274,7 +292,7 @@ class ChatService:
         response = await self.gateway.complete(
             turn.request, _with_prompt(ctx, prompt("answer").tag, kind="chat")
         )
-        turn.usage.append((response.model, response.usage))
+        turn.usage.append((response.model, response.usage, response.cache_hit))
         return await self._finish(turn, response.message.content or "", response.model)
 
     async def stream(
@@ -301,13 +319,14 @@ class ChatService:
         pieces: list[str] = []
         model = turn.model
         usage: Usage | None = None
+        cached = False
         events = self.gateway.stream(
             turn.request, _with_prompt(ctx, prompt("answer").tag, kind="chat")
         )
         try:
             async for event in events:
                 if isinstance(event, StreamStart):
-                    model = event.model
+                    model, cached = event.model, event.cache_hit
                 elif isinstance(event, TextDelta) and event.text:
                     pieces.append(event.text)
                     yield "token", {"text": event.text}
@@ -317,7 +336,7 @@ class ChatService:
             await events.aclose()
         if usage is None:  # an answer without its end is not an answer
             raise StreamInterrupted("The answer ended without finishing.")
-        turn.usage.append((model, usage))
+        turn.usage.append((model, usage, cached))
         answer = await self._finish(turn, "".join(pieces), model)
         yield "answer", answer_out(answer)
 
@@ -328,6 +347,12 @@ class ChatService:
         usage = self._usage(turn)
         usage["model"] = model
         async with self.db.unit_of_work() as session:
+            # Held until the answer is stored: a delete of the conversation waits, or went first.
+            conversation = await session.get(
+                Conversation, turn.conversation.id, with_for_update={"key_share": True}
+            )
+            if conversation is None:
+                raise NotFound("The conversation was deleted while it was being answered.")
             message = await repository.add_message(
                 session,
                 turn.conversation.id,
@@ -341,18 +366,22 @@ class ChatService:
         return Answer(turn, cited, message.id, model or "none", usage)
 
     def _usage(self, turn: Turn) -> dict[str, Any]:
-        tokens_in = sum(u.input_tokens for _, u in turn.usage)
-        tokens_out = sum(u.output_tokens for _, u in turn.usage)
+        """Tokens of every call; cost and ``model_calls`` of those the model answered (one
+        from the response cache was free: ``cached_calls``), as the usage events have it."""
+        tokens_in = sum(u.input_tokens for _, u, _ in turn.usage)
+        tokens_out = sum(u.output_tokens for _, u, _ in turn.usage)
         cost = Decimal(0)
-        for model, u in turn.usage:
+        for model, u, cached in turn.usage:
             entry = self.gateway.catalogue.models.get(model)
-            if entry is not None:
+            if entry is not None and not cached:
                 cost += entry.cost_usd(u)
+        cached_calls = sum(1 for *_, cached in turn.usage if cached)
         return {
             "input_tokens": tokens_in,
             "output_tokens": tokens_out,
             "cost_usd": f"{cost:.8f}",
-            "model_calls": len(turn.usage),
+            "model_calls": len(turn.usage) - cached_calls,
+            "cached_calls": cached_calls,
             "prompt_tokens_budgeted": turn.packed.prompt_tokens if turn.packed else 0,
             "request_id": turn.request_id,
         }

@@ -1,0 +1,245 @@
+"""Chat at its edges: a conversation deleted mid-answer, answers from the response cache,
+long histories, range citation markers."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+
+from mainsail.chat.answering import Source, cite
+from mainsail.settings import Settings
+from tests.chat.conftest import ask, sse_events
+from tests.documents.conftest import QUICK_JOBS
+from tests.fakes.provider_server import FakeProviderServer, Reply
+from tests.fixtures.app import wait_until
+from tests.fixtures.gateway import gateway_settings
+from tests.fixtures.identity import Account
+from tests.search.conftest import Ingest
+from tests.search.corpus import BAKING, SAILING
+
+
+@pytest.fixture
+def chat_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def settings(database_url: URL, catalogue_file: Path, chat_overrides: dict[str, Any]) -> Settings:
+    return gateway_settings(
+        database_url,
+        catalogue_file,
+        chat={"model": "fake-gpt", **chat_overrides},
+        jobs=QUICK_JOBS,
+    )
+
+
+async def _delete_when_answering(
+    client: httpx.AsyncClient,
+    account: Account,
+    conversation: str,
+    fake_provider: FakeProviderServer,
+) -> int:
+    """Deletes the conversation once the model has been asked for the answer (3rd call)."""
+
+    async def asked() -> bool:
+        return len(fake_provider.calls) >= 3
+
+    await wait_until(asked, within_s=10, interval=0.02)
+    deleted = await client.delete(f"/conversations/{conversation}", headers=account.headers)
+    return deleted.status_code
+
+
+async def test_a_conversation_deleted_while_chat_answers_is_a_404(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """A conversation deleted while ``POST /chat`` answers on it: a 404 saying so, not a 500
+    (the answer's insert broke the foreign key)."""
+    await ingest(alice, BAKING, "baking.md")
+    fake_provider.script(
+        Reply("Laminate butter with three folds [1]."),
+        Reply("How long should croissants proof?"),
+        Reply("Until they wobble [1].", delay_s=1.2),
+    )
+    first = (await ask(client, alice.headers, question="How are croissants made?")).json()
+    conversation = first["conversation_id"]
+    follow, deleted = await asyncio.gather(
+        ask(
+            client,
+            alice.headers,
+            question="And how long do they proof?",
+            conversation_id=conversation,
+        ),
+        _delete_when_answering(client, alice, conversation, fake_provider),
+    )
+    assert deleted == 204
+    assert follow.status_code == 404, follow.text
+    assert follow.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_conversation_deleted_while_its_stream_runs_ends_in_a_404_event(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """The same while ``/chat/stream`` answers: the stream ends in a 404 error event, not the
+    unexpected-crash ``internal_error``."""
+    await ingest(alice, BAKING, "baking.md")
+    fake_provider.script(
+        Reply("Laminate butter with three folds [1]."),
+        Reply("How long should croissants proof?"),
+        Reply("Until they wobble [1].", delay_s=1.2),
+    )
+    first = (await ask(client, alice.headers, question="How are croissants made?")).json()
+    conversation = first["conversation_id"]
+    streamed, deleted = await asyncio.gather(
+        client.post(
+            "/chat/stream",
+            json={"question": "And how long do they proof?", "conversation_id": conversation},
+            headers=alice.headers,
+        ),
+        _delete_when_answering(client, alice, conversation, fake_provider),
+    )
+    assert deleted == 204
+    events = sse_events(streamed.text)
+    name, data = events[-1]
+    assert name == "error"
+    assert data["code"] != "internal_error", data
+    assert data["status"] == 404, data
+
+
+async def _metered_cost(app: FastAPI, user_id: object, request_id: str) -> Decimal:
+    async with app.state.db.engine.connect() as connection:
+        total = await connection.scalar(
+            text(
+                "SELECT coalesce(sum(cost_usd), 0) FROM usage_events"
+                " WHERE user_id = :u AND request_id = :r"
+            ),
+            {"u": user_id, "r": request_id},
+        )
+    return Decimal(total)
+
+
+async def test_an_answer_from_the_response_cache_reports_no_cost(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    alice: Account,
+    ingest: Ingest,
+    fake_provider: FakeProviderServer,
+) -> None:
+    """The same question again (temperature 0) is served from the response cache and metered
+    as free: the answer's ``usage`` says so (cost 0, ``cached_calls`` 1), as the ledger does."""
+    await ingest(alice, SAILING, "sailing.md")
+    fake_provider.script(Reply("Pay out five to seven times the depth [1]."))
+    first = (await ask(client, alice.headers, question="How much anchor chain?")).json()
+    second = (await ask(client, alice.headers, question="How much anchor chain?")).json()
+    assert len(fake_provider.calls) == 1  # the second answer came from the cache
+    assert first["usage"]["cost_usd"] != "0.00000000"
+    request_id = second["usage"]["request_id"]
+
+    async def metered() -> bool:
+        async with app.state.db.engine.connect() as connection:
+            n = await connection.scalar(
+                text("SELECT count(*) FROM usage_events WHERE request_id = :r"),
+                {"r": request_id},
+            )
+        return bool(n)
+
+    await wait_until(metered, within_s=5)
+    charged = await _metered_cost(app, alice.id, request_id)
+    assert charged == 0
+    assert Decimal(second["usage"]["cost_usd"]) == charged, second["usage"]
+    assert (second["usage"]["model_calls"], second["usage"]["cached_calls"]) == (0, 1)
+    assert (first["usage"]["model_calls"], first["usage"]["cached_calls"]) == (1, 0)
+
+
+LONG_ANSWER = "Laminate butter with three folds [1]. " + "x " * 990
+
+
+@pytest.mark.parametrize("chat_overrides", [{"history_tokens": 6000}])
+async def test_a_follow_up_is_answered_once_the_history_outgrows_the_model_s_window(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """A follow-up in a conversation whose history outgrew the model's window is answered: the
+    condensing prompt keeps the newest turns that fit the model (it was a 400 about messages
+    the caller never sent)."""
+    await ingest(alice, BAKING, "baking.md")
+    fake_provider.script(
+        Reply(LONG_ANSWER),
+        *[
+            item
+            for _ in range(3)
+            for item in (Reply("How are croissants made?"), Reply(LONG_ANSWER))
+        ],
+        Reply("How long should croissants proof?"),
+        Reply("Until they wobble [1]."),
+    )
+    first = await ask(client, alice.headers, question="How are croissants made?")
+    conversation = first.json()["conversation_id"]
+    for _ in range(3):
+        again = await ask(
+            client, alice.headers, question="Tell me again?", conversation_id=conversation
+        )
+        assert again.status_code == 200, again.text
+    follow = await ask(
+        client, alice.headers, question="And how long do they proof?", conversation_id=conversation
+    )
+    assert follow.status_code == 200, follow.text
+
+
+@pytest.mark.parametrize("chat_overrides", [{"history_tokens": 100}])
+async def test_a_long_last_answer_does_not_drop_the_question_before_it(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """A last answer over the history budget is left out, not the question before it: the
+    follow-up is still condensed with that question."""
+    await ingest(alice, BAKING, "baking.md")
+    fake_provider.script(
+        Reply("Laminate butter with three folds [1]. " + "x " * 150),
+        Reply("How long should croissants proof?"),
+        Reply("Until they wobble [1]."),
+    )
+    first = (await ask(client, alice.headers, question="How are croissants made?")).json()
+    follow = (
+        await ask(
+            client,
+            alice.headers,
+            question="And how long do they proof?",
+            conversation_id=first["conversation_id"],
+        )
+    ).json()
+    assert follow["usage"]["model_calls"] == 2  # condensed, then answered
+    assert follow["standalone_question"] == "How long should croissants proof?"
+
+
+def test_a_range_marker_is_read_as_the_passages_it_names() -> None:
+    """Range markers (``[1-3]``, with a hyphen or an en dash) are read as the passages they
+    name: those that exist are kept and cited, the others removed and counted."""
+    source = Source(
+        chunk_id=1,
+        document_id="00000000-0000-0000-0000-000000000001",
+        title="Paris",
+        filename="paris.md",
+        text="Paris is big. It has the Louvre museum.",
+        page=None,
+        page_end=None,
+        heading=(),
+        char_start=0,
+        char_end=39,
+        score=1.0,
+    )
+    cited = cite("The Louvre museum is in Paris [1-3].", [source])
+    assert cited.answer == "The Louvre museum is in Paris [1]."
+    assert cited.removed == 2
+    assert [c["marker"] for c in cited.citations] == [1]
+    two = [source, replace(source, chunk_id=2)]
+    spread = cite("Paris has the Louvre [1\u20132]. Far too wide [1-40]. Backwards [2-1].", two)
+    assert spread.answer == "Paris has the Louvre [1][2]. Far too wide. Backwards."
+    assert spread.removed == 2
+    assert [c["marker"] for c in spread.citations] == [1, 2]
