@@ -191,12 +191,12 @@ def ingest(
 
     if not api_key:
         fail("an API key is needed: --api-key or MAINSAIL_API_KEY", code=2)
-    files = expand(paths)
+    files, missing = expand(paths)
     if not files:
         fail("no files found at " + ", ".join(paths), code=2)
     console = Console(stderr=True)
     started = time.monotonic()
-    items = run_ingest(
+    items = missing + run_ingest(
         files,
         url=url.rstrip("/"),
         api_key=api_key,
@@ -208,7 +208,7 @@ def ingest(
         console=console,
     )
     Console().print(summary(items, time.monotonic() - started))
-    if any(item.outcome in ("refused", "failed", "timeout") for item in items):
+    if any(item.outcome in ("refused", "missing", "failed", "timeout") for item in items):
         raise typer.Exit(1)
 
 

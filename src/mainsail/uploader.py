@@ -22,37 +22,65 @@ from rich.progress import (
 from rich.table import Table
 
 FINAL = ("ready", "failed")
+# Answers that say "come back later": the upload is sent again after Retry-After.
+RETRIED = (429, 503)
+UPLOAD_TRIES = 5
+MAX_RETRY_AFTER_S = 60.0
+# While waiting: one look at each pending document per this many seconds (a few hundred
+# files stay well inside the service's default rate limit of 600 requests a minute).
+POLL_INTERVAL_S = 2.0
+# Answers while waiting that will not change (deleted, the key revoked): the file failed.
+GONE = (401, 403, 404)
+# Unreadable answers in a row (a proxy's error page, a dropped connection) before a file is
+# given up on; each one is tried again at the next look.
+MAX_BAD_POLLS = 5
 
 
 @dataclass
 class Item:
     path: Path
-    outcome: str = "pending"  # uploaded | existing | refused | ready | failed | timeout
+    # The document's filename: the path below the folder named, or the file's name.
+    name: str = ""
+    outcome: str = "pending"  # uploaded | existing | refused | missing | ready | failed | timeout
     document_id: str | None = None
     job_id: str | None = None
     chunks: int = 0
     error: str | None = None
+    bad_polls: int = 0
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.path.name
 
 
-def expand(paths: Iterable[str]) -> list[Path]:
-    """Files named, files under folders (recursively, hidden ones skipped), glob matches."""
-    found: dict[Path, None] = {}
+def expand(paths: Iterable[str]) -> tuple[list[Item], list[Item]]:
+    """(files to upload, arguments that named none). Files named, files under folders
+    (recursively, hidden ones skipped), glob matches; each file once. A file under a folder
+    is named by its path below that folder, so ``a/README.md`` and ``b/README.md`` stay two
+    documents (a same name in a collection is a new revision of one)."""
+    found: dict[Path, Item] = {}
+    missing: list[Item] = []
     for raw in paths:
         matches = [Path(p) for p in glob.glob(raw, recursive=True)] or [Path(raw)]
+        named = False
         for match in matches:
-            for path in _files(match):
-                found[path.resolve()] = None
-    return list(found)
+            for path, name in _files(match):
+                named = True
+                found.setdefault(path.resolve(), Item(path, name))
+        if not named:
+            missing.append(
+                Item(Path(raw), outcome="missing", error="no such file, or no files in it")
+            )
+    return list(found.values()), missing
 
 
-def _files(path: Path) -> Iterator[Path]:
+def _files(path: Path) -> Iterator[tuple[Path, str]]:
     if path.is_file():
-        yield path
+        yield path, path.name
     elif path.is_dir():
         for child in sorted(path.rglob("*")):
             relative = child.relative_to(path).parts
             if child.is_file() and not any(part.startswith(".") for part in relative):
-                yield child
+                yield child, "/".join(relative)
 
 
 def _problem(response: httpx.Response) -> str:
@@ -65,7 +93,7 @@ def _problem(response: httpx.Response) -> str:
 
 
 def ingest(
-    paths: list[Path],
+    items: list[Item],
     *,
     url: str,
     api_key: str,
@@ -76,7 +104,6 @@ def ingest(
     timeout_s: float,
     console: Console,
 ) -> list[Item]:
-    items = [Item(path) for path in paths]
     fields: dict[str, str] = {}
     if collection:
         fields["collection"] = collection
@@ -102,23 +129,7 @@ def ingest(
     ):
         uploading = progress.add_task("uploading", total=len(items), chunks=0, rate=0.0)
         for item in items:
-            try:
-                with item.path.open("rb") as handle:
-                    response = http.post(
-                        "/documents", files={"file": (item.path.name, handle)}, data=fields
-                    )
-            except (OSError, httpx.HTTPError) as exc:
-                item.outcome, item.error = "refused", f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code in (200, 202):
-                    body = response.json()
-                    item.outcome = "existing" if response.status_code == 200 else "uploaded"
-                    item.document_id, item.job_id = body["id"], body.get("job_id")
-                    item.chunks = body.get("chunk_count", 0)
-                    if body.get("status") in FINAL:
-                        item.outcome, item.error = body["status"], body.get("error")
-                else:
-                    item.outcome, item.error = "refused", _problem(response)
+            _upload(http, item, fields)
             progress.advance(uploading)
         if not wait:
             return items
@@ -129,27 +140,92 @@ def ingest(
         )
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:
-            live = 0
             for item in list(pending):
-                document = http.get(f"/documents/{item.document_id}").json()
-                if document.get("status") in FINAL:
-                    item.outcome, item.error = document["status"], document.get("error")
-                    item.chunks = document.get("chunk_count", 0)
+                if _look(http, item):
                     pending.remove(item)
                     progress.advance(processing)
-                elif item.job_id:
-                    job = http.get(f"/jobs/{item.job_id}").json()
-                    live += int(job.get("progress", {}).get("embedded", 0))
+            # The chunks embedded so far of the file being ingested (one more request).
+            live = _embedded(http, pending[0]) if pending else 0
             finished = sum(i.chunks for i in items if i.outcome == "ready")
             elapsed = max(time.monotonic() - started, 1e-6)
             progress.update(
                 processing, chunks=finished + live, rate=(finished + live - done_before) / elapsed
             )
             if pending:
-                time.sleep(0.5)
+                time.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
         for item in pending:
             item.outcome, item.error = "timeout", f"not finished within {timeout_s:.0f} s"
     return items
+
+
+def _upload(http: httpx.Client, item: Item, fields: dict[str, str]) -> None:
+    """One file, sent again after ``Retry-After`` while the service answers 429 or 503."""
+    for attempt in range(1, UPLOAD_TRIES + 1):
+        try:
+            with item.path.open("rb") as handle:
+                response = http.post("/documents", files={"file": (item.name, handle)}, data=fields)
+        except (OSError, httpx.HTTPError) as exc:
+            item.outcome, item.error = "refused", f"{type(exc).__name__}: {exc}"
+            return
+        if response.status_code in RETRIED and attempt < UPLOAD_TRIES:
+            time.sleep(_retry_after(response))
+            continue
+        break
+    if response.status_code not in (200, 202):
+        item.outcome, item.error = "refused", _problem(response)
+        return
+    body = response.json()
+    item.outcome = "existing" if response.status_code == 200 else "uploaded"
+    item.document_id, item.job_id = body["id"], body.get("job_id")
+    item.chunks = body.get("chunk_count", 0)
+    if body.get("status") in FINAL:
+        item.outcome, item.error = body["status"], body.get("error")
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        seconds = float(response.headers.get("retry-after", "1"))
+    except ValueError:  # an HTTP date, or nonsense: a second
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _look(http: httpx.Client, item: Item) -> bool:
+    """Whether the document is done with (ready, failed, or gone)."""
+    document: object = None
+    try:
+        response = http.get(f"/documents/{item.document_id}")
+        problem = _problem(response)
+        if response.status_code in GONE:
+            item.outcome, item.error = "failed", problem
+            return True
+        if response.is_success:
+            document = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if not isinstance(document, dict):  # an error page, a dropped connection: look again
+        item.bad_polls += 1
+        if item.bad_polls >= MAX_BAD_POLLS:
+            item.outcome, item.error = "failed", f"no answer while waiting ({problem})"
+            return True
+        return False
+    item.bad_polls = 0
+    if document.get("status") not in FINAL:
+        return False
+    item.outcome, item.error = document["status"], document.get("error")
+    item.chunks = document.get("chunk_count", 0)
+    return True
+
+
+def _embedded(http: httpx.Client, item: Item) -> int:
+    if not item.job_id:
+        return 0
+    try:
+        job = http.get(f"/jobs/{item.job_id}").json()
+    except (httpx.HTTPError, ValueError):
+        return 0
+    progress = job.get("progress") if isinstance(job, dict) else None
+    return int(progress.get("embedded", 0)) if isinstance(progress, dict) else 0
 
 
 def summary(items: list[Item], elapsed_s: float) -> Table:
@@ -158,7 +234,7 @@ def summary(items: list[Item], elapsed_s: float) -> Table:
         table.add_column(column, overflow="fold")
     for item in items:
         table.add_row(
-            str(item.path),
+            item.name if item.name != item.path.name else str(item.path),
             item.outcome,
             str(item.chunks),
             item.document_id or "",
