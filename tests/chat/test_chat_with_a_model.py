@@ -140,17 +140,38 @@ async def test_a_follow_up_after_the_documents_are_gone_costs_no_model_call(
     assert len(fake_provider.calls) == 1  # the first answer only: nothing condensed
 
 
-async def test_a_stream_that_fails_after_retrieval_ends_with_an_error_event(
+async def test_a_stream_whose_model_fails_before_its_first_token_is_an_http_error(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """The answer's call is opened before the stream starts, so a provider that is down (or
+    a quota refusal) is the HTTP error it is, not an error event after a 200."""
+    await ingest(alice, SAILING, "sailing.md")
+    fake_provider.script(Fault("server_error"), Fault("server_error"), Fault("server_error"))
+    response = await client.post(
+        "/chat/stream", json={"question": "How do I anchor?"}, headers=alice.headers
+    )
+    assert response.status_code == 502, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    # The question is kept even though no answer came.
+    listed = (await client.get("/conversations", headers=alice.headers)).json()
+    detail = (
+        await client.get(f"/conversations/{listed['items'][0]['id']}", headers=alice.headers)
+    ).json()
+    assert [m["role"] for m in detail["messages"]] == ["user"]
+
+
+async def test_a_stream_cut_after_its_first_tokens_ends_with_an_error_event(
     client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
 ) -> None:
     await ingest(alice, SAILING, "sailing.md")
-    fake_provider.script(Fault("server_error"), Fault("server_error"), Fault("server_error"))
+    fake_provider.script(Fault("cut_stream", after_chunks=2))
     response = await client.post(
         "/chat/stream", json={"question": "How do I anchor?"}, headers=alice.headers
     )
     assert response.status_code == 200
     events = sse_events(response.text)
     assert events[0][0] == "retrieval"
+    assert [name for name, _ in events[1:-1]] == ["token", "token"]
     assert events[-1][0] == "error"
     assert events[-1][1]["status"] >= 500
     assert "done" not in [name for name, _ in events]

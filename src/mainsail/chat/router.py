@@ -77,8 +77,9 @@ async def chat_stream(
 ) -> EventStreamResponse:
     service = _service(request)
     events = aiter(service.stream(principal.user_id, body, _context(request, principal)))
-    # Retrieval happens before the first event: a failure there (an unknown conversation,
-    # a quota refusal of the condensing call) is an ordinary HTTP error, not a stream.
+    # Retrieval, and the opening of the answer's model call, happen before the first event:
+    # a failure there (an unknown conversation, a quota refusal, the provider down) is an
+    # ordinary HTTP error, not a stream.
     first = await anext(events)
     return EventStreamResponse(_sse(first, events))
 

@@ -302,15 +302,13 @@ class ChatService:
         ``answer`` with the cleaned text and its citations. Markers that point at no passage
         were already sent as tokens; the final event says how many it removed."""
         turn = await self.prepare(owner_id, body, ctx)
-        yield (
-            "retrieval",
-            {
-                "conversation_id": str(turn.conversation.id),
-                "standalone_question": turn.standalone,
-                "sources": sources_out(turn),
-            },
-        )
+        retrieval = {
+            "conversation_id": str(turn.conversation.id),
+            "standalone_question": turn.standalone,
+            "sources": sources_out(turn),
+        }
         if turn.request is None:
+            yield "retrieval", retrieval
             text = turn.canned or NO_DOCUMENTS
             yield "token", {"text": text}
             answer = await self._finish(turn, text, None)
@@ -324,7 +322,12 @@ class ChatService:
             turn.request, _with_prompt(ctx, prompt("answer").tag, kind="chat")
         )
         try:
-            async for event in events:
+            # The answer's call admitted (budget, quota, rate limits) and its stream open
+            # before the first event: a refusal there is the HTTP error it is (429 with
+            # Retry-After, 402, 502...), not an error event after a 200.
+            opening = await anext(events)
+            yield "retrieval", retrieval
+            async for event in _chain(opening, events):
                 if isinstance(event, StreamStart):
                     model, cached = event.model, event.cache_hit
                 elif isinstance(event, TextDelta) and event.text:
@@ -385,6 +388,12 @@ class ChatService:
             "prompt_tokens_budgeted": turn.packed.prompt_tokens if turn.packed else 0,
             "request_id": turn.request_id,
         }
+
+
+async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 def _with_prompt(ctx: CallContext, tag: str, *, kind: str) -> CallContext:
