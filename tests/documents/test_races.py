@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -13,6 +15,7 @@ from sqlalchemy.engine import URL
 from mainsail.settings import Settings
 from tests.documents.conftest import QUICK_JOBS, chunk_rows, essay
 from tests.fixtures.app import make_settings, wait_until
+from tests.fixtures.database import asyncpg_dsn
 from tests.fixtures.identity import Account
 
 
@@ -62,3 +65,25 @@ async def test_the_same_bytes_uploaded_twice_at_once_make_one_document(
     assert len({a.json()["job_id"] for a in answers}) == 1
     listed = await client.get("/documents", params={"collection": "twice"}, headers=alice.headers)
     assert listed.json()["total"] == 1
+
+
+async def test_the_same_bytes_uploaded_while_their_document_is_deleted_make_a_new_one(
+    client: httpx.AsyncClient, database_url: URL, alice: Account
+) -> None:
+    body = {"text": essay(3), "collection": "again"}
+    first = await client.post("/documents", json=body, headers=alice.headers)
+    assert first.status_code == 202
+    deleting = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        transaction = deleting.transaction()
+        await transaction.start()
+        await deleting.execute("DELETE FROM documents WHERE id = $1", uuid.UUID(first.json()["id"]))
+        upload = asyncio.create_task(client.post("/documents", json=body, headers=alice.headers))
+        await asyncio.sleep(0.5)  # the upload finds the row and waits for the delete
+        assert not upload.done()
+        await transaction.commit()
+        again = await upload
+    finally:
+        await deleting.close()
+    assert again.status_code == 202, again.text  # a new document, not the deleted one
+    assert again.json()["id"] != first.json()["id"]

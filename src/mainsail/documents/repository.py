@@ -149,7 +149,9 @@ async def find_same_bytes(
 ) -> Document | None:
     """The owner's document of these bytes in the collection. Uploads of the same bytes wait
     for each other here until the transaction ends (an advisory lock on owner, collection and
-    hash), so two at once make one document, not two."""
+    hash), so two at once make one document, not two. The row found is locked against a
+    delete (``FOR KEY SHARE``): one being deleted is waited for and then not found, instead
+    of being answered as the upload's document."""
     key = f"documents:{owner_id}:{collection}:{sha256}"
     await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
     return await session.scalar(
@@ -161,6 +163,7 @@ async def find_same_bytes(
         )
         .order_by(Document.created_at)
         .limit(1)
+        .with_for_update(key_share=True)
     )
 
 
