@@ -58,11 +58,10 @@ async def _delete_when_answering(
     return deleted.status_code
 
 
-async def test_a_conversation_deleted_while_chat_answers_is_a_404(
+async def _a_conversation_with_a_slow_follow_up(
     client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
-) -> None:
-    """A conversation deleted while ``POST /chat`` answers on it: a 404 saying so, not a 500
-    (the answer's insert broke the foreign key)."""
+) -> str:
+    """A conversation of one answered question; the next answer takes 1.2 s to come."""
     await ingest(alice, BAKING, "baking.md")
     fake_provider.script(
         Reply("Laminate butter with three folds [1]."),
@@ -70,7 +69,15 @@ async def test_a_conversation_deleted_while_chat_answers_is_a_404(
         Reply("Until they wobble [1].", delay_s=1.2),
     )
     first = (await ask(client, alice.headers, question="How are croissants made?")).json()
-    conversation = first["conversation_id"]
+    return str(first["conversation_id"])
+
+
+async def test_a_conversation_deleted_while_chat_answers_is_a_404(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """A conversation deleted while ``POST /chat`` answers on it: a 404 saying so, not a 500
+    (the answer's insert broke the foreign key)."""
+    conversation = await _a_conversation_with_a_slow_follow_up(client, alice, ingest, fake_provider)
     follow, deleted = await asyncio.gather(
         ask(
             client,
@@ -90,14 +97,7 @@ async def test_a_conversation_deleted_while_its_stream_runs_ends_in_a_404_event(
 ) -> None:
     """The same while ``/chat/stream`` answers: the stream ends in a 404 error event, not the
     unexpected-crash ``internal_error``."""
-    await ingest(alice, BAKING, "baking.md")
-    fake_provider.script(
-        Reply("Laminate butter with three folds [1]."),
-        Reply("How long should croissants proof?"),
-        Reply("Until they wobble [1].", delay_s=1.2),
-    )
-    first = (await ask(client, alice.headers, question="How are croissants made?")).json()
-    conversation = first["conversation_id"]
+    conversation = await _a_conversation_with_a_slow_follow_up(client, alice, ingest, fake_provider)
     streamed, deleted = await asyncio.gather(
         client.post(
             "/chat/stream",
