@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ MAX_BAD_POLLS = 5
 @dataclass
 class Item:
     path: Path
-    # The document's filename: the path below the folder named, or the file's name.
+    # The document's filename (``expand``).
     name: str = ""
     outcome: str = "pending"  # uploaded | existing | refused | missing | ready | failed | timeout
     document_id: str | None = None
@@ -47,40 +48,79 @@ class Item:
     chunks: int = 0
     error: str | None = None
     bad_polls: int = 0
+    last_problem: str | None = None  # the last unreadable answer while waiting
 
     def __post_init__(self) -> None:
-        self.name = self.name or self.path.name
+        self.name = self.name or self.path.as_posix()
 
 
 def expand(paths: Iterable[str]) -> tuple[list[Item], list[Item]]:
     """(files to upload, arguments that named none). Files named, files under folders
-    (recursively, hidden ones skipped), glob matches; each file once. A file under a folder
-    is named by its path below that folder, so ``a/README.md`` and ``b/README.md`` stay two
-    documents (a same name in a collection is a new revision of one)."""
+    (recursively, hidden ones skipped), glob matches; each file once.
+
+    The name each is uploaded under (a same name in a collection is a new revision of one
+    document): a file named, its name (as a browser uploads it, so naming it again from
+    anywhere updates the same document); a file under a folder named, its path below that
+    folder (``alpha/README.md``, ``beta/README.md``); a file a glob matched, its path below
+    the glob's fixed part (``docs/**/*.md`` gives ``a/README.md``). Files of one run that
+    would share a name are named by their paths as given instead."""
     found: dict[Path, Item] = {}
     missing: list[Item] = []
     for raw in paths:
-        matches = [Path(p) for p in glob.glob(raw, recursive=True)] or [Path(raw)]
+        if raw and Path(raw).exists():  # a name, even one with glob characters in it
+            root, matches = Path(raw), [Path(raw)]
+        else:
+            root = _fixed_part(raw)
+            matches = [Path(p) for p in sorted(glob.glob(raw, recursive=True))]
         named = False
         for match in matches:
-            for path, name in _files(match):
+            for path, name in _files(match, root):
                 named = True
                 found.setdefault(path.resolve(), Item(path, name))
         if not named:
             missing.append(
-                Item(Path(raw), outcome="missing", error="no such file, or no files in it")
+                Item(
+                    Path(raw),
+                    raw,
+                    outcome="missing",
+                    error="no such file, or no files in that folder",
+                )
             )
-    return list(found.values()), missing
+    items = list(found.values())
+    shared = Counter(item.name for item in items)
+    for item in items:
+        if shared[item.name] > 1:
+            item.name = item.path.as_posix()
+    return items, missing
 
 
-def _files(path: Path) -> Iterator[tuple[Path, str]]:
+def _fixed_part(pattern: str) -> Path:
+    """The folder a glob pattern searches: its leading parts without wildcards."""
+    fixed: list[str] = []
+    for part in Path(pattern).parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path()
+
+
+def _files(path: Path, root: Path) -> Iterator[tuple[Path, str]]:
+    """The files at ``path`` (named, or matched by a glob searching ``root``), each with the
+    name it is uploaded under."""
     if path.is_file():
-        yield path, path.name
+        yield path, path.name if path == root else _below(path, root)
     elif path.is_dir():
         for child in sorted(path.rglob("*")):
-            relative = child.relative_to(path).parts
-            if child.is_file() and not any(part.startswith(".") for part in relative):
-                yield child, "/".join(relative)
+            relative = child.relative_to(path)
+            if child.is_file() and not any(part.startswith(".") for part in relative.parts):
+                yield child, _below(child, root)
+
+
+def _below(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:  # not under it (a pattern with ".."): the path as matched
+        return path.as_posix()
 
 
 def _problem(response: httpx.Response) -> str:
@@ -155,6 +195,8 @@ def ingest(
                 time.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
         for item in pending:
             item.outcome, item.error = "timeout", f"not finished within {timeout_s:.0f} s"
+            if item.last_problem:
+                item.error += f" (last answer: {item.last_problem})"
     return items
 
 
@@ -174,9 +216,14 @@ def _upload(http: httpx.Client, item: Item, fields: dict[str, str]) -> None:
     if response.status_code not in (200, 202):
         item.outcome, item.error = "refused", _problem(response)
         return
-    body = response.json()
+    try:
+        body = response.json()
+        document_id = body["id"]
+    except (ValueError, TypeError, KeyError):  # a proxy's page with a 200: not a document
+        item.outcome, item.error = "refused", f"HTTP {response.status_code}: not a document"
+        return
     item.outcome = "existing" if response.status_code == 200 else "uploaded"
-    item.document_id, item.job_id = body["id"], body.get("job_id")
+    item.document_id, item.job_id = document_id, body.get("job_id")
     item.chunks = body.get("chunk_count", 0)
     if body.get("status") in FINAL:
         item.outcome, item.error = body["status"], body.get("error")
@@ -204,12 +251,12 @@ def _look(http: httpx.Client, item: Item) -> bool:
     except (httpx.HTTPError, ValueError) as exc:
         problem = f"{type(exc).__name__}: {exc}"
     if not isinstance(document, dict):  # an error page, a dropped connection: look again
-        item.bad_polls += 1
+        item.bad_polls, item.last_problem = item.bad_polls + 1, problem
         if item.bad_polls >= MAX_BAD_POLLS:
             item.outcome, item.error = "failed", f"no answer while waiting ({problem})"
             return True
         return False
-    item.bad_polls = 0
+    item.bad_polls, item.last_problem = 0, None
     if document.get("status") not in FINAL:
         return False
     item.outcome, item.error = document["status"], document.get("error")
@@ -234,7 +281,7 @@ def summary(items: list[Item], elapsed_s: float) -> Table:
         table.add_column(column, overflow="fold")
     for item in items:
         table.add_row(
-            item.name if item.name != item.path.name else str(item.path),
+            item.name,
             item.outcome,
             str(item.chunks),
             item.document_id or "",

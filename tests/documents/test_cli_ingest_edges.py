@@ -3,7 +3,9 @@ answers the way proxies, rate limits and deletions make a real one answer."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from rich.console import Console
 
+from mainsail import uploader
 from tests.documents.test_cli_ingest import run_ingest, service  # noqa: F401 - a fixture
 from tests.fixtures.servers import running_server
 
@@ -36,42 +40,54 @@ def _document(document_id: str, status: str = "queued") -> dict[str, Any]:
     }
 
 
+def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"status": status, "code": "stub", "detail": detail},
+        status_code=status,
+        headers=headers,
+        media_type="application/problem+json",
+    )
+
+
 def stub_api(behaviour: dict[str, Any]) -> FastAPI:
-    """``behaviour``: ``post_429`` (how many uploads to refuse with 429 + Retry-After first),
-    ``get_document`` ("html_502" or "404")."""
+    """``behaviour``: ``post_refused`` (how many uploads to refuse first), ``post_status``
+    (with which status: 429 by default), ``retry_after`` (its header: "1" by default),
+    ``post_html`` (answer uploads with a 202 HTML page), ``get_bad`` (how many looks at a
+    document get a proxy's 502 page first; ``True``: every one), ``get_status`` (answer looks
+    at a document with this problem status)."""
     api = FastAPI()
-    seen: dict[str, Any] = {"posts": 0, "gets": 0}
+    seen: dict[str, Any] = {"posts": 0, "gets": 0, "filenames": []}
     behaviour["seen"] = seen
 
     @api.post("/documents")
-    async def upload(request: Request) -> JSONResponse:
-        await request.body()
+    async def upload(request: Request) -> Any:
+        body = await request.body()
         seen["posts"] += 1
-        if seen["posts"] <= behaviour.get("post_429", 0):
-            return JSONResponse(
-                {"status": 429, "code": "rate_limited", "detail": "Too many requests."},
-                status_code=429,
-                headers={"Retry-After": "1"},
-                media_type="application/problem+json",
-            )
+        if seen["posts"] <= behaviour.get("post_refused", 0):
+            status = behaviour.get("post_status", 429)
+            retry_after = behaviour.get("retry_after", "1")
+            return _problem(status, "Too many requests.", {"Retry-After": retry_after})
+        if behaviour.get("post_html"):
+            return HTMLResponse("<html><body>Accepted</body></html>", status_code=202)
+        name = re.search(rb'filename="([^"]*)"', body)
+        seen["filenames"].append(name.group(1).decode() if name else None)
         return JSONResponse(_document(str(uuid.uuid4())), status_code=202)
 
     @api.get("/documents/{document_id}")
     async def read(document_id: str) -> Any:
         seen["gets"] += 1
-        if behaviour.get("get_document") == "html_502":
+        bad = behaviour.get("get_bad", 0)
+        if bad is True or seen["gets"] <= bad:
             return HTMLResponse("<html><body>502 Bad Gateway</body></html>", status_code=502)
-        if behaviour.get("get_document") == "404":
-            return JSONResponse(
-                {"status": 404, "code": "not_found", "detail": "No such document."},
-                status_code=404,
-                media_type="application/problem+json",
-            )
+        if status := behaviour.get("get_status"):
+            return _problem(status, "No such document.")
         return JSONResponse(_document(document_id, "ready"))
 
     @api.get("/jobs/{job_id}")
-    async def job(job_id: str) -> JSONResponse:
-        return JSONResponse({"id": job_id, "state": "running", "progress": {}})
+    async def job(job_id: str) -> Any:
+        if behaviour.get("get_bad"):
+            return PlainTextResponse("Bad Gateway", status_code=502)
+        return JSONResponse({"id": job_id, "state": "running", "progress": {"embedded": 1}})
 
     return api
 
@@ -83,11 +99,12 @@ def stub() -> Iterator[tuple[str, dict[str, Any]]]:
         yield base_url, behaviour
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MAINSAIL_API_KEY": "msk_stub", "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "mainsail", "ingest", *args],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
@@ -95,7 +112,23 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# --- against the real service ---------------------------------------------------------------
+def ingest_here(url: str, *paths: str, timeout_s: float = 10.0) -> list[uploader.Item]:
+    """The command's upload and wait, in this process (so the poll interval can be short)."""
+    files, missing = uploader.expand(paths)
+    return missing + uploader.ingest(
+        files,
+        url=url,
+        api_key="msk_stub",
+        collection=None,
+        chunk_size=None,
+        chunk_overlap=None,
+        wait=True,
+        timeout_s=timeout_s,
+        console=Console(file=io.StringIO()),
+    )
+
+
+# --- names: a same name in a collection is a new revision of one document -------------------
 
 
 async def test_files_of_one_name_in_different_folders_stay_separate_documents(
@@ -103,74 +136,181 @@ async def test_files_of_one_name_in_different_folders_stay_separate_documents(
     tmp_path: Path,
 ) -> None:
     """Files of one name in different folders (``alpha/README.md``, ``beta/README.md``) are
-    two documents, named by their paths below the folder (under the bare name the second
-    was a new revision of the first, which then could not be found)."""
+    two documents, named by their paths below the folder named, and listed so in the
+    summary."""
     url, key = service
     for folder, words in (("alpha", "Anchors hold the hull."), ("beta", "Lanterns light decks.")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "README.md").write_text(f"# {folder}\n\n{words}\n")
     done = run_ingest(str(tmp_path), "--url", url, "--no-wait", key=key)
     assert done.returncode == 0, done.stderr + done.stdout
+    assert "alpha/README.md" in done.stdout
+    assert "beta/README.md" in done.stdout
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
         listed = (await http.get("/documents")).json()
     assert listed["total"] == 2, [(d["filename"], d["revision"]) for d in listed["items"]]
     assert sorted(d["filename"] for d in listed["items"]) == ["alpha/README.md", "beta/README.md"]
 
 
+async def test_files_named_or_matched_by_a_glob_keep_distinct_names(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A file named is uploaded under its name, wherever it was named from; files of one run
+    that would share a name (``alpha/README.md beta/README.md``) under their paths as given;
+    files a glob matched under their paths below the glob's fixed part."""
+    url, behaviour = stub
+    for folder in ("alpha", "beta"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "README.md").write_text(f"# {folder}\n")
+    named = cli("alpha/README.md", "./beta/README.md", "--url", url, "--no-wait", cwd=tmp_path)
+    assert named.returncode == 0, named.stderr + named.stdout
+    assert behaviour["seen"]["filenames"] == ["alpha/README.md", "beta/README.md"]
+    assert "alpha/README.md" in named.stdout
+    behaviour["seen"]["filenames"].clear()
+    matched = cli("**/README.md", "--url", url, "--no-wait", cwd=tmp_path)
+    assert matched.returncode == 0, matched.stderr + matched.stdout
+    assert behaviour["seen"]["filenames"] == ["alpha/README.md", "beta/README.md"]
+    behaviour["seen"]["filenames"].clear()
+    below = cli(f"{tmp_path}/*/README.md", "--url", url, "--no-wait")
+    assert below.returncode == 0, below.stderr + below.stdout
+    assert behaviour["seen"]["filenames"] == ["alpha/README.md", "beta/README.md"]
+    behaviour["seen"]["filenames"].clear()
+    alone = cli(str(tmp_path / "alpha" / "README.md"), "--url", url, "--no-wait")
+    assert alone.returncode == 0, alone.stderr + alone.stdout
+    assert behaviour["seen"]["filenames"] == ["README.md"]  # as a browser would name it
+
+
+# --- paths that name no file ----------------------------------------------------------------
+
+
 async def test_a_path_that_does_not_exist_is_reported_and_fails_the_command(
     stub: tuple[str, dict[str, Any]], tmp_path: Path
 ) -> None:
-    """A path that matches nothing is listed in the summary and fails the command, though
-    other paths matched (it was dropped without a word)."""
+    """A path that matches nothing is listed in the summary as ``missing`` and fails the
+    command, though other paths matched; those are still uploaded."""
     url, behaviour = stub
     (tmp_path / "ok.txt").write_text("Fine words.")
-    result = cli(str(tmp_path / "ok.txt"), str(tmp_path / "typo.txt"), "--url", url, "--no-wait")
+    (tmp_path / "empty").mkdir()
+    typo, empty = str(tmp_path / "typo.txt"), str(tmp_path / "empty")
+    result = cli(str(tmp_path / "ok.txt"), typo, empty, "--url", url, "--no-wait")
     assert result.returncode == 1
+    assert "3 files" in result.stdout
     assert "typo.txt" in result.stdout
-    assert "missing" in result.stdout
+    assert result.stdout.count("missing") == 2
+    assert "no such file, or no files in that folder" in result.stdout
     assert behaviour["seen"]["posts"] == 1  # ok.txt was still uploaded
 
 
-async def test_a_bad_answer_while_waiting_is_reported_not_a_traceback(
+# --- bad answers while waiting --------------------------------------------------------------
+
+
+async def test_a_bad_answer_while_waiting_is_reported_in_the_summary_not_a_traceback(
     stub: tuple[str, dict[str, Any]], tmp_path: Path
 ) -> None:
-    """An unreadable answer while waiting (a proxy's 502 page) is looked at again and then
-    reported in the summary, not a traceback."""
+    """An unreadable answer while waiting (a proxy's 502 page) is no traceback: the summary
+    is printed, with the last answer, and the command fails."""
     url, behaviour = stub
-    behaviour["get_document"] = "html_502"
+    behaviour["get_bad"] = True
     (tmp_path / "ok.txt").write_text("Fine words.")
-    result = cli(str(tmp_path / "ok.txt"), "--url", url, "--timeout", "10")
+    result = cli(str(tmp_path / "ok.txt"), "--url", url, "--timeout", "1")
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "1 files" in result.stdout  # the summary table
     assert result.returncode == 1
     assert "502" in result.stdout
 
 
-async def test_a_document_deleted_while_waiting_is_not_waited_for_until_the_timeout(
-    stub: tuple[str, dict[str, Any]], tmp_path: Path
+def test_bad_answers_in_a_row_while_waiting_fail_that_file_with_a_reason(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A 404 while waiting (the document deleted meanwhile; a 401 once the key is revoked)
-    fails that file at once, instead of polling until ``--timeout``."""
+    """Unreadable answers are looked at again; after ``MAX_BAD_POLLS`` in a row the file has
+    failed, with the answer as its reason."""
+    monkeypatch.setattr(uploader, "POLL_INTERVAL_S", 0.01)
     url, behaviour = stub
-    behaviour["get_document"] = "404"
+    behaviour["get_bad"] = True
+    (tmp_path / "ok.txt").write_text("Fine words.")
+    [item] = ingest_here(url, str(tmp_path / "ok.txt"))
+    assert item.outcome == "failed"
+    assert item.error is not None
+    assert "502" in item.error
+    assert behaviour["seen"]["gets"] == uploader.MAX_BAD_POLLS
+
+
+def test_a_bad_answer_while_waiting_is_looked_at_again(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few unreadable answers, then a good one: the file is ready."""
+    monkeypatch.setattr(uploader, "POLL_INTERVAL_S", 0.01)
+    url, behaviour = stub
+    behaviour["get_bad"] = uploader.MAX_BAD_POLLS - 1
+    (tmp_path / "ok.txt").write_text("Fine words.")
+    [item] = ingest_here(url, str(tmp_path / "ok.txt"))
+    assert (item.outcome, item.error) == ("ready", None)
+    assert behaviour["seen"]["gets"] == uploader.MAX_BAD_POLLS
+
+
+@pytest.mark.parametrize("status", [404, 401, 403])
+async def test_a_document_gone_while_waiting_fails_at_once_not_at_the_timeout(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, status: int
+) -> None:
+    """A 404 while waiting (the document deleted meanwhile), or a 401/403 (the key revoked),
+    fails that file at once with the problem's detail, instead of polling until
+    ``--timeout``."""
+    url, behaviour = stub
+    behaviour["get_status"] = status
     (tmp_path / "ok.txt").write_text("Fine words.")
     started = time.monotonic()
     result = cli(str(tmp_path / "ok.txt"), "--url", url, "--timeout", "15")
     elapsed = time.monotonic() - started
     assert result.returncode == 1
     assert "timeout" not in result.stdout, result.stdout
-    assert "No such document" in result.stdout
+    assert f"{status}: No such document." in result.stdout
+    assert behaviour["seen"]["gets"] == 1
     assert elapsed < 15
 
 
+# --- uploads ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
 async def test_a_rate_limited_upload_is_sent_again_after_retry_after(
-    stub: tuple[str, dict[str, Any]], tmp_path: Path
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, status: int
 ) -> None:
-    """A 429 (or 503) upload is sent again after ``Retry-After``, not refused at once."""
+    """A 429 (or 503) upload is sent again, whole, after ``Retry-After``, not refused."""
     url, behaviour = stub
-    behaviour["post_429"] = 1
+    behaviour["post_refused"], behaviour["post_status"] = 1, status
     (tmp_path / "ok.txt").write_text("Fine words.")
+    started = time.monotonic()
     result = cli(str(tmp_path / "ok.txt"), "--url", url, "--no-wait")
     assert result.returncode == 0, result.stdout
     assert "refused" not in result.stdout
     assert behaviour["seen"]["posts"] == 2
+    assert behaviour["seen"]["filenames"] == ["ok.txt"]
+    assert time.monotonic() - started >= 1  # Retry-After: 1
+
+
+async def test_a_rate_limited_upload_is_refused_after_its_tries(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """An upload still refused after ``UPLOAD_TRIES`` tries is reported as refused."""
+    url, behaviour = stub
+    behaviour["post_refused"], behaviour["retry_after"] = 100, "0"
+    (tmp_path / "ok.txt").write_text("Fine words.")
+    result = cli(str(tmp_path / "ok.txt"), "--url", url, "--no-wait")
+    assert result.returncode == 1
+    assert "refused" in result.stdout
+    assert "429: Too many requests." in result.stdout
+    assert behaviour["seen"]["posts"] == uploader.UPLOAD_TRIES
+
+
+async def test_an_upload_answered_with_a_page_not_a_document_is_refused(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """An upload answered with something other than a document (a proxy's page) is refused
+    in the summary, not a traceback."""
+    url, behaviour = stub
+    behaviour["post_html"] = True
+    (tmp_path / "ok.txt").write_text("Fine words.")
+    result = cli(str(tmp_path / "ok.txt"), "--url", url)
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 1
+    assert "HTTP 202: not a document" in result.stdout
