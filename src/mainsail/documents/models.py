@@ -72,18 +72,19 @@ class Document(IdMixin, OwnedMixin, TimestampMixin, Base):
 
 
 class CorpusStamp(Base):
-    """How many committed writes each owner's documents have had: search's caches key on it,
-    so an upload, a new revision or a delete makes their entries unreachable.
+    """The id of the last transaction that wrote each owner's documents: search's caches key
+    on it, so an upload, a new revision or a delete makes their entries unreachable.
 
-    Kept by a trigger on ``documents`` (migration 0010), deferred to commit, so the row is
-    locked only while a transaction commits (uploads of one owner never wait on each other
-    for longer) and every committed write moves it, in whatever order transactions commit.
-    No foreign key: the trigger also counts the deletes of a user's last documents."""
+    Kept by a trigger on ``documents`` (migrations 0010, 0011), deferred to commit, so the
+    row is locked only while a transaction commits (uploads of one owner never wait on each
+    other for longer), written once per owner and transaction however many rows it wrote, and
+    moved by every committed write in whatever order transactions commit (no two share an
+    id). No foreign key: the trigger also stamps the deletes of a user's last documents."""
 
     __tablename__ = "corpus_stamps"
 
     owner_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    changes: Mapped[int] = mapped_column(BigInteger)
+    written_by: Mapped[int] = mapped_column(BigInteger)
 
 
 class IndexVersion(Base):

@@ -28,8 +28,9 @@ class ActiveVersion:
     id: int
     embedder: str
     dimension: int
-    # Changes whenever the owner's documents change (upload, new revision, delete): the count
-    # of committed writes to them (``CorpusStamp``), one row read.
+    # Changes whenever the owner's documents change (upload, new revision, delete): the id
+    # of the last transaction that wrote them (``CorpusStamp``), one row read. (Prefixed: the
+    # counts migration 0010 kept were another kind of number, in caches that may outlive it.)
     corpus_stamp: str
 
 
@@ -89,7 +90,7 @@ def scope(version_id: int, owner_id: uuid.UUID, filters: Filters) -> Scope:
 
 _VERSION = """
     SELECT v.id, v.embedder, v.dimension,
-           coalesce((SELECT changes FROM corpus_stamps WHERE owner_id = :owner), 0)::text
+           'x' || coalesce((SELECT written_by FROM corpus_stamps WHERE owner_id = :owner), 0)
                AS stamp
     FROM index_versions v
     """
