@@ -87,3 +87,28 @@ async def test_the_same_bytes_uploaded_while_their_document_is_deleted_make_a_ne
         await deleting.close()
     assert again.status_code == 202, again.text  # a new document, not the deleted one
     assert again.json()["id"] != first.json()["id"]
+
+
+async def test_the_same_bytes_uploaded_while_their_document_is_updated_are_answered_at_once(
+    client: httpx.AsyncClient, database_url: URL, alice: Account
+) -> None:
+    """The same-bytes lookup waits for a delete of the document only: a transaction updating
+    it (its ingestion storing a status) does not hold the upload until it ends."""
+    body = {"text": essay(3), "collection": "updated"}
+    first = await client.post("/documents", json=body, headers=alice.headers)
+    assert first.status_code == 202
+    updating = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        transaction = updating.transaction()
+        await transaction.start()
+        await updating.execute(
+            "UPDATE documents SET status = status WHERE id = $1", uuid.UUID(first.json()["id"])
+        )
+        again = await asyncio.wait_for(
+            client.post("/documents", json=body, headers=alice.headers), 10
+        )
+        await transaction.rollback()
+    finally:
+        await updating.close()
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]

@@ -15,9 +15,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from mainsail.documents.pipeline import Ingestor
+from mainsail.llm.errors import UpstreamUnavailable
 from mainsail.search.indexing import IndexVersions
 from mainsail.settings import Settings
-from tests.documents.conftest import QUICK_JOBS, wait_for_status
+from tests.documents.conftest import QUICK_JOBS, essay, wait_for_status
 from tests.fakes.provider_server import FakeProviderServer, Fault
 from tests.fixtures.app import make_settings
 from tests.fixtures.gateway import gateway_settings, write_embedding_catalogue
@@ -389,16 +390,7 @@ async def test_progress_never_reports_more_documents_done_than_there_are(
     """A build's progress never reports more documents done than it counted: those uploaded
     during the build are written into it by their own ingestion, not copied again."""
     await ingest(alice, SAILING, "sailing.md")
-    original = IndexVersions._building
-    paused, go_on = asyncio.Event(), asyncio.Event()
-
-    async def building(connection: Any, version_id: int) -> bool:
-        if not paused.is_set():  # the first page is about to be read
-            paused.set()
-            await go_on.wait()
-        return await original(connection, version_id)
-
-    monkeypatch.setattr(IndexVersions, "_building", staticmethod(building))
+    paused, go_on = pause_before_the_first_page(monkeypatch)
     created = (
         await client.post("/admin/index-versions", json={"chunk_size": 64}, headers=admin.headers)
     ).json()
@@ -411,3 +403,127 @@ async def test_progress_never_reports_more_documents_done_than_there_are(
     assert built["state"] == "ready", built["error"]
     progress = built["progress"]
     assert progress["done"] <= progress["documents"], progress
+
+
+class TestUploadsWrittenInPartIntoABuild:
+    @pytest.fixture
+    def settings(self, database_url: URL) -> Settings:
+        # Small embedder calls: a document is stored in several batches.
+        return make_settings(database_url, jobs=QUICK_JOBS, documents={"embed_window": 16})
+
+    @staticmethod
+    def fail_uploads_into(
+        monkeypatch: pytest.MonkeyPatch, version_id: int, *, after_batches: int
+    ) -> None:
+        """Uploads' writes into the version fail (its provider goes down) after that many
+        stored batches; the build's own writes do not."""
+        original = Ingestor.write_version
+
+        async def flaky(self: Ingestor, source: Any, version: Any, **kwargs: Any) -> Any:
+            on_batch = kwargs.get("on_batch")
+            if version.id == version_id and on_batch is not None:  # an upload's write
+                stored = 0
+
+                async def down(batch_version: int, stats: Any) -> None:
+                    nonlocal stored
+                    if stored >= after_batches:
+                        raise UpstreamUnavailable("the new version's provider went down")
+                    stored += 1
+                    await on_batch(batch_version, stats)
+
+                kwargs["on_batch"] = down
+            return await original(self, source, version, **kwargs)
+
+        monkeypatch.setattr(Ingestor, "write_version", flaky)
+
+    async def test_a_build_holds_all_of_a_document_its_upload_wrote_in_part(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        alice: Account,
+        admin: Account,
+        ingest: Ingest,
+    ) -> None:
+        """An upload whose write into a version being built fails part-way leaves none of
+        that revision there, so the build copies all of it (not the batches stored before
+        the failure), and the upload's note of it goes once the build has it."""
+        await ingest(alice, SAILING, "sailing.md")
+        paused, go_on = pause_before_the_first_page(monkeypatch)
+        created = (
+            await client.post("/admin/index-versions", json={}, headers=admin.headers)
+        ).json()
+        self.fail_uploads_into(monkeypatch, created["id"], after_batches=1)
+        try:
+            await asyncio.wait_for(paused.wait(), 60)
+            document_id = await ingest(alice, essay(60), "essay.txt")  # during the build
+        finally:
+            go_on.set()
+        built = await wait_for_version(client, admin, created["id"], "ready", "failed")
+        assert built["state"] == "ready", built["error"]
+        counts = await chunks_by_version(app, document_id)
+        active = next(v for v in counts if v != created["id"])
+        assert counts[active] > 1, counts  # several batches: the failure came part-way
+        # The same embedder and chunking as the active version: the same chunks, all.
+        assert counts.get(created["id"], 0) == counts[active], counts
+        assert (built["progress"]["skipped"], built["progress"]["errors"]) == (0, []), built
+
+    async def test_a_document_an_upload_missed_late_in_a_build_stays_listed(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        client: httpx.AsyncClient,
+        alice: Account,
+        admin: Account,
+        ingest: Ingest,
+    ) -> None:
+        """A document an upload could not write into the version after the build's last
+        sweep (while its vector index was built) is listed on the built version: the build's
+        own writes of its progress keep what uploads noted."""
+        await ingest(alice, SAILING, "sailing.md")
+        original_index = IndexVersions._build_index
+        uploaded: list[str] = []
+
+        async def index_meanwhile(self: IndexVersions, spec: Any) -> None:
+            uploaded.append(await ingest(alice, KELP, "kelp.txt"))
+            await original_index(self, spec)
+
+        monkeypatch.setattr(IndexVersions, "_build_index", index_meanwhile)
+        created = (
+            await client.post("/admin/index-versions", json={}, headers=admin.headers)
+        ).json()
+        self.fail_uploads_into(monkeypatch, created["id"], after_batches=0)
+        built = await wait_for_version(client, admin, created["id"], "ready", "failed")
+        assert built["state"] == "ready", built["error"]
+        progress = built["progress"]
+        assert [e["document_id"] for e in progress["errors"]] == uploaded, progress
+        assert progress["skipped"] == 1, progress
+
+
+async def chunks_by_version(app: FastAPI, document_id: str) -> dict[int, int]:
+    async with app.state.db.engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT index_version, count(*) FROM chunks WHERE document_id = :d "
+                "GROUP BY index_version"
+            ),
+            {"d": document_id},
+        )
+        return {int(version): int(n) for version, n in rows.all()}
+
+
+def pause_before_the_first_page(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """(paused, go_on): the next build sets ``paused`` once it has counted the documents,
+    before it reads its first page, and goes on when ``go_on`` is set."""
+    original = IndexVersions._building
+    paused, go_on = asyncio.Event(), asyncio.Event()
+
+    async def building(connection: Any, version_id: int) -> bool:
+        if not paused.is_set():
+            paused.set()
+            await go_on.wait()
+        return await original(connection, version_id)
+
+    monkeypatch.setattr(IndexVersions, "_building", staticmethod(building))
+    return paused, go_on

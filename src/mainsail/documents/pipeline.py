@@ -503,7 +503,7 @@ class Ingestor:
                         totals[version.id] = PipelineStats()
                         async with self.db.unit_of_work() as session:
                             await repository.note_version_miss(
-                                session, version.id, document_id, _reason(exc)
+                                session, version.id, document_id, revision, _reason(exc)
                             )
                         log.warning(
                             "ingest_version_missed",

@@ -163,7 +163,7 @@ async def find_same_bytes(
         )
         .order_by(Document.created_at)
         .limit(1)
-        .with_for_update(key_share=True)
+        .with_for_update(read=True, key_share=True)
     )
 
 
@@ -261,11 +261,13 @@ MAX_REPORTED_ERRORS = 20
 
 
 async def note_version_miss(
-    session: AsyncSession, version_id: int, document_id: uuid.UUID, reason: str
+    session: AsyncSession, version_id: int, document_id: uuid.UUID, revision: int, reason: str
 ) -> None:
-    """A document that an index version not yet searched could not take (its embedder's
-    provider down, the owner's budget spent): listed on the version, as a build lists the
-    documents it skips. A build still running copies it again at its end."""
+    """A revision that an index version not yet searched could not take (its embedder's
+    provider down, the owner's budget spent): what part of it was written there goes, so the
+    version holds all of it or none (a build still running lists it as missing and copies it
+    again at its end), and it is listed on the version, as a build lists what it skips."""
+    await drop_revision_chunks(session, document_id, revision, [version_id])
     await session.execute(
         text(
             """
@@ -278,6 +280,7 @@ async def note_version_miss(
                                  < :most
                             THEN jsonb_build_array(jsonb_build_object(
                                 'document_id', CAST(:document AS text),
+                                'revision', CAST(:revision AS int),
                                 'error', CAST(:reason AS text)))
                             ELSE '[]'::jsonb END)
             WHERE id = :version
@@ -286,6 +289,7 @@ async def note_version_miss(
         {
             "version": version_id,
             "document": str(document_id),
+            "revision": revision,
             "reason": reason[:500],
             "most": MAX_REPORTED_ERRORS,
         },

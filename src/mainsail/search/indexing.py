@@ -25,7 +25,7 @@ import asyncio
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -473,13 +473,18 @@ class IndexVersions:
             "errors": [],
         }
 
-        async def report() -> None:
+        noted = _Noted()
+
+        async def report(first: bool = False) -> None:
             await ctx.progress(**progress)
-            async with self.db.autocommit() as connection:
-                await connection.execute(
-                    text("UPDATE index_versions SET progress = CAST(:p AS jsonb) WHERE id = :v"),
-                    {"p": _json(progress), "v": spec.id},
-                )
+            async with self.db.unit_of_work() as session:
+                version = await session.get(IndexVersion, spec.id, with_for_update=True)
+                if version is None:
+                    return
+                if not first:  # the first resets what an earlier attempt left
+                    noted.take(progress, version.progress or {})
+                version.progress = json.loads(_json(progress))
+                noted.written(progress)
 
         # The documents searchable now, by id: later ones are written into this version by
         # their own ingestion (it writes every live version) or found by the sweep below.
@@ -495,7 +500,7 @@ class IndexVersions:
             ).one()
         progress["documents"] = int(counted.n)
         last = counted.last or uuid.UUID(int=0)
-        await report()
+        await report(first=True)
         copied: set[tuple[uuid.UUID, int]] = set()  # (document, revision) copied or skipped
         after = uuid.UUID(int=0)
         while True:
@@ -513,7 +518,8 @@ class IndexVersions:
                 break
             for row in rows:
                 copied.add((row.id, int(row.active_revision)))
-                await self._copy(ctx, spec, row, progress)
+                if await self._copy(ctx, spec, row, progress):
+                    noted.copied(progress, row.id, int(row.active_revision))
             after = rows[-1].id
             await report()
         # Documents that became searchable while the pages were read, and had no live-version
@@ -532,7 +538,8 @@ class IndexVersions:
                 seen.add(row.id)
                 if not again:
                     progress["documents"] += 1
-                await self._copy(ctx, spec, row, progress, again=again)
+                if await self._copy(ctx, spec, row, progress, again=again):
+                    noted.copied(progress, row.id, int(row.active_revision))
             await report()
         async with self.db.autocommit() as connection:
             await connection.execute(_STALE, {"version": spec.id})
@@ -547,7 +554,9 @@ class IndexVersions:
             version = await session.get(IndexVersion, spec.id, with_for_update=True)
             if version is None or version.state != BUILDING:
                 return
-            version.state, version.progress = READY_TO_ACTIVATE, dict(progress)
+            noted.take(progress, version.progress or {})
+            version.state, version.progress = READY_TO_ACTIVATE, json.loads(_json(progress))
+            noted.written(progress)
         log.info("index_version_built", version=spec.id, chunks=progress["chunks"])
         if self.settings.search.eval_set is not None:
             try:
@@ -565,7 +574,8 @@ class IndexVersions:
             async with self.db.unit_of_work() as session:
                 version = await session.get(IndexVersion, spec.id, with_for_update=True)
                 if version is not None:
-                    version.quality, version.progress = quality, dict(progress)
+                    noted.take(progress, version.progress or {})
+                    version.quality, version.progress = quality, json.loads(_json(progress))
 
     async def _copy(
         self,
@@ -575,10 +585,11 @@ class IndexVersions:
         progress: dict[str, Any],
         *,
         again: bool = False,
-    ) -> None:
+    ) -> bool:
         """One document's active revision into the version; an unreadable one is skipped
         (and listed), one deleted or replaced meanwhile is not an error. ``again``: a newer
-        revision of a document already counted (its chunks count, not the document)."""
+        revision of a document already counted (its chunks count, not the document).
+        Whether it was written."""
         source = Source(
             row.id,
             int(row.active_revision),
@@ -606,13 +617,14 @@ class IndexVersions:
         if again:
             if reason is not None:
                 log.warning("reindex_document_skipped", version=spec.id, document_id=str(row.id))
-            return
+            return reason is None
         progress["done"] += 1
         if reason is not None:
             progress["skipped"] += 1
             if len(progress["errors"]) < MAX_REPORTED_ERRORS:
                 progress["errors"].append({"document_id": str(row.id), "error": reason})
             log.warning("reindex_document_skipped", version=spec.id, document_id=str(row.id))
+        return reason is None
 
     async def _still_current(self, source: Source) -> bool:
         """Whether the revision is still the document's searchable one (not deleted, not
@@ -720,6 +732,47 @@ _PAGE = text(
     LIMIT :limit
     """
 )
+
+
+@dataclass(slots=True)
+class _Noted:
+    """Revisions that uploads could not write into the version being built, which they list
+    on its stored progress (``documents.note_version_miss``): the build's own writes of its
+    progress keep them, less those the build itself wrote after all."""
+
+    skipped: int = 0  # the stored ``skipped`` as the build last wrote it
+    taken: list[dict[str, Any]] = field(default_factory=list)  # listed entries taken in
+    wrote: set[tuple[str, int]] = field(default_factory=set)  # (document, revision) copied
+
+    def take(self, progress: dict[str, Any], stored: dict[str, Any]) -> None:
+        """Into ``progress``, what uploads noted since the build last wrote it."""
+        added = max(0, int(stored.get("skipped") or 0) - self.skipped)
+        for entry in stored.get("errors") or []:
+            if entry in progress["errors"] or entry in self.taken:
+                continue
+            self.taken.append(entry)
+            if (entry.get("document_id"), entry.get("revision")) in self.wrote:
+                added -= 1  # noted before the build copied it
+            elif len(progress["errors"]) < MAX_REPORTED_ERRORS:
+                progress["errors"].append(entry)
+        progress["skipped"] += max(0, added)
+
+    def written(self, progress: dict[str, Any]) -> None:
+        self.skipped = progress["skipped"]
+
+    def copied(self, progress: dict[str, Any], document_id: uuid.UUID, revision: int) -> None:
+        """The build wrote the revision: an upload's note of it no longer holds."""
+        key = (str(document_id), revision)
+        self.wrote.add(key)
+        listed = [
+            e
+            for e in progress["errors"]
+            if e in self.taken and (e.get("document_id"), e.get("revision")) == key
+        ]
+        for entry in listed:
+            progress["errors"].remove(entry)
+        progress["skipped"] = max(0, progress["skipped"] - len(listed))
+
 
 # Searchable documents with text (an empty one has no chunks in any version) whose active
 # revision has no chunk in the version.
