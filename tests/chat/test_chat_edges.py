@@ -1,5 +1,5 @@
 """Chat at its edges: a conversation deleted mid-answer, answers from the response cache,
-long histories, range citation markers."""
+long histories, failed and retried answers, range citation markers and bracketed numbers."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 
-from mainsail.chat.answering import Source, cite
+from mainsail.chat.answering import MAX_RANGE, Source, cite
 from mainsail.settings import Settings
 from tests.chat.conftest import ask, sse_events
 from tests.documents.conftest import QUICK_JOBS
-from tests.fakes.provider_server import FakeProviderServer, Reply
+from tests.fakes.provider_server import FakeProviderServer, Fault, Reply
 from tests.fixtures.app import wait_until
 from tests.fixtures.gateway import gateway_settings
 from tests.fixtures.identity import Account
@@ -37,6 +37,8 @@ def settings(database_url: URL, catalogue_file: Path, chat_overrides: dict[str, 
     return gateway_settings(
         database_url,
         catalogue_file,
+        # A 502 must not open the breaker: a retry after it reaches the model.
+        llm={"breaker_failures": 10},
         chat={"model": "fake-gpt", **chat_overrides},
         jobs=QUICK_JOBS,
     )
@@ -58,18 +60,31 @@ async def _delete_when_answering(
     return deleted.status_code
 
 
-async def _a_conversation_with_a_slow_follow_up(
-    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+async def _a_conversation(
+    client: httpx.AsyncClient,
+    alice: Account,
+    ingest: Ingest,
+    fake_provider: FakeProviderServer,
+    next_answer: Reply,
 ) -> str:
-    """A conversation of one answered question; the next answer takes 1.2 s to come."""
+    """A conversation of one answered question; the next follow-up is condensed, then
+    answered with ``next_answer``."""
     await ingest(alice, BAKING, "baking.md")
     fake_provider.script(
         Reply("Laminate butter with three folds [1]."),
         Reply("How long should croissants proof?"),
-        Reply("Until they wobble [1].", delay_s=1.2),
+        next_answer,
     )
     first = (await ask(client, alice.headers, question="How are croissants made?")).json()
     return str(first["conversation_id"])
+
+
+async def _a_conversation_with_a_slow_follow_up(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> str:
+    """A conversation of one answered question; the next answer takes 1.2 s to come."""
+    slow = Reply("Until they wobble [1].", delay_s=1.2)
+    return await _a_conversation(client, alice, ingest, fake_provider, slow)
 
 
 async def test_a_conversation_deleted_while_chat_answers_is_a_404(
@@ -92,11 +107,11 @@ async def test_a_conversation_deleted_while_chat_answers_is_a_404(
     assert follow.headers["content-type"].startswith("application/problem+json")
 
 
-async def test_a_conversation_deleted_while_its_stream_runs_ends_in_a_404_event(
+async def test_a_conversation_deleted_before_its_stream_opens_is_a_404(
     client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
 ) -> None:
-    """The same while ``/chat/stream`` answers: the stream ends in a 404 error event, not the
-    unexpected-crash ``internal_error``."""
+    """The same while ``/chat/stream`` waits for the answer's stream to open: the question is
+    stored as it opens, so the deleted conversation is the HTTP 404 it is."""
     conversation = await _a_conversation_with_a_slow_follow_up(client, alice, ingest, fake_provider)
     streamed, deleted = await asyncio.gather(
         client.post(
@@ -107,6 +122,37 @@ async def test_a_conversation_deleted_while_its_stream_runs_ends_in_a_404_event(
         _delete_when_answering(client, alice, conversation, fake_provider),
     )
     assert deleted == 204
+    assert streamed.status_code == 404, streamed.text
+    assert streamed.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_conversation_deleted_while_its_stream_runs_ends_in_a_404_event(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """Deleted once the stream is under way (its question stored, tokens coming): the stream
+    ends in a 404 error event, not the unexpected-crash ``internal_error``."""
+    slow = Reply("Until they wobble when the tray is nudged [1].", chunk_delay_s=0.3)
+    conversation = await _a_conversation(client, alice, ingest, fake_provider, slow)
+
+    async def delete_once_asked() -> int:
+        async def question_stored() -> bool:
+            detail = await client.get(f"/conversations/{conversation}", headers=alice.headers)
+            return len(detail.json()["messages"]) == 3
+
+        await wait_until(question_stored, within_s=10, interval=0.02)
+        deleted = await client.delete(f"/conversations/{conversation}", headers=alice.headers)
+        return deleted.status_code
+
+    streamed, deleted = await asyncio.gather(
+        client.post(
+            "/chat/stream",
+            json={"question": "And how long do they proof?", "conversation_id": conversation},
+            headers=alice.headers,
+        ),
+        delete_once_asked(),
+    )
+    assert deleted == 204
+    assert streamed.status_code == 200, streamed.text
     events = sse_events(streamed.text)
     name, data = events[-1]
     assert name == "error"
@@ -218,11 +264,9 @@ async def test_a_long_last_answer_does_not_drop_the_question_before_it(
     assert follow["standalone_question"] == "How long should croissants proof?"
 
 
-def test_a_range_marker_is_read_as_the_passages_it_names() -> None:
-    """Range markers (``[1-3]``, with a hyphen or an en dash) are read as the passages they
-    name: those that exist are kept and cited, the others removed and counted."""
-    source = Source(
-        chunk_id=1,
+def _source(chunk_id: int = 1) -> Source:
+    return Source(
+        chunk_id=chunk_id,
         document_id="00000000-0000-0000-0000-000000000001",
         title="Paris",
         filename="paris.md",
@@ -234,6 +278,12 @@ def test_a_range_marker_is_read_as_the_passages_it_names() -> None:
         char_end=39,
         score=1.0,
     )
+
+
+def test_a_range_marker_is_read_as_the_passages_it_names() -> None:
+    """Range markers (``[1-3]``, with a hyphen or an en dash) are read as the passages they
+    name: those that exist are kept and cited, the others removed and counted."""
+    source = _source()
     cited = cite("The Louvre museum is in Paris [1-3].", [source])
     assert cited.answer == "The Louvre museum is in Paris [1]."
     assert cited.removed == 2
@@ -243,3 +293,146 @@ def test_a_range_marker_is_read_as_the_passages_it_names() -> None:
     assert spread.answer == "Paris has the Louvre [1][2]. Far too wide. Backwards."
     assert spread.removed == 2
     assert [c["marker"] for c in spread.citations] == [1, 2]
+
+
+def test_a_range_naming_more_than_max_range_passages_is_removed() -> None:
+    """A range naming ``MAX_RANGE + 1`` passages is not read: removed, nothing cited."""
+    sources = [_source(n) for n in range(1, MAX_RANGE + 2)]
+    cited = cite(f"Paris has the Louvre [1-{MAX_RANGE + 1}].", sources)
+    assert cited.citations == [], [c["marker"] for c in cited.citations]
+    assert cited.answer == "Paris has the Louvre."
+    assert cited.removed == 1
+    widest = cite(f"Paris has the Louvre [1-{MAX_RANGE}].", sources)
+    assert len(widest.citations) == MAX_RANGE
+
+
+def test_bracketed_numbers_of_four_digits_or_more_are_text_not_markers() -> None:
+    """Years (``[2020-2021]``, ``[1999]``) and longer numbers in brackets are left in the
+    answer as written and not counted as removed markers; thousands of digits are no error."""
+    sources = [_source(1), _source(2)]
+    cited = cite("Paris hosted it [2020-2021] and before [1999] [1].", sources)
+    assert cited.answer == "Paris hosted it [2020-2021] and before [1999] [1]."
+    assert cited.removed == 0
+    assert [c["marker"] for c in cited.citations] == [1]
+    huge = "[" + "9" * 5000 + "]"
+    long_marker = cite(f"Paris has the Louvre {huge} [2].", sources)
+    assert long_marker.answer == f"Paris has the Louvre {huge} [2]."
+    assert long_marker.removed == 0
+
+
+async def test_a_follow_up_s_answer_locks_its_conversation_for_key_share(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    alice: Account,
+    ingest: Ingest,
+    fake_provider: FakeProviderServer,
+) -> None:
+    """Storing a follow-up locks its conversation ``FOR KEY SHARE``: a delete waits for it,
+    nothing else does."""
+    conversation = await _a_conversation(
+        client, alice, ingest, fake_provider, Reply("Until they wobble [1].")
+    )
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "FROM conversations" in statement and " FOR " in statement:
+            statements.append(statement)
+
+    engine = app.state.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        follow = await ask(
+            client,
+            alice.headers,
+            question="And how long do they proof?",
+            conversation_id=conversation,
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert follow.status_code == 200, follow.text
+    assert statements, "no locking read of the conversation"
+    assert all("FOR KEY SHARE" in s for s in statements), statements
+
+
+async def _questions(client: httpx.AsyncClient, account: Account, conversation: str) -> list[str]:
+    detail = (await client.get(f"/conversations/{conversation}", headers=account.headers)).json()
+    return [m["content"] for m in detail["messages"] if m["role"] == "user"]
+
+
+async def test_a_keyed_follow_up_retried_after_a_502_stores_its_question_once(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """A follow-up whose answer failed (502) stores nothing: its retry under the same
+    Idempotency-Key (released on a 5xx) leaves the question once."""
+    await ingest(alice, BAKING, "baking.md")
+    fake_provider.script(
+        Reply("Laminate butter with three folds [1]."),
+        Reply("How long should croissants proof?"),
+        Fault("server_error"),
+        Fault("server_error"),
+        Fault("server_error"),
+        Reply("How long should croissants proof?"),
+        Reply("Until they wobble [1]."),
+    )
+    first = (await ask(client, alice.headers, question="How are croissants made?")).json()
+    conversation = first["conversation_id"]
+    keyed = {**alice.headers, "Idempotency-Key": "follow-up-1"}
+    body = {"question": "And how long do they proof?", "conversation_id": conversation}
+    failed = await client.post("/chat", json=body, headers=keyed)
+    assert failed.status_code == 502, failed.text
+    assert await _questions(client, alice, conversation) == ["How are croissants made?"]
+    retried = await client.post("/chat", json=body, headers=keyed)
+    assert retried.status_code == 200, retried.text
+    assert await _questions(client, alice, conversation) == [
+        "How are croissants made?",
+        "And how long do they proof?",
+    ]
+
+
+async def test_a_keyed_new_question_retried_after_a_502_makes_one_conversation(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """A first question whose answer failed (502) leaves no conversation; its keyed retry
+    makes one, holding the question and its answer."""
+    await ingest(alice, SAILING, "sailing.md")
+    fake_provider.script(
+        Fault("server_error"),
+        Fault("server_error"),
+        Fault("server_error"),
+        Reply("Pay out five to seven times the depth [1]."),
+    )
+    keyed = {**alice.headers, "Idempotency-Key": "first-question-1"}
+    body = {"question": "How much anchor chain?"}
+    failed = await client.post("/chat", json=body, headers=keyed)
+    assert failed.status_code == 502, failed.text
+    assert (await client.get("/conversations", headers=alice.headers)).json()["total"] == 0
+    retried = await client.post("/chat", json=body, headers=keyed)
+    assert retried.status_code == 200, retried.text
+    listed = (await client.get("/conversations", headers=alice.headers)).json()
+    assert [c["id"] for c in listed["items"]] == [retried.json()["conversation_id"]]
+    detail = (
+        await client.get(f"/conversations/{listed['items'][0]['id']}", headers=alice.headers)
+    ).json()
+    assert [(m["role"], m["content"]) for m in detail["messages"]] == [
+        ("user", "How much anchor chain?"),
+        ("assistant", "Pay out five to seven times the depth [1]."),
+    ]
+
+
+async def test_a_question_refused_over_quota_leaves_no_conversation(
+    client: httpx.AsyncClient,
+    alice: Account,
+    admin: Account,
+    ingest: Ingest,
+    fake_provider: FakeProviderServer,
+) -> None:
+    """A question refused before the model is asked (429 over quota) stores nothing."""
+    await ingest(alice, SAILING, "sailing.md")
+    quota = await client.put(
+        f"/admin/users/{alice.id}/quota", json={"monthly_tokens": 20}, headers=admin.headers
+    )
+    assert quota.status_code == 200, quota.text
+    refused = await ask(client, alice.headers, question="How much anchor chain?")
+    assert refused.status_code == 429, refused.text
+    assert fake_provider.count() == 0
+    assert (await client.get("/conversations", headers=alice.headers)).json()["total"] == 0

@@ -113,10 +113,12 @@ def pack(
 # --- citations -------------------------------------------------------------------------------
 
 # A run of markers: [1], [2, 3], [2][3], ranges [1-3] (a hyphen or an en dash); also the
-# full-width brackets some models write.
-_NUMBERS = r"\d+(?:\s*[-\u2013]\s*\d+)?"
+# full-width brackets some models write. A number has at most three digits (more passages
+# are never retrieved): a bracket holding a longer one ([2020-2021], [1999]) is text, not a
+# marker, and is left as it is.
+_NUMBERS = r"\d{1,3}(?:\s*[-\u2013]\s*\d{1,3})?"
 _MARKER = re.compile(rf"(\s?)((?:[\[【]\s*{_NUMBERS}(?:\s*,\s*{_NUMBERS})*\s*[\]】])+)")
-_RANGE = re.compile(r"(\d+)(?:\s*[-\u2013]\s*(\d+))?")
+_RANGE = re.compile(r"(\d{1,3})(?:\s*[-\u2013]\s*(\d{1,3}))?")
 # A range naming more passages than this is not read as one (nor are its passages kept).
 MAX_RANGE = 20
 # A sentence may wrap over single line breaks; a blank line or a heading line ends it.
@@ -163,7 +165,7 @@ def _expand(item: re.Match[str]) -> list[int]:
     if item.group(2) is None:
         return [low]
     high = int(item.group(2))
-    if high < low or high - low > MAX_RANGE:
+    if high < low or high - low + 1 > MAX_RANGE:
         return [0]
     return list(range(low, high + 1))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
@@ -10,20 +11,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mainsail.chat.models import ChatMessage, Conversation
 from mainsail.core.db import utcnow
+from mainsail.core.ids import uuid7
 
 TITLE_CHARS = 200
 
 
-async def new_conversation(
-    session: AsyncSession, owner_id: uuid.UUID, *, title: str, filters: dict[str, Any]
-) -> Conversation:
+def new_conversation(owner_id: uuid.UUID, *, title: str, filters: dict[str, Any]) -> Conversation:
+    """A conversation with its id, not yet stored (``add_conversation`` stores it)."""
     short = " ".join(title.split())
     if len(short) > TITLE_CHARS:
         short = short[: TITLE_CHARS - 1] + "…"
-    conversation = Conversation(owner_id=owner_id, title=short, filters=filters)
+    return Conversation(id=uuid7(), owner_id=owner_id, title=short, filters=filters)
+
+
+async def add_conversation(session: AsyncSession, conversation: Conversation) -> None:
     session.add(conversation)
     await session.flush()
-    return conversation
 
 
 async def get_conversation(
@@ -68,6 +71,7 @@ async def add_message(
     *,
     citations: list[dict[str, Any]] | None = None,
     usage: dict[str, Any] | None = None,
+    created_at: datetime | None = None,
 ) -> ChatMessage:
     message = ChatMessage(
         conversation_id=conversation_id,
@@ -76,6 +80,8 @@ async def add_message(
         citations=citations or [],
         usage=usage,
     )
+    if created_at is not None:
+        message.created_at = created_at
     session.add(message)
     await session.execute(
         update(Conversation).where(Conversation.id == conversation_id).values(updated_at=utcnow())

@@ -1,8 +1,12 @@
 """One turn of a conversation: condense a follow-up, retrieve, pack, ask, cite, keep.
 
-The question is stored before the model is asked (a failed call never loses it); the answer
-after, with its citations and usage. Every model call goes through the gateway, so budgets,
-metering, retries and fallbacks apply as everywhere else.
+``POST /chat`` stores the question together with its answer (and a new conversation with
+them), in one transaction once the answer is in: a call that fails or is refused stores
+nothing, so a retry (the same ``Idempotency-Key`` after a 5xx) does not leave the question
+twice, nor a second conversation. A stream stores the question before the answer's model call
+(its ``retrieval`` event has already named the conversation), and the answer when it ends.
+Every model call goes through the gateway, so budgets, metering, retries and fallbacks apply
+as everywhere else.
 """
 
 from __future__ import annotations
@@ -10,14 +14,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mainsail.chat import repository
 from mainsail.chat.answering import Cited, Packed, Source, cite, pack, prompt
 from mainsail.chat.models import ChatMessage, Conversation
 from mainsail.chat.schemas import ChatIn
-from mainsail.core.db import Database
+from mainsail.core.db import Database, utcnow
 from mainsail.core.errors import NotFound
 from mainsail.core.logging import get_logger
 from mainsail.llm.errors import StreamInterrupted
@@ -61,7 +68,9 @@ class Turn:
     """What one question needs from retrieval to the model's request."""
 
     conversation: Conversation
-    question_id: uuid.UUID
+    new_conversation: bool  # not stored yet: stored with the question
+    question: str
+    asked_at: datetime  # the question's created_at
     model: str
     extractive: bool
     standalone: str
@@ -71,6 +80,7 @@ class Turn:
     # (model, usage, served from the response cache) per call
     usage: list[tuple[str, Usage, bool]] = field(default_factory=list)
     request_id: str | None = None  # the usage events' link
+    question_id: uuid.UUID | None = None  # once the question is stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +123,8 @@ class ChatService:
     # --- a turn ---------------------------------------------------------------------------
 
     async def prepare(self, owner_id: uuid.UUID, body: ChatIn, ctx: CallContext) -> Turn:
+        """Everything up to the answer's model call; stores nothing (``_finish`` does)."""
+        asked_at = utcnow()
         model = self.pick_model(body.model)
         extractive = self._is_extractive(model)
         async with self.db.unit_of_work() as session:
@@ -126,8 +138,7 @@ class ChatService:
                     session, conversation.id, self.settings.history_messages
                 )
             else:
-                conversation = await repository.new_conversation(
-                    session,
+                conversation = repository.new_conversation(
                     owner_id,
                     title=body.question,
                     filters=body.filters.model_dump(mode="json", exclude_none=True)
@@ -135,11 +146,12 @@ class ChatService:
                     else {},
                 )
                 history = []
-            question = await repository.add_message(session, conversation.id, "user", body.question)
         turns = self._history(history)
         turn = Turn(
             conversation,
-            question.id,
+            body.conversation_id is None,
+            body.question,
+            asked_at,
             model,
             extractive,
             body.question,
@@ -326,6 +338,10 @@ class ChatService:
             # before the first event: a refusal there is the HTTP error it is (429 with
             # Retry-After, 402, 502...), not an error event after a 200.
             opening = await anext(events)
+            # Stored once the answer is under way (a refusal stores nothing, so a retry does
+            # not ask twice): the conversation named by the first event exists, even if the
+            # stream is cut before its answer.
+            await self._keep_question(turn)
             yield "retrieval", retrieval
             async for event in _chain(opening, events):
                 if isinstance(event, StreamStart):
@@ -343,6 +359,32 @@ class ChatService:
         answer = await self._finish(turn, "".join(pieces), model)
         yield "answer", answer_out(answer)
 
+    async def _keep_question(self, turn: Turn) -> None:
+        """Stores the question now (and a new conversation with it)."""
+        async with self.db.unit_of_work() as session:
+            await self._store_question(session, turn)
+        turn.new_conversation = False
+
+    async def _store_question(self, session: AsyncSession, turn: Turn) -> None:
+        """Stores a new conversation, or locks the turn's one ``FOR KEY SHARE`` until the
+        transaction ends (a delete of it waits, or went first: 404); then the question, unless
+        it is stored already."""
+        if turn.new_conversation:
+            await repository.add_conversation(session, turn.conversation)
+        else:
+            conversation = await session.get(
+                Conversation,
+                turn.conversation.id,
+                with_for_update={"read": True, "key_share": True},
+            )
+            if conversation is None:
+                raise NotFound("The conversation was deleted while it was being answered.")
+        if turn.question_id is None:
+            question = await repository.add_message(
+                session, turn.conversation.id, "user", turn.question, created_at=turn.asked_at
+            )
+            turn.question_id = question.id
+
     async def _finish(self, turn: Turn, text: str, model: str | None) -> Answer:
         sources = turn.packed.sources if turn.packed else []
         text = text.replace("\x00", "")  # the model's: PostgreSQL's text cannot hold it
@@ -350,12 +392,7 @@ class ChatService:
         usage = self._usage(turn)
         usage["model"] = model
         async with self.db.unit_of_work() as session:
-            # Held until the answer is stored: a delete of the conversation waits, or went first.
-            conversation = await session.get(
-                Conversation, turn.conversation.id, with_for_update={"key_share": True}
-            )
-            if conversation is None:
-                raise NotFound("The conversation was deleted while it was being answered.")
+            await self._store_question(session, turn)
             message = await repository.add_message(
                 session,
                 turn.conversation.id,
@@ -364,6 +401,7 @@ class ChatService:
                 citations=cited.citations,
                 usage=usage,
             )
+        turn.new_conversation = False
         if cited.removed:
             log.info("chat_citations_removed", removed=cited.removed, model=model)
         return Answer(turn, cited, message.id, model or "none", usage)
