@@ -4,10 +4,12 @@ with a progress bar (files, chunks, chunks/s) and a summary table."""
 from __future__ import annotations
 
 import glob
+import math
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
@@ -23,13 +25,19 @@ from rich.progress import (
 from rich.table import Table
 
 FINAL = ("ready", "failed")
-# Answers that say "come back later": the upload is sent again after Retry-After.
+# Answers that say "come back later": the upload is sent again after Retry-After; while
+# waiting, the looks pause for it (and the answer is not an unreadable one).
 RETRIED = (429, 503)
 UPLOAD_TRIES = 5
 MAX_RETRY_AFTER_S = 60.0
-# While waiting: one look at each pending document per this many seconds (a few hundred
-# files stay well inside the service's default rate limit of 600 requests a minute).
+# While waiting, each round looks at every pending document and at one job, then pauses
+# POLL_INTERVAL_S, or longer when many files are pending: a round of n looks pauses at least
+# n / MAX_LOOKS_PER_S seconds, so waiting on any number of files makes at most 5 requests a
+# second (300 a minute, half the service's default rate limit of 600 requests a minute).
 POLL_INTERVAL_S = 2.0
+MAX_LOOKS_PER_S = 5.0
+# The longest a look may take (no look runs past the deadline of ``--timeout`` either).
+LOOK_TIMEOUT_S = 60.0
 # Answers while waiting that will not change (deleted, the key revoked): the file failed.
 GONE = (401, 403, 404)
 # Unreadable answers in a row (a proxy's error page, a dropped connection) before a file is
@@ -63,7 +71,8 @@ def expand(paths: Iterable[str]) -> tuple[list[Item], list[Item]]:
     anywhere updates the same document); a file under a folder named, its path below that
     folder (``alpha/README.md``, ``beta/README.md``); a file a glob matched, its path below
     the glob's fixed part (``docs/**/*.md`` gives ``a/README.md``). Files of one run that
-    would share a name are named by their paths as given instead."""
+    would share a name are named by their paths as given instead, and should such a name
+    still be another file's, by their absolute paths: no two files of a run share a name."""
     found: dict[Path, Item] = {}
     missing: list[Item] = []
     for raw in paths:
@@ -87,11 +96,29 @@ def expand(paths: Iterable[str]) -> tuple[list[Item], list[Item]]:
                 )
             )
     items = list(found.values())
-    shared = Counter(item.name for item in items)
-    for item in items:
-        if shared[item.name] > 1:
-            item.name = item.path.as_posix()
+    _name_apart(items)
     return items, missing
+
+
+def _name_apart(items: list[Item]) -> None:
+    """Renames files that share a name until none do. Of the files sharing one, those named
+    least specifically are renamed: a name of its own (or below a folder or glob) becomes the
+    path as given, which becomes the absolute path (distinct for distinct files)."""
+    renamed = [0] * len(items)  # 0: as expanded, 1: the path as given, 2: the absolute path
+    while True:
+        sharing: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            sharing.setdefault(item.name, []).append(index)
+        groups = [group for group in sharing.values() if len(group) > 1]
+        if not groups:
+            return
+        for group in groups:  # never all absolute paths, so some are renamed: it ends
+            least = min(renamed[index] for index in group)
+            for index in group:
+                if renamed[index] == least:
+                    renamed[index] += 1
+                    path = items[index].path
+                    items[index].name = (path if least == 0 else path.resolve()).as_posix()
 
 
 def _fixed_part(pattern: str) -> Path:
@@ -179,20 +206,31 @@ def ingest(
             "ingesting", total=len(pending), chunks=done_before, rate=0.0
         )
         deadline = time.monotonic() + timeout_s
+        live = 0
         while pending and time.monotonic() < deadline:
-            for item in list(pending):
-                if _look(http, item):
-                    pending.remove(item)
-                    progress.advance(processing)
-            # The chunks embedded so far of the file being ingested (one more request).
-            live = _embedded(http, pending[0]) if pending else 0
+            looks, later = 0, 0.0
+            try:
+                for item in list(pending):
+                    if time.monotonic() >= deadline:
+                        break
+                    looks += 1
+                    if _look(http, item, deadline):
+                        pending.remove(item)
+                        progress.advance(processing)
+                # The chunks embedded so far of the file being ingested (one more request).
+                if pending and time.monotonic() < deadline:
+                    looks += 1
+                    live = _embedded(http, pending[0], deadline)
+            except _Later as answer:  # the rest of this round after the pause it asks for
+                later = answer.seconds
             finished = sum(i.chunks for i in items if i.outcome == "ready")
             elapsed = max(time.monotonic() - started, 1e-6)
             progress.update(
                 processing, chunks=finished + live, rate=(finished + live - done_before) / elapsed
             )
             if pending:
-                time.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+                pause = max(POLL_INTERVAL_S, looks / MAX_LOOKS_PER_S, later)
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
         for item in pending:
             item.outcome, item.error = "timeout", f"not finished within {timeout_s:.0f} s"
             if item.last_problem:
@@ -230,26 +268,68 @@ def _upload(http: httpx.Client, item: Item, fields: dict[str, str]) -> None:
 
 
 def _retry_after(response: httpx.Response) -> float:
+    """Seconds to wait: ``Retry-After`` in seconds or as an HTTP date, at most
+    ``MAX_RETRY_AFTER_S``; a second when it is missing or unreadable."""
+    value = response.headers.get("retry-after", "1").strip()
     try:
-        seconds = float(response.headers.get("retry-after", "1"))
-    except ValueError:  # an HTTP date, or nonsense: a second
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):  # nonsense
+            seconds = 1.0
+        else:
+            if when.tzinfo is None:  # "-0000": UTC
+                when = when.replace(tzinfo=UTC)
+            seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):  # "NaN", "inf"
         seconds = 1.0
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-def _look(http: httpx.Client, item: Item) -> bool:
-    """Whether the document is done with (ready, failed, or gone)."""
+class _Later(Exception):
+    """A look answered 429 or 503: the service asks for a pause of ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+def _look_timeout(deadline: float) -> httpx.Timeout:
+    """A look's timeout: ``LOOK_TIMEOUT_S``, or less so it ends by ``deadline``."""
+    remaining = max(deadline - time.monotonic(), 0.001)
+    return httpx.Timeout(min(LOOK_TIMEOUT_S, remaining), connect=min(5.0, remaining))
+
+
+def _look(http: httpx.Client, item: Item, deadline: float) -> bool:
+    """Whether the document is done with (ready, failed, or gone); raises ``_Later`` when the
+    service asks for a pause (the look is not counted as unreadable)."""
     document: object = None
     try:
-        response = http.get(f"/documents/{item.document_id}")
-        problem = _problem(response)
-        if response.status_code in GONE:
-            item.outcome, item.error = "failed", problem
-            return True
-        if response.is_success:
-            document = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
+        response = http.get(f"/documents/{item.document_id}", timeout=_look_timeout(deadline))
+    except httpx.TimeoutException as exc:
         problem = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:  # cut short by --timeout: no answer, not a bad one
+            item.last_problem = problem
+            return False
+    except httpx.HTTPError as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    else:
+        if response.status_code in RETRIED:
+            item.last_problem = _problem(response)
+            raise _Later(_retry_after(response))
+        if response.status_code in GONE:
+            item.outcome, item.error = "failed", _problem(response)
+            return True
+        if not response.is_success:
+            problem = _problem(response)
+        else:
+            try:
+                document = response.json()
+            except ValueError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                problem = f"HTTP {response.status_code}: not a document"
     if not isinstance(document, dict):  # an error page, a dropped connection: look again
         item.bad_polls, item.last_problem = item.bad_polls + 1, problem
         if item.bad_polls >= MAX_BAD_POLLS:
@@ -264,15 +344,27 @@ def _look(http: httpx.Client, item: Item) -> bool:
     return True
 
 
-def _embedded(http: httpx.Client, item: Item) -> int:
+def _embedded(http: httpx.Client, item: Item, deadline: float) -> int:
+    """The chunks of the item's job embedded so far (0 when unknown); raises ``_Later`` when
+    the service asks for a pause."""
     if not item.job_id:
         return 0
     try:
-        job = http.get(f"/jobs/{item.job_id}").json()
+        response = http.get(f"/jobs/{item.job_id}", timeout=_look_timeout(deadline))
+        if response.status_code in RETRIED:
+            raise _Later(_retry_after(response))
+        job = response.json()
     except (httpx.HTTPError, ValueError):
         return 0
     progress = job.get("progress") if isinstance(job, dict) else None
-    return int(progress.get("embedded", 0)) if isinstance(progress, dict) else 0
+    embedded = progress.get("embedded") if isinstance(progress, dict) else None
+    if isinstance(embedded, bool):
+        return 0
+    if isinstance(embedded, int):
+        return embedded
+    if isinstance(embedded, float) and math.isfinite(embedded):
+        return int(embedded)
+    return 0  # missing, null, a string: unknown
 
 
 def summary(items: list[Item], elapsed_s: float) -> Table:

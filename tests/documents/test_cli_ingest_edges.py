@@ -3,6 +3,7 @@ answers the way proxies, rate limits and deletions make a real one answer."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
@@ -11,6 +12,8 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +57,23 @@ def stub_api(behaviour: dict[str, Any]) -> FastAPI:
     (with which status: 429 by default), ``retry_after`` (its header: "1" by default),
     ``post_html`` (answer uploads with a 202 HTML page), ``get_bad`` (how many looks at a
     document get a proxy's 502 page first; ``True``: every one), ``get_status`` (answer looks
-    at a document with this problem status)."""
+    at a document with this problem status), ``get_limited`` (how many looks at a document
+    get ``limited_status``, 429 by default, with ``retry_after`` first), ``look_delay_s`` (how
+    long a look at a document takes), ``document_status`` (a document's status: ``ready`` by
+    default), ``job_limited`` (looks at a job get a 429 with ``retry_after``), ``embedded``
+    (a job's ``progress.embedded``: 1 by default).
+
+    ``seen``: ``posts``, ``post_times``, ``gets`` (looks at documents), ``jobs`` (at jobs),
+    ``filenames``."""
     api = FastAPI()
-    seen: dict[str, Any] = {"posts": 0, "gets": 0, "filenames": []}
+    seen: dict[str, Any] = {"posts": 0, "post_times": [], "gets": 0, "jobs": 0, "filenames": []}
     behaviour["seen"] = seen
 
     @api.post("/documents")
     async def upload(request: Request) -> Any:
         body = await request.body()
         seen["posts"] += 1
+        seen["post_times"].append(time.monotonic())
         if seen["posts"] <= behaviour.get("post_refused", 0):
             status = behaviour.get("post_status", 429)
             retry_after = behaviour.get("retry_after", "1")
@@ -76,18 +87,29 @@ def stub_api(behaviour: dict[str, Any]) -> FastAPI:
     @api.get("/documents/{document_id}")
     async def read(document_id: str) -> Any:
         seen["gets"] += 1
+        if delay := behaviour.get("look_delay_s"):
+            await asyncio.sleep(delay)
         bad = behaviour.get("get_bad", 0)
         if bad is True or seen["gets"] <= bad:
             return HTMLResponse("<html><body>502 Bad Gateway</body></html>", status_code=502)
+        if seen["gets"] <= behaviour.get("get_limited", 0):
+            retry_after = behaviour.get("retry_after", "1")
+            status = behaviour.get("limited_status", 429)
+            return _problem(status, "Too many requests.", {"Retry-After": retry_after})
         if status := behaviour.get("get_status"):
             return _problem(status, "No such document.")
-        return JSONResponse(_document(document_id, "ready"))
+        return JSONResponse(_document(document_id, behaviour.get("document_status", "ready")))
 
     @api.get("/jobs/{job_id}")
     async def job(job_id: str) -> Any:
+        seen["jobs"] += 1
         if behaviour.get("get_bad"):
             return PlainTextResponse("Bad Gateway", status_code=502)
-        return JSONResponse({"id": job_id, "state": "running", "progress": {"embedded": 1}})
+        if behaviour.get("job_limited"):
+            retry_after = behaviour.get("retry_after", "1")
+            return _problem(429, "Too many requests.", {"Retry-After": retry_after})
+        embedded = behaviour.get("embedded", 1)
+        return JSONResponse({"id": job_id, "state": "running", "progress": {"embedded": embedded}})
 
     return api
 
@@ -97,6 +119,30 @@ def stub() -> Iterator[tuple[str, dict[str, Any]]]:
     behaviour: dict[str, Any] = {}
     with running_server(stub_api(behaviour)) as base_url:
         yield base_url, behaviour
+
+
+class Clock:
+    """``time`` for the uploader: sleeping moves the clock on at once; requests take no
+    time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        if not seconds >= 0:  # as time.sleep: NaN or negative
+            raise ValueError("sleep length must be non-negative")
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The uploader's ``time``, faked: waiting takes no real time."""
+    fake = Clock()
+    monkeypatch.setattr(uploader, "time", fake)
+    return fake
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -113,7 +159,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 
 def ingest_here(url: str, *paths: str, timeout_s: float = 10.0) -> list[uploader.Item]:
-    """The command's upload and wait, in this process (so the poll interval can be short)."""
+    """The command's upload and wait, in this process (so its ``time`` can be faked)."""
     files, missing = uploader.expand(paths)
     return missing + uploader.ingest(
         files,
@@ -180,6 +226,21 @@ async def test_files_named_or_matched_by_a_glob_keep_distinct_names(
     assert behaviour["seen"]["filenames"] == ["README.md"]  # as a browser would name it
 
 
+def test_files_of_one_run_never_share_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file renamed by its path keeps no name another file of the run has: of ``a/x.md``,
+    ``b/x.md`` (both ``x.md``, so named by their paths) and the folder ``c`` (whose
+    ``c/a/x.md`` is ``a/x.md`` below it), the file below the folder is named by its path."""
+    for folder in ("a", "b", "c/a"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.md").write_text(f"# {folder}\n")
+    monkeypatch.chdir(tmp_path)
+    files, missing = uploader.expand(["a/x.md", "b/x.md", "c"])
+    assert not missing
+    assert [item.name for item in files] == ["a/x.md", "b/x.md", "c/a/x.md"]
+
+
 # --- paths that name no file ----------------------------------------------------------------
 
 
@@ -220,15 +281,14 @@ async def test_a_bad_answer_while_waiting_is_reported_in_the_summary_not_a_trace
 
 
 def test_bad_answers_in_a_row_while_waiting_fail_that_file_with_a_reason(
-    stub: tuple[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, clock: Clock
 ) -> None:
     """Unreadable answers are looked at again; after ``MAX_BAD_POLLS`` in a row the file has
     failed, with the answer as its reason."""
-    monkeypatch.setattr(uploader, "POLL_INTERVAL_S", 0.01)
     url, behaviour = stub
     behaviour["get_bad"] = True
     (tmp_path / "ok.txt").write_text("Fine words.")
-    [item] = ingest_here(url, str(tmp_path / "ok.txt"))
+    [item] = ingest_here(url, str(tmp_path / "ok.txt"), timeout_s=60)
     assert item.outcome == "failed"
     assert item.error is not None
     assert "502" in item.error
@@ -236,14 +296,13 @@ def test_bad_answers_in_a_row_while_waiting_fail_that_file_with_a_reason(
 
 
 def test_a_bad_answer_while_waiting_is_looked_at_again(
-    stub: tuple[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, clock: Clock
 ) -> None:
     """A few unreadable answers, then a good one: the file is ready."""
-    monkeypatch.setattr(uploader, "POLL_INTERVAL_S", 0.01)
     url, behaviour = stub
     behaviour["get_bad"] = uploader.MAX_BAD_POLLS - 1
     (tmp_path / "ok.txt").write_text("Fine words.")
-    [item] = ingest_here(url, str(tmp_path / "ok.txt"))
+    [item] = ingest_here(url, str(tmp_path / "ok.txt"), timeout_s=60)
     assert (item.outcome, item.error) == ("ready", None)
     assert behaviour["seen"]["gets"] == uploader.MAX_BAD_POLLS
 
@@ -266,6 +325,106 @@ async def test_a_document_gone_while_waiting_fails_at_once_not_at_the_timeout(
     assert f"{status}: No such document." in result.stdout
     assert behaviour["seen"]["gets"] == 1
     assert elapsed < 15
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_rate_limited_look_while_waiting_pauses_for_retry_after_and_is_no_bad_answer(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, clock: Clock, status: int
+) -> None:
+    """A 429 (or 503) while waiting is the service asking for a pause, not an unreadable
+    answer: the looks pause for ``Retry-After`` and the file is not failed, however many
+    come in a row."""
+    url, behaviour = stub
+    behaviour["get_limited"], behaviour["limited_status"] = uploader.MAX_BAD_POLLS, status
+    behaviour["retry_after"] = "7"
+    (tmp_path / "ok.txt").write_text("Fine words.")
+    [item] = ingest_here(url, str(tmp_path / "ok.txt"), timeout_s=600)
+    assert (item.outcome, item.error) == ("ready", None)
+    assert behaviour["seen"]["gets"] == uploader.MAX_BAD_POLLS + 1
+    assert clock.now >= 7 * uploader.MAX_BAD_POLLS
+
+
+def test_a_rate_limited_look_at_a_job_pauses_for_retry_after(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, clock: Clock
+) -> None:
+    """A 429 from a look at a job (the progress bar's chunks) pauses the looks for
+    ``Retry-After`` too: a round every 7 s, not every ``POLL_INTERVAL_S``."""
+    url, behaviour = stub
+    behaviour["document_status"], behaviour["job_limited"] = "processing", True
+    behaviour["retry_after"] = "7"
+    (tmp_path / "ok.txt").write_text("Fine words.")
+    [item] = ingest_here(url, str(tmp_path / "ok.txt"), timeout_s=20)
+    assert item.outcome == "timeout"
+    assert behaviour["seen"]["gets"] == 3  # at 0, 7 and 14 s
+
+
+def test_waiting_on_many_files_stays_well_inside_the_default_rate_limit(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, clock: Clock
+) -> None:
+    """The pause after a round grows with the looks in it: waiting on 25 files makes at most
+    ``MAX_LOOKS_PER_S`` looks a second (plus one round), half the service's default 600
+    requests a minute, not a look at each every ``POLL_INTERVAL_S`` (780 a minute)."""
+    url, behaviour = stub
+    behaviour["document_status"] = "processing"
+    for i in range(25):
+        (tmp_path / f"f{i}.txt").write_text(f"Words {i}.")
+    items = ingest_here(url, str(tmp_path), timeout_s=60)
+    assert {item.outcome for item in items} == {"timeout"}
+    looks = behaviour["seen"]["gets"] + behaviour["seen"]["jobs"]
+    assert uploader.MAX_LOOKS_PER_S <= 5
+    assert looks <= 60 * uploader.MAX_LOOKS_PER_S + 26, looks
+
+
+def test_the_wait_ends_at_its_timeout_even_when_looks_are_slow(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``--timeout`` is checked before each look and bounds each look's own timeout: four
+    files whose looks take 1 s each, ``--timeout 0.5``, end after about 0.5 s, not after a
+    round of 4 s."""
+    url, behaviour = stub
+    behaviour["document_status"], behaviour["look_delay_s"] = "processing", 1.0
+    for i in range(4):
+        (tmp_path / f"f{i}.txt").write_text(f"Words {i}.")
+    started = time.monotonic()
+    items = ingest_here(url, str(tmp_path), timeout_s=0.5)
+    elapsed = time.monotonic() - started
+    assert {item.outcome for item in items} == {"timeout"}
+    assert elapsed < 2.5, elapsed
+    assert behaviour["seen"]["gets"] == 1
+
+
+def test_a_look_reads_its_answer_once(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look at a document parses the answer's JSON once."""
+    url, _ = stub
+    parsed: list[httpx.Response] = []
+    json = httpx.Response.json
+
+    def counted(self: httpx.Response, **kwargs: Any) -> Any:
+        parsed.append(self)
+        return json(self, **kwargs)
+
+    monkeypatch.setattr(httpx.Response, "json", counted)
+    (tmp_path / "ok.txt").write_text("Fine words.")
+    [item] = ingest_here(url, str(tmp_path / "ok.txt"))
+    assert item.outcome == "ready"
+    looks = [r for r in parsed if r.request.method == "GET"]
+    assert len(looks) == 1, [str(r.request.url) for r in parsed]
+
+
+@pytest.mark.parametrize("embedded", [None, "many", {"chunks": 3}])
+def test_a_job_progress_that_is_no_number_counts_as_unknown(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, clock: Clock, embedded: object
+) -> None:
+    """A job's ``progress.embedded`` that is no number (null, a string) is read as 0 chunks
+    embedded, not a traceback."""
+    url, behaviour = stub
+    behaviour["document_status"], behaviour["embedded"] = "processing", embedded
+    (tmp_path / "ok.txt").write_text("Fine words.")
+    [item] = ingest_here(url, str(tmp_path / "ok.txt"), timeout_s=5)
+    assert item.outcome == "timeout"
+    assert behaviour["seen"]["jobs"] >= 1
 
 
 # --- uploads ---------------------------------------------------------------------------------
@@ -314,3 +473,53 @@ async def test_an_upload_answered_with_a_page_not_a_document_is_refused(
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.returncode == 1
     assert "HTTP 202: not a document" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("3", 3.0),
+        ("2.5", 2.5),
+        ("-4", 0.0),
+        ("600", 60.0),
+        ("NaN", 1.0),
+        ("inf", 1.0),
+        ("soon", 1.0),
+    ],
+)
+def test_retry_after_in_seconds_is_capped_and_nonsense_is_a_second(
+    header: str, seconds: float
+) -> None:
+    """``Retry-After`` in seconds is waited for, between 0 and ``MAX_RETRY_AFTER_S``; what is
+    no finite number or date (``NaN``, ``inf``, a word) is a second."""
+    response = httpx.Response(429, headers={"Retry-After": header})
+    assert uploader._retry_after(response) == seconds
+
+
+@pytest.mark.parametrize(
+    ("ahead_s", "low", "high"), [(30, 28.0, 30.0), (3600, 60.0, 60.0), (-60, 0.0, 0.0)]
+)
+def test_retry_after_as_an_http_date_is_waited_until_capped(
+    ahead_s: int, low: float, high: float
+) -> None:
+    """``Retry-After`` as an HTTP date (RFC 9110) is waited until, at most
+    ``MAX_RETRY_AFTER_S``; a date past is no wait."""
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=ahead_s), usegmt=True)
+    response = httpx.Response(503, headers={"Retry-After": when})
+    assert low <= uploader._retry_after(response) <= high
+
+
+def test_an_upload_answered_with_retry_after_nan_is_sent_again_after_a_second(
+    stub: tuple[str, dict[str, Any]], tmp_path: Path, clock: Clock
+) -> None:
+    """A 429 upload with ``Retry-After: NaN`` is sent again after a second, not a
+    traceback."""
+    url, behaviour = stub
+    behaviour["post_refused"], behaviour["retry_after"] = 1, "NaN"
+    (tmp_path / "ok.txt").write_text("Fine words.")
+    files, _ = uploader.expand([str(tmp_path / "ok.txt")])
+    with httpx.Client(base_url=url) as http:
+        uploader._upload(http, files[0], {})
+    assert (files[0].outcome, files[0].error) == ("uploaded", None)
+    assert behaviour["seen"]["posts"] == 2
+    assert clock.now == 1.0
