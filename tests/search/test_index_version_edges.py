@@ -177,14 +177,42 @@ async def test_a_skipped_document_is_counted_once_in_the_build_progress(
     assert (progress["documents"], progress["done"], progress["skipped"]) == (2, 2, 1), progress
 
 
+async def test_a_version_missing_a_document_activates_once_that_document_is_replaced(
+    app: FastAPI, client: httpx.AsyncClient, admin: Account, ingest: Ingest, search: Search
+) -> None:
+    """A new revision of a document the build skipped is written into the ready version too:
+    it is complete then, and activates without force."""
+    version, _, lost = await build_with_one_unreadable_document(app, client, admin, ingest)
+    await ingest(admin, BAKING + "\n\nProof the dough overnight.", "baking.md")
+    activated = await client.post(
+        f"/admin/index-versions/{version['id']}/activate", headers=admin.headers
+    )
+    assert activated.status_code == 200, activated.text
+    body = (await search(admin, "proof the dough overnight", mode="keyword")).json()
+    assert body["index_version"] == version["id"]
+    assert lost in {hit["document_id"] for hit in body["results"]}
+
+
 async def test_after_activation_a_skipped_document_shows_the_active_versions_count(
     app: FastAPI, client: httpx.AsyncClient, admin: Account, ingest: Ingest, search: Search
 ) -> None:
-    """After activation a document the build skipped shows 0 chunks (no search finds it),
-    not its count in the previous version."""
+    """A version the build skipped a document of is not activated unless forced (search
+    would no longer find it); forced, the document shows 0 chunks (no search finds it), not
+    its count in the previous version."""
     version, _, lost = await build_with_one_unreadable_document(app, client, admin, ingest)
-    activated = await client.post(
+    refused = await client.post(
         f"/admin/index-versions/{version['id']}/activate", headers=admin.headers
+    )
+    assert_problem(refused, 409)
+    assert refused.json()["code"] == "index_version_incomplete"
+    assert refused.json()["missing_documents"] == [lost]
+    assert "force=true" in refused.json()["detail"]
+    still = await client.get(f"/admin/index-versions/{version['id']}", headers=admin.headers)
+    assert still.json()["state"] == "ready"
+    activated = await client.post(
+        f"/admin/index-versions/{version['id']}/activate",
+        params={"force": "true"},
+        headers=admin.headers,
     )
     assert activated.status_code == 200, activated.text
     body = (await search(admin, "sourdough starter flour", mode="keyword")).json()

@@ -32,7 +32,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mainsail.core.db import Database, utcnow
 from mainsail.core.errors import AppError, Conflict, NotFound, UnprocessableContent
@@ -81,6 +81,10 @@ class QualityRegression(AppError):
 
 class VersionStateConflict(Conflict):
     code = "index_version_state"
+
+
+class VersionIncomplete(AppError):
+    status, code, title = 409, "index_version_incomplete", "The index version lacks documents"
 
 
 # The evaluation set ---------------------------------------------------------------------
@@ -270,6 +274,8 @@ class IndexVersions:
             if previous is not None:
                 previous.state = READY_TO_ACTIVATE
                 await session.flush()  # one active version at a time, even within this
+            if not force:
+                await self._refuse_if_incomplete(session, version_id)
             version_row.state, version_row.activated_at = ACTIVE, utcnow()
             if gate is not None:
                 version_row.quality = gate["candidate"]
@@ -282,6 +288,29 @@ class IndexVersions:
             forced=force,
         )
         return version_row, (previous.id if previous else None), gate
+
+    @staticmethod
+    async def _refuse_if_incomplete(session: AsyncSession, version_id: int) -> None:
+        """409 when searchable documents have none of their active revision in the version
+        (the build skipped them: the file gone, the provider refusing), as they would vanish
+        from search. Taken under the versions lock, so no upload changes the answer."""
+        rows = (
+            await session.execute(
+                _MISSING, {"version": version_id, "limit": MAX_REPORTED_ERRORS + 1}
+            )
+        ).all()
+        if not rows:
+            return
+        listed = [str(row.id) for row in rows[:MAX_REPORTED_ERRORS]]
+        more = " or more" if len(rows) > MAX_REPORTED_ERRORS else ""
+        raise VersionIncomplete(
+            f"Index version {version_id} lacks {len(listed)}{more} searchable documents, "
+            "which search would no longer find (see the version's progress.errors). Delete "
+            "them or upload a new revision of each (it is written into this version too), "
+            "build another version once their cause is fixed, or activate with force=true to "
+            "switch anyway.",
+            extra={"missing_documents": listed},
+        )
 
     async def _gate(self, version: IndexVersion) -> dict[str, Any]:
         async with self.db.unit_of_work() as session:
@@ -528,7 +557,9 @@ class IndexVersions:
         seen = {document_id for document_id, _ in copied}
         for _ in range(MAX_SWEEPS):
             async with self.db.autocommit() as connection:
-                rows = (await connection.execute(_MISSING, {"version": spec.id})).all()
+                rows = (
+                    await connection.execute(_MISSING, {"version": spec.id, "limit": 10_000})
+                ).all()
             todo = [row for row in rows if (row.id, int(row.active_revision)) not in copied]
             if not todo:
                 break
@@ -787,7 +818,7 @@ _MISSING = text(
             AND c.revision = d.active_revision
       )
     ORDER BY d.id
-    LIMIT 10000
+    LIMIT :limit
     """
 )
 

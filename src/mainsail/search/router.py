@@ -119,8 +119,9 @@ async def read_index_version(
     summary="Make a ready version the one search reads (one transaction)",
     responses={
         409: {
-            "description": "Not ready, or worse than the active version on the evaluation "
-            "set (quality_regression, with the figures) and not forced"
+            "description": "Not ready; or, not forced: searchable documents missing from it "
+            "(index_version_incomplete, with their ids), or worse than the active version on "
+            "the evaluation set (quality_regression, with the figures)"
         }
     },
 )
@@ -128,7 +129,9 @@ async def activate_index_version(
     version_id: VersionId,
     request: Request,
     _: AdminPrincipal,
-    force: Annotated[bool, Query(description="Skip the quality gate")] = False,
+    force: Annotated[
+        bool, Query(description="Skip the quality gate and the check for missing documents")
+    ] = False,
 ) -> ActivationOut:
     version, previous, quality = await _versions(request).activate(version_id, force=force)
     return ActivationOut(
