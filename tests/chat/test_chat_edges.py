@@ -436,3 +436,31 @@ async def test_a_question_refused_over_quota_leaves_no_conversation(
     assert refused.status_code == 429, refused.text
     assert fake_provider.count() == 0
     assert (await client.get("/conversations", headers=alice.headers)).json()["total"] == 0
+
+
+async def test_an_answer_cut_at_its_token_limit_says_so(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """An answer the model stopped at its token limit is kept as it is, and its usage (in the
+    response, the stream's last event and the stored message) says ``finish_reason: length``;
+    a finished one says ``stop``."""
+    await ingest(alice, SAILING, "sailing.md")
+    fake_provider.script(
+        Reply("Pay out five to seven times [1] the", finish_reason="length"),
+        Reply("Pay out five to seven times the depth [1]."),
+        Reply("Pay out five to seven times [1] the", finish_reason="length"),
+    )
+    cut = (await ask(client, alice.headers, question="How much anchor chain?")).json()
+    assert cut["answer"].endswith("the")
+    assert cut["usage"]["finish_reason"] == "length"
+    whole = (await ask(client, alice.headers, question="How much anchor chain, again?")).json()
+    assert whole["usage"]["finish_reason"] == "stop"
+    streamed = await client.post(
+        "/chat/stream", json={"question": "And the chain?"}, headers=alice.headers
+    )
+    answered = dict(sse_events(streamed.text))["answer"]
+    assert answered["usage"]["finish_reason"] == "length"
+    detail = (
+        await client.get(f"/conversations/{cut['conversation_id']}", headers=alice.headers)
+    ).json()
+    assert detail["messages"][-1]["usage"]["finish_reason"] == "length"

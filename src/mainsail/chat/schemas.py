@@ -65,6 +65,9 @@ class ChatUsage(OutModel):
     cached_calls: int = 0  # answered from the response cache, free
     prompt_tokens_budgeted: int
     model: str | None = None
+    # Why the answer ended: "stop", or "length" when it was cut at the answer's token limit
+    # (``MAINSAIL_CHAT__ANSWER_TOKENS``); kept and cited as it is.
+    finish_reason: str | None = None
     # The request whose usage events (GET /me/usage, the usage_events table) hold these calls.
     request_id: str | None = None
 

@@ -32,6 +32,7 @@ from mainsail.llm.gateway import CallContext, Gateway
 from mainsail.llm.tokens import count_message_tokens
 from mainsail.llm.types import (
     ChatRequest,
+    FinishReason,
     Message,
     Passage,
     SamplingParams,
@@ -300,12 +301,14 @@ class ChatService:
     async def ask(self, owner_id: uuid.UUID, body: ChatIn, ctx: CallContext) -> Answer:
         turn = await self.prepare(owner_id, body, ctx)
         if turn.request is None:
-            return await self._finish(turn, turn.canned or NO_DOCUMENTS, None)
+            return await self._finish(turn, turn.canned or NO_DOCUMENTS, None, "stop")
         response = await self.gateway.complete(
             turn.request, _with_prompt(ctx, prompt("answer").tag, kind="chat")
         )
         turn.usage.append((response.model, response.usage, response.cache_hit))
-        return await self._finish(turn, response.message.content or "", response.model)
+        return await self._finish(
+            turn, response.message.content or "", response.model, response.finish_reason
+        )
 
     async def stream(
         self, owner_id: uuid.UUID, body: ChatIn, ctx: CallContext
@@ -323,12 +326,13 @@ class ChatService:
             yield "retrieval", retrieval
             text = turn.canned or NO_DOCUMENTS
             yield "token", {"text": text}
-            answer = await self._finish(turn, text, None)
+            answer = await self._finish(turn, text, None, "stop")
             yield "answer", answer_out(answer)
             return
         pieces: list[str] = []
         model = turn.model
         usage: Usage | None = None
+        finish_reason: FinishReason = "stop"
         cached = False
         events = self.gateway.stream(
             turn.request, _with_prompt(ctx, prompt("answer").tag, kind="chat")
@@ -350,13 +354,13 @@ class ChatService:
                     pieces.append(event.text)
                     yield "token", {"text": event.text}
                 elif isinstance(event, StreamEnd):
-                    usage = event.usage
+                    usage, finish_reason = event.usage, event.finish_reason
         finally:
             await events.aclose()
         if usage is None:  # an answer without its end is not an answer
             raise StreamInterrupted("The answer ended without finishing.")
         turn.usage.append((model, usage, cached))
-        answer = await self._finish(turn, "".join(pieces), model)
+        answer = await self._finish(turn, "".join(pieces), model, finish_reason)
         yield "answer", answer_out(answer)
 
     async def _keep_question(self, turn: Turn) -> None:
@@ -385,12 +389,18 @@ class ChatService:
             )
             turn.question_id = question.id
 
-    async def _finish(self, turn: Turn, text: str, model: str | None) -> Answer:
+    async def _finish(
+        self, turn: Turn, text: str, model: str | None, finish_reason: FinishReason
+    ) -> Answer:
+        """Stores the question (unless it is already) and the answer in one transaction.
+        ``finish_reason`` ``length``: the answer was cut at its token limit, kept as it is
+        and said so in its usage."""
         sources = turn.packed.sources if turn.packed else []
         text = text.replace("\x00", "")  # the model's: PostgreSQL's text cannot hold it
         cited = cite(text, sources)  # no sources: every marker is removed and counted
         usage = self._usage(turn)
         usage["model"] = model
+        usage["finish_reason"] = finish_reason
         async with self.db.unit_of_work() as session:
             await self._store_question(session, turn)
             message = await repository.add_message(
