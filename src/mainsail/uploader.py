@@ -30,10 +30,10 @@ FINAL = ("ready", "failed")
 RETRIED = (429, 503)
 UPLOAD_TRIES = 5
 MAX_RETRY_AFTER_S = 60.0
-# While waiting, each round looks at every pending document and at one job, then pauses
-# POLL_INTERVAL_S, or longer when many files are pending: a round of n looks pauses at least
-# n / MAX_LOOKS_PER_S seconds, so waiting on any number of files makes at most 5 requests a
-# second (300 a minute, half the service's default rate limit of 600 requests a minute).
+# While waiting, each round looks at every pending document and at one job, its requests
+# spaced 1 / MAX_LOOKS_PER_S apart, so waiting on any number of files makes at most 5
+# requests a second (300 a minute, half the service's default rate limit of 600 requests a
+# minute); a round starts at most every POLL_INTERVAL_S.
 POLL_INTERVAL_S = 2.0
 MAX_LOOKS_PER_S = 5.0
 # The longest a look may take (no look runs past the deadline of ``--timeout`` either).
@@ -207,29 +207,38 @@ def ingest(
         )
         deadline = time.monotonic() + timeout_s
         live = 0
-        while pending and time.monotonic() < deadline:
-            looks, later = 0, 0.0
-            try:
-                for item in list(pending):
-                    if time.monotonic() >= deadline:
-                        break
-                    looks += 1
-                    if _look(http, item, deadline):
-                        pending.remove(item)
-                        progress.advance(processing)
-                # The chunks embedded so far of the file being ingested (one more request).
-                if pending and time.monotonic() < deadline:
-                    looks += 1
-                    live = _embedded(http, pending[0], deadline)
-            except _Later as answer:  # the rest of this round after the pause it asks for
-                later = answer.seconds
+        pace = _Pace(MAX_LOOKS_PER_S)
+
+        def show() -> None:
             finished = sum(i.chunks for i in items if i.outcome == "ready")
             elapsed = max(time.monotonic() - started, 1e-6)
             progress.update(
                 processing, chunks=finished + live, rate=(finished + live - done_before) / elapsed
             )
+
+        while pending and time.monotonic() < deadline:
+            round_started, later = time.monotonic(), 0.0
+            looking: Item | None = None
+            try:
+                for looking in list(pending):
+                    if not pace.wait(deadline):
+                        break
+                    if _look(http, looking, deadline):
+                        pending.remove(looking)
+                        progress.advance(processing)
+                        show()
+                looking = None
+                # The chunks embedded so far of the file being ingested (one more request).
+                if pending and pace.wait(deadline):
+                    live = _embedded(http, pending[0], deadline)
+            except _Later as answer:  # the rest of this round after the pause it asks for
+                later = answer.seconds
+                if looking is not None and looking in pending:  # next, from the file it cut at
+                    cut = pending.index(looking)
+                    pending[:] = pending[cut:] + pending[:cut]
+            show()
             if pending:
-                pause = max(POLL_INTERVAL_S, looks / MAX_LOOKS_PER_S, later)
+                pause = max(POLL_INTERVAL_S - (time.monotonic() - round_started), later, 0.0)
                 time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
         for item in pending:
             item.outcome, item.error = "timeout", f"not finished within {timeout_s:.0f} s"
@@ -285,6 +294,24 @@ def _retry_after(response: httpx.Response) -> float:
     if not math.isfinite(seconds):  # "NaN", "inf"
         seconds = 1.0
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+class _Pace:
+    """Requests spaced at least ``1 / per_s`` seconds apart, whatever the number of files."""
+
+    def __init__(self, per_s: float) -> None:
+        self.gap = 1.0 / per_s
+        self.next = 0.0
+
+    def wait(self, deadline: float) -> bool:
+        """Waits for the next request's turn; False when that would be past ``deadline``."""
+        now = time.monotonic()
+        if self.next >= deadline or now >= deadline:
+            return False
+        if self.next > now:
+            time.sleep(self.next - now)
+        self.next = time.monotonic() + self.gap
+        return True
 
 
 class _Later(Exception):

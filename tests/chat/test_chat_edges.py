@@ -16,6 +16,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import URL
 
 from mainsail.chat.answering import MAX_RANGE, Source, cite
+from mainsail.chat.schemas import ChatIn
+from mainsail.llm.gateway import CallContext
 from mainsail.settings import Settings
 from tests.chat.conftest import ask, sse_events
 from tests.documents.conftest import QUICK_JOBS
@@ -464,3 +466,23 @@ async def test_an_answer_cut_at_its_token_limit_says_so(
         await client.get(f"/conversations/{cut['conversation_id']}", headers=alice.headers)
     ).json()
     assert detail["messages"][-1]["usage"]["finish_reason"] == "length"
+
+
+async def test_a_canned_stream_cut_after_its_retrieval_event_leaves_the_conversation_it_named(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account
+) -> None:
+    """The conversation a stream's first event names exists, even if the stream is cut
+    before its answer: a canned answer's (no documents) too."""
+    service = app.state.chat
+    events = service.stream(
+        alice.id,
+        ChatIn(question="How much anchor chain?"),
+        CallContext(user_id=alice.id, kind="chat", role="user"),
+    )
+    name, data = await anext(events)
+    assert name == "retrieval"
+    conversation = data["conversation_id"]
+    # The client reads the conversation its first event named (or goes away here).
+    named = await client.get(f"/conversations/{conversation}", headers=alice.headers)
+    await events.aclose()
+    assert named.status_code == 200, named.text

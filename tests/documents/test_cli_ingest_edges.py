@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -523,3 +524,102 @@ def test_an_upload_answered_with_retry_after_nan_is_sent_again_after_a_second(
     assert (files[0].outcome, files[0].error) == ("uploaded", None)
     assert behaviour["seen"]["posts"] == 2
     assert clock.now == 1.0
+
+
+LIMIT, WINDOW_S = 600, 60.0  # the service's default rate limit
+
+
+def limited_api(fake: Clock, ready_after: int) -> tuple[FastAPI, dict[str, Any]]:
+    """Uploads are taken; looks at documents and jobs are limited to LIMIT per WINDOW_S of
+    the uploader's (fake) time, a moving window as the service's limiter. The first
+    ``ready_after`` documents uploaded stay processing, the rest are ready."""
+    api = FastAPI()
+    seen: dict[str, Any] = {"order": [], "limited": 0, "looks": 0, "looked_at": set()}
+    stamps: deque[float] = deque()
+
+    def admitted() -> float | None:
+        while stamps and stamps[0] <= fake.now - WINDOW_S:
+            stamps.popleft()
+        if len(stamps) >= LIMIT:
+            return stamps[0] + WINDOW_S - fake.now
+        stamps.append(fake.now)
+        return None
+
+    def limited(wait_s: float) -> JSONResponse:
+        seen["limited"] += 1
+        return JSONResponse(
+            {"status": 429, "code": "rate_limited", "detail": "Rate limit exceeded"},
+            status_code=429,
+            headers={"Retry-After": str(max(1, int(wait_s + 0.999)))},
+            media_type="application/problem+json",
+        )
+
+    @api.post("/documents")
+    async def upload() -> Any:
+        document_id = str(uuid.uuid4())
+        seen["order"].append(document_id)
+        return JSONResponse(
+            {
+                "id": document_id,
+                "job_id": str(uuid.uuid4()),
+                "status": "queued",
+                "chunk_count": 0,
+                "error": None,
+            },
+            status_code=202,
+        )
+
+    @api.get("/documents/{document_id}")
+    async def read(document_id: str) -> Any:
+        if (wait_s := admitted()) is not None:
+            return limited(wait_s)
+        seen["looks"] += 1
+        seen["looked_at"].add(document_id)
+        ready = seen["order"].index(document_id) >= ready_after
+        return JSONResponse(
+            {
+                "id": document_id,
+                "job_id": None,
+                "status": "ready" if ready else "processing",
+                "chunk_count": 1,
+                "error": None,
+            }
+        )
+
+    @api.get("/jobs/{job_id}")
+    async def job(job_id: str) -> Any:
+        if (wait_s := admitted()) is not None:
+            return limited(wait_s)
+        return JSONResponse({"id": job_id, "state": "running", "progress": {"embedded": 0}})
+
+    return api, seen
+
+
+def test_waiting_on_700_files_looks_at_every_file_inside_the_default_rate_limit(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Waiting on more files than the service's rate limit allows a minute spaces its looks
+    (at most 5 a second), so none is refused and every file is looked at: the last 100 of
+    700, ready all along, are found ready."""
+    api, seen = limited_api(clock, ready_after=600)
+    for i in range(700):
+        (tmp_path / f"f{i:03}.txt").write_text(f"Words {i}.")
+    files, _ = uploader.expand([str(tmp_path)])
+    with running_server(api) as url:
+        items = uploader.ingest(
+            files,
+            url=url,
+            api_key="msk_stub",
+            collection=None,
+            chunk_size=None,
+            chunk_overlap=None,
+            wait=True,
+            timeout_s=900,
+            console=Console(file=io.StringIO()),
+        )
+    outcomes = [item.outcome for item in items]
+    ready = outcomes.count("ready")
+    assert (ready, seen["limited"]) == (100, 0), (
+        f"{ready} ready, {outcomes.count('timeout')} timed out, {seen['limited']} looks "
+        f"rate limited, {len(seen['looked_at'])} of 700 files ever looked at"
+    )

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from mainsail.documents.pipeline import Ingestor
-from mainsail.llm.errors import UpstreamUnavailable
+from mainsail.llm.errors import UpstreamRejected, UpstreamUnavailable
 from mainsail.search.indexing import IndexVersions
 from mainsail.settings import Settings
 from tests.documents.conftest import QUICK_JOBS, essay, wait_for_status
@@ -555,3 +555,45 @@ def pause_before_the_first_page(
 
     monkeypatch.setattr(IndexVersions, "_building", staticmethod(building))
     return paused, go_on
+
+
+class TestADocumentBothAnUploadAndTheBuildCouldNotWrite:
+    @pytest.fixture
+    def settings(self, database_url: URL) -> Settings:
+        return make_settings(database_url, jobs=QUICK_JOBS)
+
+    async def test_it_is_counted_and_listed_once(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        client: httpx.AsyncClient,
+        alice: Account,
+        admin: Account,
+        ingest: Ingest,
+    ) -> None:
+        """A document uploaded during a build whose new version's provider refuses it: its
+        upload notes the miss, then the build's sweep tries it too and is refused again. One
+        document, counted and listed once."""
+        before = uuid.UUID(await ingest(alice, SAILING, "sailing.md"))
+        paused, go_on = pause_before_the_first_page(monkeypatch)
+        created = (
+            await client.post("/admin/index-versions", json={}, headers=admin.headers)
+        ).json()
+        original = Ingestor.write_version
+
+        async def refusing(self: Ingestor, source: Any, version: Any, **kwargs: Any) -> Any:
+            if version.id == created["id"] and source.document_id != before:
+                raise UpstreamRejected("The provider refused this document.", status=400)
+            return await original(self, source, version, **kwargs)
+
+        monkeypatch.setattr(Ingestor, "write_version", refusing)
+        try:
+            await asyncio.wait_for(paused.wait(), 60)
+            kelp = await ingest(alice, KELP, "kelp.txt")  # during the build
+        finally:
+            go_on.set()
+        built = await wait_for_version(client, admin, created["id"], "ready", "failed")
+        assert built["state"] == "ready", built["error"]
+        progress = built["progress"]
+        listed = [e["document_id"] for e in progress["errors"]]
+        assert (len(listed), progress["skipped"]) == (1, 1), progress
+        assert listed == [kelp]

@@ -323,6 +323,7 @@ class ChatService:
             "sources": sources_out(turn),
         }
         if turn.request is None:
+            await self._keep_question(turn)  # the first event names its conversation
             yield "retrieval", retrieval
             text = turn.canned or NO_DOCUMENTS
             yield "token", {"text": text}

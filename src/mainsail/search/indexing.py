@@ -547,8 +547,7 @@ class IndexVersions:
                 break
             for row in rows:
                 copied.add((row.id, int(row.active_revision)))
-                if await self._copy(ctx, spec, row, progress):
-                    noted.copied(progress, row.id, int(row.active_revision))
+                await self._copy(ctx, spec, row, progress)
             after = rows[-1].id
             await report()
         # Documents that became searchable while the pages were read, and had no live-version
@@ -569,8 +568,7 @@ class IndexVersions:
                 seen.add(row.id)
                 if not again:
                     progress["documents"] += 1
-                if await self._copy(ctx, spec, row, progress, again=again):
-                    noted.copied(progress, row.id, int(row.active_revision))
+                await self._copy(ctx, spec, row, progress, again=again)
             await report()
         async with self.db.autocommit() as connection:
             await connection.execute(_STALE, {"version": spec.id})
@@ -586,6 +584,7 @@ class IndexVersions:
             if version is None or version.state != BUILDING:
                 return
             noted.take(progress, version.progress or {})
+            await noted.settle(session, spec.id, progress)
             version.state, version.progress = READY_TO_ACTIVATE, json.loads(_json(progress))
             noted.written(progress)
         log.info("index_version_built", version=spec.id, chunks=progress["chunks"])
@@ -606,6 +605,7 @@ class IndexVersions:
                 version = await session.get(IndexVersion, spec.id, with_for_update=True)
                 if version is not None:
                     noted.take(progress, version.progress or {})
+                    await noted.settle(session, spec.id, progress)
                     version.quality, version.progress = quality, json.loads(_json(progress))
 
     async def _copy(
@@ -616,11 +616,10 @@ class IndexVersions:
         progress: dict[str, Any],
         *,
         again: bool = False,
-    ) -> bool:
+    ) -> None:
         """One document's active revision into the version; an unreadable one is skipped
         (and listed), one deleted or replaced meanwhile is not an error. ``again``: a newer
-        revision of a document already counted (its chunks count, not the document).
-        Whether it was written."""
+        revision of a document already counted (its chunks count, not the document)."""
         source = Source(
             row.id,
             int(row.active_revision),
@@ -648,14 +647,13 @@ class IndexVersions:
         if again:
             if reason is not None:
                 log.warning("reindex_document_skipped", version=spec.id, document_id=str(row.id))
-            return reason is None
+            return
         progress["done"] += 1
         if reason is not None:
             progress["skipped"] += 1
             if len(progress["errors"]) < MAX_REPORTED_ERRORS:
                 progress["errors"].append({"document_id": str(row.id), "error": reason})
             log.warning("reindex_document_skipped", version=spec.id, document_id=str(row.id))
-        return reason is None
 
     async def _still_current(self, source: Source) -> bool:
         """Whether the revision is still the document's searchable one (not deleted, not
@@ -768,48 +766,64 @@ _PAGE = text(
 @dataclass(slots=True)
 class _Noted:
     """Revisions that uploads could not write into the version being built, which they list
-    on its stored progress (``documents.note_version_miss``): the build's own writes of its
-    progress keep them, less those the build itself wrote after all."""
+    (with their revision) on its stored progress (``documents.note_version_miss``): the
+    build's own writes of its progress keep them; once built, the count and the list are
+    settled against what the version actually lacks."""
 
     skipped: int = 0  # the stored ``skipped`` as the build last wrote it
-    taken: list[dict[str, Any]] = field(default_factory=list)  # listed entries taken in
-    wrote: set[tuple[str, int]] = field(default_factory=set)  # (document, revision) copied
+    taken: set[tuple[str, int]] = field(default_factory=set)  # notes taken in
 
     def take(self, progress: dict[str, Any], stored: dict[str, Any]) -> None:
-        """Into ``progress``, what uploads noted since the build last wrote it."""
+        """Into ``progress``, what uploads noted since the build last wrote it: one entry a
+        document (the build may list it too)."""
         added = max(0, int(stored.get("skipped") or 0) - self.skipped)
+        listed = {e.get("document_id") for e in progress["errors"]}
         for entry in stored.get("errors") or []:
-            if entry in progress["errors"] or entry in self.taken:
-                continue
-            self.taken.append(entry)
-            if (entry.get("document_id"), entry.get("revision")) in self.wrote:
-                added -= 1  # noted before the build copied it
+            key = (entry.get("document_id"), entry.get("revision"))
+            if "revision" not in entry or key in self.taken:
+                continue  # the build's own, or taken in already
+            self.taken.add(key)
+            if entry.get("document_id") in listed:
+                added -= 1  # counted once already
             elif len(progress["errors"]) < MAX_REPORTED_ERRORS:
                 progress["errors"].append(entry)
+                listed.add(entry.get("document_id"))
         progress["skipped"] += max(0, added)
 
     def written(self, progress: dict[str, Any]) -> None:
         self.skipped = progress["skipped"]
 
-    def copied(self, progress: dict[str, Any], document_id: uuid.UUID, revision: int) -> None:
-        """The build wrote the revision: an upload's note of it no longer holds."""
-        key = (str(document_id), revision)
-        self.wrote.add(key)
-        listed = [
-            e
-            for e in progress["errors"]
-            if e in self.taken and (e.get("document_id"), e.get("revision")) == key
-        ]
-        for entry in listed:
-            progress["errors"].remove(entry)
-        progress["skipped"] = max(0, progress["skipped"] - len(listed))
+    @staticmethod
+    async def settle(session: AsyncSession, version_id: int, progress: dict[str, Any]) -> None:
+        """``skipped``: the searchable documents the version lacks, counted; ``errors``: the
+        listed ones of those (one the build or an upload could not write, then copied or
+        deleted, is no longer)."""
+        missing = {
+            str(row.id)
+            for row in await session.execute(
+                _MISSING, {"version": version_id, "limit": MISSING_SETTLED}
+            )
+        }
+        progress["skipped"] = len(missing)
+        if len(missing) >= MISSING_SETTLED:
+            progress["skipped"] = int(
+                await session.scalar(_MISSING_COUNT, {"version": version_id}) or 0
+            )
+            return  # too many to check the list against
+        listed: dict[str, dict[str, Any]] = {}  # one entry a document, the first
+        for entry in progress["errors"]:
+            if entry.get("document_id") in missing:
+                listed.setdefault(entry["document_id"], entry)
+        progress["errors"] = list(listed.values())
+
+
+# Up to this many missing documents are listed when a build settles its progress.
+MISSING_SETTLED = 10_000
 
 
 # Searchable documents with text (an empty one has no chunks in any version) whose active
 # revision has no chunk in the version.
-_MISSING = text(
-    """
-    SELECT d.id, d.active_revision, d.owner_id, d.collection, d.content_type, d.chunking
+_MISSING_WHERE = """
     FROM documents d
     WHERE d.active_revision IS NOT NULL AND d.chunk_count > 0
       AND NOT EXISTS (
@@ -817,10 +831,13 @@ _MISSING = text(
           WHERE c.document_id = d.id AND c.index_version = :version
             AND c.revision = d.active_revision
       )
-    ORDER BY d.id
-    LIMIT :limit
-    """
+"""
+_MISSING = text(
+    "SELECT d.id, d.active_revision, d.owner_id, d.collection, d.content_type, d.chunking"
+    + _MISSING_WHERE
+    + "ORDER BY d.id LIMIT :limit"
 )
+_MISSING_COUNT = text("SELECT count(*)" + _MISSING_WHERE)
 
 # Chunks of revisions replaced while the build copied them (a newer one is active).
 _STALE = text(
