@@ -604,19 +604,8 @@ def test_waiting_on_700_files_looks_at_every_file_inside_the_default_rate_limit(
     api, seen = limited_api(clock, ready_after=600)
     for i in range(700):
         (tmp_path / f"f{i:03}.txt").write_text(f"Words {i}.")
-    files, _ = uploader.expand([str(tmp_path)])
     with running_server(api) as url:
-        items = uploader.ingest(
-            files,
-            url=url,
-            api_key="msk_stub",
-            collection=None,
-            chunk_size=None,
-            chunk_overlap=None,
-            wait=True,
-            timeout_s=900,
-            console=Console(file=io.StringIO()),
-        )
+        items = ingest_here(url, str(tmp_path), timeout_s=900)
     outcomes = [item.outcome for item in items]
     ready = outcomes.count("ready")
     assert (ready, seen["limited"]) == (100, 0), (
