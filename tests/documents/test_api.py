@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from tests.documents.conftest import FIXTURES, Upload, chunk_rows, essay, wait_for_status
+from tests.documents.fixtures.make_fixtures import pdf_bytes
 from tests.fixtures.app import wait_until
 from tests.fixtures.identity import Account
 
@@ -252,6 +253,41 @@ async def test_a_corrupt_file_fails_with_a_reason_and_the_next_one_still_works(
     assert (job.json()["state"], job.json()["attempts"]) == ("failed", 1)  # not retried
     fine = await upload(alice, essay(2).encode(), "fine.txt")
     assert (await wait_for_status(client, alice, fine.json()["id"], "ready"))["status"] == "ready"
+
+
+async def test_an_unreadable_file_fails_once_with_a_readable_reason(
+    client: httpx.AsyncClient, alice: Account, upload: Upload
+) -> None:
+    """A PDF whose streams use a filter no reader knows: reading the same bytes again fails the
+    same way, so one attempt, not a round of retries, and a reason fit for the uploader."""
+    data = pdf_bytes([["Hello page one"]], compress=False).replace(
+        b"<< /Length", b"<< /Filter /FooDecode /Length"
+    )
+    created = await upload(alice, data, "odd.pdf")
+    assert created.status_code == 202, created.text
+    done = await wait_for_status(client, alice, created.json()["id"], "ready", "failed")
+    assert done["status"] == "failed", done
+    assert done["error"] == "The PDF is damaged and cannot be read.", done["error"]
+    job = (await client.get(f"/jobs/{created.json()['job_id']}", headers=alice.headers)).json()
+    assert (job["state"], job["attempts"]) == ("failed", 1), job
+
+
+async def test_a_legacy_encoded_html_page_naming_its_charset_is_ingested(
+    client: httpx.AsyncClient, alice: Account, upload: Upload
+) -> None:
+    japanese = (
+        "これは日本語の文章です。漢字とひらがなとカタカナが含まれています。検索のための文書。"
+    )
+    page = (
+        '<html><head><meta charset="shift_jis"><title>t</title></head><body><p>'
+        + japanese * 20
+        + "</p></body></html>"
+    ).encode("shift_jis")
+    created = await upload(alice, page, "page.html", "text/html")
+    assert created.status_code == 202, created.text
+    assert created.json()["content_type"] == "text/html"
+    done = await wait_for_status(client, alice, created.json()["id"], "ready", "failed")
+    assert done["status"] == "ready", done
 
 
 async def test_the_same_bytes_after_a_failure_are_a_retry(

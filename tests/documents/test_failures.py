@@ -217,6 +217,122 @@ async def test_bad_multipart_metadata_is_a_400_even_nested_beyond_the_parser(
     assert staged(app) == []
 
 
+async def test_multipart_metadata_with_a_lone_surrogate_is_a_400(
+    alice: Account, upload: Upload, app: FastAPI
+) -> None:
+    """JSON may spell a lone surrogate, which is no character and which PostgreSQL refuses."""
+    for metadata in ('{"k": "\\udfff"}', '{"\\ud800": 1}', '{"k": ["ok", {"n": "\\ud800"}]}'):
+        answer = await upload(alice, b"Some text here.", "a.txt", metadata=metadata)
+        assert answer.status_code == 400, answer.text
+        assert "surrogate" in answer.json()["detail"]
+    assert staged(app) == []
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999"])
+async def test_metadata_with_nan_or_infinity_is_refused_in_either_body(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, number: str
+) -> None:
+    """JSON has neither, but parsers take them (1e999 as infinity); jsonb refuses them."""
+    as_json = await client.post(
+        "/documents",
+        content=f'{{"text": "Some text here.", "metadata": {{"a": [{number}]}}}}'.encode(),
+        headers={**alice.headers, "content-type": "application/json"},
+    )
+    assert as_json.status_code == 422, as_json.text
+    assert "NaN or Infinity" in as_json.text
+    as_form = await client.post(
+        "/documents",
+        files={"file": ("n.txt", b"Some text here.", "text/plain")},
+        data={"metadata": f'{{"a": {{"b": {number}}}}}'},
+        headers=alice.headers,
+    )
+    assert as_form.status_code == 400, as_form.text
+    assert "NaN or Infinity" in as_form.json()["detail"]
+    assert staged(app) == []
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [b"filename*=unicode_escape''a%5Cudfffb.txt", b"filename*=raw_unicode_escape''a%5Cud800.txt"],
+)
+async def test_a_filename_decoded_into_a_lone_surrogate_is_a_422(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, disposition: bytes
+) -> None:
+    """An RFC 2231 ``filename*`` is decoded with whatever codec it names."""
+    body = (
+        b'--x\r\nContent-Disposition: form-data; name="file"; '
+        + disposition
+        + b"\r\n\r\nhello\r\n--x--\r\n"
+    )
+    answer = await client.post(
+        "/documents",
+        content=body,
+        headers={**alice.headers, "content-type": "multipart/form-data; boundary=x"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert "filename" in answer.json()["detail"]
+    assert staged(app) == []
+
+
+@pytest.mark.parametrize("boundary", ["b" * 300, "b" * 201])
+async def test_an_over_long_multipart_boundary_is_a_400(
+    client: httpx.AsyncClient, alice: Account, boundary: str
+) -> None:
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
+        f"hello long boundary\r\n--{boundary}--\r\n"
+    ).encode()
+    answer = await client.post(
+        "/documents",
+        content=body,
+        headers={**alice.headers, "content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert "boundary" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize("size", ["6_4", "\u0666\u0664", "64.0", "+64"])
+async def test_a_form_chunk_size_must_be_ascii_digits(
+    alice: Account, upload: Upload, size: str
+) -> None:
+    """``int()`` also reads "6_4" and Arabic-Indic digits."""
+    answer = await upload(alice, b"Some text here.", "a.txt", chunk_size=size)
+    assert answer.status_code == 422, answer.text
+    fine = await upload(alice, b"Some text here.", "a.txt", chunk_size=" 64 ")
+    assert fine.status_code == 202, fine.text
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        # Cut inside the file: the document would be stored truncated.
+        "",
+        # Cut in a field after the file: the field would be lost (the default collection).
+        '\r\n--b0undary\r\nContent-Disposition: form-data; name="collection"\r\n\r\nnotes',
+        # Cut inside the closing boundary itself.
+        "\r\n--b0undary-",
+    ],
+    ids=["in-the-file", "in-a-field-after-it", "in-the-closing-boundary"],
+)
+async def test_a_multipart_body_without_its_closing_boundary_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, tail: str
+) -> None:
+    """A client or a proxy cut the body short: refused, not ingested as a whole document."""
+    body = (
+        "--b0undary\r\n"
+        'Content-Disposition: form-data; name="file"; filename="cut.txt"\r\n\r\n'
+        "The first half of a document that the client never finished sending" + tail
+    ).encode()
+    headers = {**alice.headers, "content-type": "multipart/form-data; boundary=b0undary"}
+    answer = await client.post("/documents", content=body, headers=headers)
+    assert answer.status_code == 400, answer.text
+    assert "closing boundary" in answer.json()["detail"]
+    assert staged(app) == []
+    whole = await client.post("/documents", content=body + b"\r\n--b0undary--\r\n", headers=headers)
+    assert whole.status_code == 202, whole.text
+
+
 async def test_a_chunked_multipart_body_over_the_limit_is_a_413(
     app: FastAPI, client: httpx.AsyncClient, alice: Account
 ) -> None:

@@ -15,3 +15,13 @@ class OutModel(BaseModel):
     """Response bodies, built from ORM rows."""
 
     model_config = ConfigDict(from_attributes=True)
+
+
+def is_text(value: str) -> bool:
+    """False for a str holding a lone surrogate (JSON may spell "\\udfff"), which is no
+    character and which PostgreSQL refuses."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -16,6 +16,7 @@ from mainsail.core.errors import (
 )
 from mainsail.core.pagination import Page, PageParams
 from mainsail.core.principal import Scope
+from mainsail.core.schemas import is_text
 from mainsail.documents import repository, service
 from mainsail.documents.schemas import (
     MAX_FILENAME,
@@ -123,7 +124,7 @@ def _chunking(size: str | None, overlap: str | None) -> Chunking | None:
     if not size and not overlap:
         return None
     try:
-        parsed = ChunkingIn(chunk_size=int(size or 0), chunk_overlap=int(overlap or 0))
+        parsed = ChunkingIn(chunk_size=_whole(size), chunk_overlap=_whole(overlap))
     except (ValueError, ValidationError):
         raise UnprocessableContent(
             "chunk_size must be 16-8192 and chunk_overlap 0-4096 (whole numbers)."
@@ -131,11 +132,23 @@ def _chunking(size: str | None, overlap: str | None) -> Chunking | None:
     return Chunking(parsed.chunk_size, parsed.chunk_overlap)
 
 
+def _whole(value: str | None) -> int:
+    """A form field's whole number: ASCII digits only (``int`` also takes "6_4" and "٦٤")."""
+    value = (value or "0").strip()
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(value)
+    return int(value)
+
+
 def _filename(value: str | None) -> str | None:
     """A multipart filename (the part's, or a ``filename`` field), held to the JSON body's
     limits."""
-    if value is not None and not 1 <= len(value) <= MAX_FILENAME:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_FILENAME:
         raise UnprocessableContent(f"filename must be 1-{MAX_FILENAME} characters long.")
+    if not is_text(value):  # an RFC 2231 filename* is decoded with any codec it names
+        raise UnprocessableContent("filename holds a lone surrogate, which is not a character.")
     return value
 
 

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from mainsail.core.schemas import OutModel, StrictModel
+from mainsail.core.schemas import OutModel, StrictModel, is_text
 
 Collection = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\w.\-: ]+$")]
 Status = Literal["queued", "processing", "ready", "failed"]
 
 
 MAX_FILENAME = 512
+MAX_JSON_DEPTH = 32
+
+
+def metadata_problem(value: Any) -> str | None:
+    """What keeps a caller's metadata (parsed JSON) out of a jsonb column, or None.
+
+    Walked without recursion, as a hostile value may nest beyond the interpreter's stack:
+    nesting past ``MAX_JSON_DEPTH``, NaN or Infinity (JSON has neither, but parsers accept
+    them), and lone surrogates (JSON may spell "\\udfff", which is no character).
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list) and depth > MAX_JSON_DEPTH:
+            return f"is nested over {MAX_JSON_DEPTH} levels deep"
+        if isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "holds NaN or Infinity, which JSON does not have"
+        elif isinstance(item, str) and not is_text(item):
+            return "holds a lone surrogate (\\ud800-\\udfff), which is not a character"
+    return None
 
 
 class ChunkingIn(StrictModel):
@@ -36,6 +62,13 @@ class TextDocumentIn(StrictModel):
     def _has_text(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("the text is blank")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if problem := metadata_problem(value):
+            raise ValueError(f"the metadata {problem}")
         return value
 
 

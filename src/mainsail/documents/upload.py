@@ -13,9 +13,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from mainsail.core.errors import AppError, BadRequest
+from mainsail.documents.schemas import metadata_problem
 from mainsail.documents.storage import DocumentStore, StagedFile, StagingWriter
 
 MAX_FIELD_BYTES = 65_536
+MAX_BOUNDARY = 200  # RFC 2046 says 70, the parser takes 256
 MAX_FIELDS = 16
 FILE_FIELD = "file"
 
@@ -47,6 +49,7 @@ async def read_multipart(request: Request, store: DocumentStore, max_bytes: int)
     filename: str | None = None
     buffer = bytearray()
     errors: list[Exception] = []
+    ended: list[bool] = []
 
     def on_part_begin() -> None:
         state["headers"], state["name"] = {}, None
@@ -95,6 +98,11 @@ async def read_multipart(request: Request, store: DocumentStore, max_bytes: int)
                 errors.append(BadRequest("Too many form fields."))
             fields[name] = buffer.decode("utf-8", "replace")
 
+    def on_end() -> None:
+        ended.append(True)
+
+    if len(boundary) > MAX_BOUNDARY or not boundary.isascii():
+        raise BadRequest(f"The multipart boundary must be 1-{MAX_BOUNDARY} ASCII characters.")
     parser = MultipartParser(
         boundary,
         {
@@ -105,6 +113,7 @@ async def read_multipart(request: Request, store: DocumentStore, max_bytes: int)
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": on_end,
         },
     )
     try:
@@ -113,6 +122,13 @@ async def read_multipart(request: Request, store: DocumentStore, max_bytes: int)
             if errors:
                 raise errors[0]
         parser.finalize()
+        if not ended:
+            # No closing boundary: a client or a proxy cut the body short, and its last part
+            # (the file, or a field after it) is incomplete.
+            raise BadRequest(
+                "The multipart body ends before its closing boundary: the upload was cut "
+                "short; send it again."
+            )
     except Exception as exc:
         if writer is not None:
             writer.discard()
@@ -145,25 +161,6 @@ def parse_json_field(value: str | None, name: str) -> dict[str, Any]:
         raise BadRequest(f"The form field {name!r} must be a JSON object.") from None
     if not isinstance(parsed, dict):
         raise BadRequest(f"The form field {name!r} must be a JSON object.")
-    if _depth(parsed) > MAX_JSON_DEPTH:
-        raise BadRequest(f"The form field {name!r} is nested over {MAX_JSON_DEPTH} levels deep.")
+    if problem := metadata_problem(parsed):
+        raise BadRequest(f"The form field {name!r} {problem}.")
     return parsed
-
-
-MAX_JSON_DEPTH = 32
-
-
-def _depth(value: Any) -> int:
-    """How deeply ``value`` nests, counted without recursion (a hostile value may nest
-    beyond the interpreter's stack)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if depth <= MAX_JSON_DEPTH:
-                stack.extend(
-                    (child, depth + 1)
-                    for child in (item.values() if isinstance(item, dict) else item)
-                )
-    return deepest

@@ -36,7 +36,12 @@ def _field_error(field: str, message: str) -> UnprocessableContent:
         message,
         extra={
             "errors": [
-                {"field": field, "loc": ["body", field], "message": message, "type": "value_error"}
+                {
+                    "field": f"body.{field}",
+                    "loc": ["body", field],
+                    "message": message,
+                    "type": "value_error",
+                }
             ]
         },
     )

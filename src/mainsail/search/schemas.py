@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
-from mainsail.core.schemas import OutModel, StrictModel
+from mainsail.core.schemas import OutModel, StrictModel, is_text
 from mainsail.search.query import ParsedQuery, parse, plain
 
 # Index version ids are PostgreSQL integers.
@@ -48,11 +48,28 @@ class Filters(StrictModel):
             raise ValueError("created_after must be before created_before")
         return self
 
+    @field_validator("metadata")
+    @classmethod
+    def _characters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # JSON may spell a lone surrogate ("\udfff"), which PostgreSQL refuses. A str field
+        # refuses it already; a str in a union (the values) is taken as it is.
+        for item in value.values() if value else ():
+            for text in item if isinstance(item, list) else [item]:
+                if isinstance(text, str) and not is_text(text):
+                    raise ValueError("a value holds a lone surrogate (\\ud800-\\udfff)")
+        return value
+
     @field_validator("created_after", "created_before")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("give a time zone (e.g. 2026-01-31T00:00:00Z)")
+        try:
+            value.astimezone(UTC)  # compared in UTC, which must stay within years 1-9999
+        except OverflowError:
+            raise ValueError("the date is out of range (years 1-9999 in UTC)") from None
         return value
 
 

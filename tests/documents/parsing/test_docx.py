@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from mainsail.documents.parsing import Block, CorruptDocument, LimitExceeded, ParseLimits, parse
+from mainsail.documents.parsing import (
+    Block,
+    CorruptDocument,
+    LimitExceeded,
+    ParseLimits,
+    parse,
+    sniff_file,
+)
 from tests.documents.fixtures.make_fixtures import (
     W_NS,
     document_xml,
@@ -167,6 +174,43 @@ def test_a_zip_without_a_word_document_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(CorruptDocument, match="not a Word document"):
         _parse(tmp_path, out.getvalue())
+
+
+def test_a_main_part_not_named_document_xml_is_found_through_the_relationships(
+    tmp_path: Path,
+) -> None:
+    data = docx_bytes(
+        document_xml(paragraph("Title", style="Heading1") + paragraph("Body text.")),
+        styles=styles_xml(),
+        main="document2.xml",
+    )
+    path = tmp_path / "report.docx"
+    path.write_bytes(data)
+
+    assert sniff_file(path, "report.docx") == DOCX
+    assert _parse(tmp_path, data) == [
+        Block("Title", heading=("Title",), kind="heading"),
+        Block("Body text.", heading=("Title",)),
+    ]
+
+
+def test_a_main_part_whose_content_type_is_not_word_is_not_read(tmp_path: Path) -> None:
+    """The relationships name the package's main part whatever the application; its content
+    type says whether it is a Word document."""
+    package = BytesIO(docx_bytes(document_xml(paragraph("text")), main="document2.xml"))
+    out = BytesIO()
+    with zipfile.ZipFile(package) as source, zipfile.ZipFile(out, "w") as archive:
+        for name in source.namelist():
+            content = source.read(name)
+            if name == "[Content_Types].xml":
+                content = content.replace(
+                    b"wordprocessingml.document.main+xml", b"spreadsheetml.sheet.main+xml"
+                )
+            archive.writestr(name, content)
+    data = out.getvalue()
+
+    with pytest.raises(CorruptDocument, match="not a Word document"):
+        _parse(tmp_path, data)
 
 
 def test_strict_ooxml_namespaces_are_read(tmp_path: Path) -> None:

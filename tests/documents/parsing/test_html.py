@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mainsail.documents.parsing import Block, CorruptDocument, ParseLimits, parse
+from mainsail.documents.parsing import Block, CorruptDocument, ParseLimits, parse, sniff_file
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 GUIDE = ("Mainsail guide",)
@@ -72,3 +72,39 @@ def test_a_comment_that_never_ends_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(CorruptDocument, match="never ends"):
         _parse(tmp_path, page, ParseLimits(max_markup_chars=4096, read_size=1024))
+
+
+def test_a_doctype_internal_subset_is_not_text(tmp_path: Path) -> None:
+    page = (
+        b'<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" "x.dtd"'
+        b' [ <!ENTITY nbsp "&#160;"> ]><html><body><p>Body</p></body></html>'
+    )
+
+    assert [block.text for block in _parse(tmp_path, page)] == ["Body"]
+
+
+def test_a_marked_section_with_an_unknown_keyword_is_skipped_like_a_comment(
+    tmp_path: Path,
+) -> None:
+    """The standard library's parser raises on it; a browser reads a bogus comment."""
+    page = b"<p>Before the section.</p><p>a<![foo[ x ]]>b</p><p>After it.</p>"
+
+    assert [block.text for block in _parse(tmp_path, page)] == [
+        "Before the section.",
+        "ab",
+        "After it.",
+    ]
+
+
+def test_a_legacy_page_naming_its_charset_is_html_to_the_sniffer(tmp_path: Path) -> None:
+    japanese = (
+        "これは日本語の文章です。漢字とひらがなとカタカナが含まれています。検索のための文書。"
+    )
+    page = (
+        f'<html><head><meta charset="shift_jis"></head><body><p>{japanese * 20}</p></body></html>'
+    ).encode("shift_jis")
+    path = tmp_path / "page.html"
+    path.write_bytes(page)
+
+    assert sniff_file(path, "page.html") == "text/html"
+    assert [block.text for block in parse(path, "text/html")] == [japanese * 20]

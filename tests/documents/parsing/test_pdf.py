@@ -86,6 +86,16 @@ def test_a_damaged_pdf_is_refused(tmp_path: Path, damage: Callable[[bytes], byte
         _parse(path)
 
 
+def test_a_pdf_whose_every_page_uses_an_unknown_filter_is_refused(tmp_path: Path) -> None:
+    """pypdf raises NotImplementedError for a stream filter it does not know."""
+    path = tmp_path / "odd.pdf"
+    data = pdf_bytes([["Hello page one"], ["Page two"]], compress=False)
+    path.write_bytes(data.replace(b"<< /Length", b"<< /Filter /FooDecode /Length"))
+
+    with pytest.raises(CorruptDocument, match="damaged"):
+        _parse(path)
+
+
 def test_a_pdf_with_too_many_pages_is_refused_before_reading_them(tmp_path: Path) -> None:
     path = tmp_path / "long.pdf"
     path.write_bytes(pdf_bytes([[f"page {number}"] for number in range(5)]))

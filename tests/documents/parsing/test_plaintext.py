@@ -106,3 +106,39 @@ def test_binary_after_good_text_fails_while_iterating(tmp_path: Path) -> None:
     with pytest.raises(CorruptDocument) as caught:
         list(blocks)
     assert caught.value.reason == "The file looks like binary data, not text."
+
+
+_ENGLISH = (
+    "The harbour was calm and the crew slept on deck under the lanterns. " * 15 + "\n\n"
+) * 70
+
+
+@pytest.mark.parametrize(
+    "french",
+    [
+        "Le garçon a mangé une crème brûlée.",
+        # Dense enough in accents that, read as UTF-8, the U+FFFDs would look like binary.
+        "Le garçon a mangé une crème brûlée à côté de l'église où été créée la fête.",
+    ],
+)
+def test_legacy_text_whose_first_accent_lies_past_the_head_keeps_its_accents(
+    tmp_path: Path, french: str
+) -> None:
+    """The encoding is judged from the first read (all ASCII here): the first byte that is not
+    UTF-8 switches the rest of the file to cp1252."""
+    assert len(_ENGLISH) > ParseLimits().read_size
+    path = tmp_path / "long.txt"
+    path.write_bytes(_ENGLISH.encode("ascii") + (french + "\n\n").encode("cp1252") * 40)
+
+    texts = _texts(path)
+    assert texts[-40:] == [french] * 40
+
+
+def test_utf8_text_with_one_damaged_byte_past_the_head_stays_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    tail = "Déjà vu, naïve café, señor, Zürich.\n\n" * 40
+    path.write_bytes(_ENGLISH.encode("ascii") + b"\xff" + tail.encode("utf-8"))
+
+    texts = _texts(path)
+    assert texts[-39:] == ["Déjà vu, naïve café, señor, Zürich."] * 39
+    assert texts[-40] == "\ufffdDéjà vu, naïve café, señor, Zürich."

@@ -8,6 +8,9 @@ whose ``reason`` can be shown to the uploader: ``UnsupportedType`` for files we 
 
 from __future__ import annotations
 
+import logging
+import struct
+import zlib
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -45,6 +48,26 @@ __all__ = [
     "sniff_file",
 ]
 
+log = logging.getLogger(__name__)
+
+# What a parser raises when a file surprises it and no DocumentError was made of it. Reading the
+# same bytes again raises the same way, so the document fails once with a reason instead of
+# being retried; the traceback goes to the log. OSError (the storage) and MemoryError are not
+# here: they can pass.
+_UNREADABLE = (
+    ValueError,
+    TypeError,
+    LookupError,
+    AttributeError,
+    AssertionError,
+    NotImplementedError,
+    ArithmeticError,
+    RecursionError,
+    struct.error,
+    zlib.error,
+)
+_UNREADABLE_REASON = "The file could not be read: it is damaged or uses a feature we do not read."
+
 _PARSERS: dict[str, Callable[[Path, ParseLimits], Iterator[Block]]] = {
     TEXT_PLAIN: parse_text,
     TEXT_MARKDOWN: parse_markdown,
@@ -66,4 +89,10 @@ def parse(
     parser = _PARSERS.get(content_type.split(";")[0].strip().lower())
     if parser is None:
         raise UnsupportedType(f"Files of type {content_type!r} are not supported.")
-    yield from parser(path, limits)
+    try:
+        yield from parser(path, limits)
+    except DocumentError:
+        raise
+    except _UNREADABLE as exc:
+        log.warning("document_unreadable", extra={"content_type": content_type}, exc_info=True)
+        raise CorruptDocument(_UNREADABLE_REASON) from exc

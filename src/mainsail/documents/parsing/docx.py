@@ -9,6 +9,7 @@ be declared, let alone expanded.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import struct
 import zipfile
@@ -29,7 +30,12 @@ from mainsail.documents.parsing.model import (
 from mainsail.documents.parsing.textio import clean, cut_pieces
 
 DOCUMENT_PART = "word/document.xml"
-STYLES_PART = "word/styles.xml"
+STYLES_NAME = "styles.xml"  # beside the main part
+# A package names its main part in its relationships (Word sometimes writes
+# word/document2.xml), and the part's content type says it is a Word document.
+_PACKAGE_RELS = "_rels/.rels"
+_CONTENT_TYPES = "[Content_Types].xml"
+_MAX_PACKAGE_PART = 1 * MiB  # either of the two above
 _W = frozenset(
     {
         "http://schemas.openxmlformats.org/wordprocessingml/2006/main",
@@ -118,16 +124,73 @@ def _check_directory(
         if _too_compressed(entry.file_size, entry.compress_size, limits):
             raise LimitExceeded(_BOMB)
     by_name = {entry.filename: entry for entry in entries}
-    document = by_name.get(DOCUMENT_PART)
-    if document is None:
+    name = main_part(archive, limits)
+    document = by_name.get(name) if name is not None else None
+    if name is None or document is None:
         raise CorruptDocument("The file is not a Word document (it has no main document part).")
-    styles = by_name.get(STYLES_PART)
+    styles = by_name.get(posixpath.join(posixpath.dirname(name), STYLES_NAME))
     read = [entry for entry in (document, styles) if entry is not None]
     if any(entry.flag_bits & 0x1 for entry in read):
         raise CorruptDocument("The DOCX file is encrypted.")
     if sum(entry.file_size for entry in read) > limits.max_uncompressed_bytes:
         raise LimitExceeded(_BOMB)
     return document, styles
+
+
+def main_part(archive: zipfile.ZipFile, limits: ParseLimits) -> str | None:
+    """The name of the package's Word main part: ``word/document.xml`` when it is there, else
+    the part the package relationships name whose content type is a Word document's."""
+    names = set(archive.namelist())
+    if DOCUMENT_PART in names:
+        return DOCUMENT_PART
+    relationships = _package_elements(archive, _PACKAGE_RELS, "Relationship", limits)
+    targets = [
+        posixpath.normpath(attrs.get("Target", "").lstrip("/"))
+        for attrs in relationships
+        if attrs.get("Type", "").endswith("/officeDocument")
+        and attrs.get("TargetMode") != "External"
+    ]
+    target = next((name for name in targets if name in names), None)
+    if target is None:
+        return None
+    overrides = _package_elements(archive, _CONTENT_TYPES, "Override", limits)
+    for attrs in overrides:
+        if attrs.get("PartName", "").lstrip("/") == target:
+            kind = attrs.get("ContentType", "")
+            return target if "word" in kind and kind.endswith(".main+xml") else None
+    return None
+
+
+def _package_elements(
+    archive: zipfile.ZipFile, name: str, element: str, limits: ParseLimits
+) -> list[dict[str, str]]:
+    """The attributes of each ``element`` in a small package part (none when it is absent)."""
+    try:
+        entry = archive.getinfo(name)
+    except KeyError:
+        return []
+    if entry.file_size > _MAX_PACKAGE_PART:
+        raise LimitExceeded(_BOMB)
+    handler = _Collect(element)
+    for _ in _stream_xml(archive, entry, handler, limits, _Budget(_MAX_PACKAGE_PART)):
+        pass
+    return handler.found
+
+
+class _Collect:
+    def __init__(self, element: str) -> None:
+        self.element = element
+        self.found: list[dict[str, str]] = []
+
+    def start(self, name: str, attrs: dict[str, str]) -> None:
+        if name.rpartition(" ")[2] == self.element:
+            self.found.append(attrs)
+
+    def end(self, name: str) -> None:
+        pass
+
+    def text(self, data: str) -> None:
+        pass
 
 
 def _too_compressed(expanded: int, compressed: int, limits: ParseLimits) -> bool:

@@ -72,15 +72,23 @@ def html_encoding(head: bytes) -> str:
     """BOM, then a ``<meta charset>`` near the start, then UTF-8 or cp1252 by content."""
     if head.startswith((codecs.BOM_UTF8, b"\xff\xfe", b"\xfe\xff")):
         return detect_encoding(head) or "utf-8"
-    if match := _META_CHARSET.search(head[:4096]):
-        label = match.group(1).decode("ascii").lower()
-        try:
-            name = codecs.lookup(_LABEL_CODECS.get(label, label)).name
-        except LookupError:
-            name = ""
-        if name and not name.startswith("utf-16") and not name.startswith("utf-32"):
-            return "utf-8-sig" if name == "utf-8" else name
-    return detect_encoding(head) or "utf-8-sig"
+    return declared_encoding(head) or detect_encoding(head) or "utf-8-sig"
+
+
+def declared_encoding(head: bytes) -> str | None:
+    """The codec a ``<meta charset>`` near the start names, when Python has it and it is
+    ASCII-compatible (the tag itself was found by its ASCII bytes)."""
+    match = _META_CHARSET.search(head[:4096])
+    if match is None:
+        return None
+    label = match.group(1).decode("ascii").lower()
+    try:
+        name = codecs.lookup(_LABEL_CODECS.get(label, label)).name
+    except LookupError:
+        return None
+    if name.startswith(("utf-16", "utf-32")):
+        return None
+    return "utf-8-sig" if name == "utf-8" else name
 
 
 def parse_html(path: Path, limits: ParseLimits) -> Iterator[Block]:
@@ -118,6 +126,30 @@ class _BlockParser(HTMLParser):
     def drain(self) -> Iterator[Block]:
         ready, self.ready = self.ready, []
         yield from ready
+
+    # --- markup the standard library's parser reads wrongly ------------------------------
+
+    def parse_html_declaration(self, i: int) -> int:
+        """A DOCTYPE with an internal subset (``<!DOCTYPE html [ <!ENTITY ...> ]>``) ends at the
+        ``>`` after its ``]``, not at the first ``>``, which lies inside the subset."""
+        rawdata = self.rawdata
+        if rawdata[i : i + 9].lower() != "<!doctype":
+            return super().parse_html_declaration(i)
+        end = rawdata.find(">", i + 9)
+        subset = rawdata.find("[", i + 9)
+        if subset >= 0 and (end < 0 or subset < end):
+            close = rawdata.find("]", subset)
+            end = -1 if close < 0 else rawdata.find(">", close)
+        return -1 if end < 0 else end + 1
+
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        """``<![keyword[`` with a keyword the standard library does not know raises; a browser
+        reads it as a bogus comment that ends at the next ``>``."""
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            end = self.rawdata.find(">", i + 3)
+            return -1 if end < 0 else end + 1
 
     def finish(self) -> None:
         self._end_row()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 import logging
 import statistics
+import struct
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,8 +31,22 @@ from mainsail.documents.parsing.textio import clean, cut_pieces
 
 log = logging.getLogger(__name__)
 
-# pypdf raises more than its own errors on damaged files.
-_BROKEN = (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError)
+# What pypdf raises on a damaged or unusual file: its own errors and whatever the bytes it
+# trusted lead to (an unknown stream filter is a NotImplementedError; a bad deflate stream a
+# zlib.error; a bad binary field a struct.error).
+_BROKEN = (
+    PyPdfError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    AssertionError,
+    NotImplementedError,
+    ArithmeticError,
+    struct.error,
+    zlib.error,
+)
 _BROKEN_REASON = "The PDF is damaged and cannot be read."
 _ENCRYPTED_REASON = "The PDF is encrypted; remove its password and upload it again."
 _GAP_FACTOR = 1.5  # a gap this many times the usual line spacing ends a paragraph
@@ -53,11 +69,17 @@ def parse_pdf(path: Path, limits: ParseLimits) -> Iterator[Block]:
                 f"The PDF has {count} pages; documents of up to {limits.max_pages} pages"
                 " are accepted."
             )
+        unreadable = 0
         for number in range(1, count + 1):
             lines = _page_lines(reader, number)
+            if lines is None:
+                unreadable += 1
+                continue
             for paragraph in _paragraphs(lines):
                 for piece in cut_pieces(paragraph, limits.max_block_chars):
                     yield Block(piece, page=number)
+        if count and unreadable == count:
+            raise CorruptDocument(_BROKEN_REASON)
 
 
 @contextmanager
@@ -79,8 +101,9 @@ def _open(file: IO[bytes]) -> PdfReader:
     return reader
 
 
-def _page_lines(reader: PdfReader, number: int) -> list[_Line]:
-    """The page's text lines, with their height on the page when pypdf reports it."""
+def _page_lines(reader: PdfReader, number: int) -> list[_Line] | None:
+    """The page's text lines, with their height on the page when pypdf reports it; None when
+    the page cannot be read."""
     fragments: list[tuple[str, float]] = []
 
     def visit(text: str, cm: Any, tm: Any, _font: Any, _size: Any) -> None:
@@ -95,7 +118,7 @@ def _page_lines(reader: PdfReader, number: int) -> list[_Line]:
     except (*_BROKEN, RecursionError):
         # One unreadable page should not cost the whole document its other pages.
         log.warning("pdf_page_unreadable", extra={"page": number}, exc_info=True)
-        return []
+        return None
     finally:
         _forget_page(reader, number)
     if "".join(fragment for fragment, _ in fragments) != text:

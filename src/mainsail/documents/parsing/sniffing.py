@@ -11,7 +11,8 @@ import struct
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from mainsail.documents.parsing.docx import check_entry_count
+from mainsail.documents.parsing.docx import check_entry_count, main_part
+from mainsail.documents.parsing.htmldoc import declared_encoding
 from mainsail.documents.parsing.model import (
     APPLICATION_DOCX,
     APPLICATION_PDF,
@@ -100,9 +101,12 @@ def sniff_file(path: Path, filename: str | None = None) -> str:
         head = file.read(HEAD_SIZE)
     if not head.startswith(_ZIP):
         return sniff(head, filename)
-    names = _directory_names(path)
-    if names is None:  # not a readable archive: the head is all there is to go on
+    directory = _directory(path)
+    if directory is None:  # not a readable archive: the head is all there is to go on
         return sniff(head, filename)
+    names, main = directory
+    if main is not None:
+        return APPLICATION_DOCX
     return _zip_from_names(names, head=b"")
 
 
@@ -133,6 +137,10 @@ def _refuse_known_binary(head: bytes) -> None:
 
 def _text_type(head: bytes, filename: str | None) -> str:
     encoding = detect_encoding(head)
+    if encoding == "cp1252":
+        # Not UTF-8: a page that names its charset is read in it, as the HTML parser will read
+        # it (Shift_JIS or GBK bytes read as cp1252 look like binary).
+        encoding = declared_encoding(head) or encoding
     if encoding is None:
         raise UnsupportedType(f"Binary files are not supported; {_ACCEPTED}.")
     text = codecs.getincrementaldecoder(encoding)(errors="replace").decode(head, final=False)
@@ -196,11 +204,18 @@ def _local_names(head: bytes) -> list[str]:
     return names
 
 
-def _directory_names(path: Path) -> list[str] | None:
+def _directory(path: Path) -> tuple[list[str], str | None] | None:
+    """The archive's entry names and its Word main part, if it has one."""
     try:
         with path.open("rb") as file:
-            check_entry_count(file, ParseLimits())
+            limits = ParseLimits()
+            check_entry_count(file, limits)
             with zipfile.ZipFile(file) as archive:
-                return archive.namelist()
+                names = archive.namelist()
+                try:
+                    main = main_part(archive, limits)
+                except DocumentError:
+                    main = None
+                return names, main
     except (DocumentError, zipfile.BadZipFile, OSError, ValueError, EOFError):
         return None

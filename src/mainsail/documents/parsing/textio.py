@@ -100,7 +100,7 @@ def read_pieces(path: Path, *, encoding: str, read_size: int) -> Iterator[str]:
     A CR at the end of a piece is held back so that a CRLF split across pieces stays one
     newline.
     """
-    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    decoder = _Utf8OrCp1252() if encoding == "utf-8-sig" else _decoder(encoding)
     guard = _BinaryGuard()
     held_cr = ""
     with path.open("rb") as file:
@@ -116,6 +116,51 @@ def read_pieces(path: Path, *, encoding: str, read_size: int) -> Iterator[str]:
                 yield clean(piece)
             if not chunk:
                 return
+
+
+def _decoder(encoding: str, errors: str = "replace") -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder(encoding)(errors=errors)
+
+
+class _Utf8OrCp1252:
+    """UTF-8 until the bytes say otherwise, for a file whose head was all ASCII (or valid
+    UTF-8): only the head was judged, and a legacy file's first accent may lie past it.
+
+    A byte that is not UTF-8 before any real UTF-8 character was read switches the rest of the
+    file to cp1252, unless that piece holds more valid UTF-8 characters than broken ones (a
+    UTF-8 file with a damaged byte). Once settled, broken bytes become U+FFFD as usual.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = _decoder("utf-8-sig", "strict")
+        self._settled = False
+
+    def decode(self, chunk: bytes, final: bool = False) -> str:
+        if self._settled:
+            return self._decoder.decode(chunk, final)
+        if chunk.startswith(codecs.BOM_UTF8):  # the BOM says UTF-8 (only the first chunk can)
+            self._settle()
+        pending = self._decoder.getstate()[0]
+        try:
+            text = self._decoder.decode(chunk, final)
+        except UnicodeDecodeError:
+            utf8 = _decoder("utf-8")
+            text = utf8.decode(pending + chunk, final)
+            broken = text.count("\ufffd")
+            if sum(not char.isascii() for char in text) - broken > broken:
+                self._decoder = utf8
+            else:
+                self._decoder = _decoder("cp1252")
+                text = self._decoder.decode(pending + chunk, final)
+            self._settled = True
+            return text
+        if not text.isascii():
+            self._settle()
+        return text
+
+    def _settle(self) -> None:
+        self._decoder.errors = "replace"
+        self._settled = True
 
 
 def open_text(path: Path, limits: ParseLimits) -> Iterator[str]:
