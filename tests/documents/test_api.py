@@ -125,6 +125,36 @@ async def test_inline_text_is_a_document_too(
     assert ready["chunk_count"] >= 1
 
 
+async def test_inline_text_holding_nul_is_a_422_naming_the_text(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account
+) -> None:
+    created = await client.post(
+        "/documents", json={"text": "a line\u0000 and more"}, headers=alice.headers
+    )
+    assert created.status_code == 422, created.text
+    assert [error["field"] for error in created.json()["errors"]] == ["text"]
+    assert "NUL" in created.text
+
+
+async def test_a_decomposed_filename_names_the_same_document_as_a_composed_one(
+    client: httpx.AsyncClient, alice: Account, upload: Upload
+) -> None:
+    """macOS spells "é" as "e" and a combining accent; the name is kept composed (NFC), so
+    the changed file is a revision, not a second document."""
+    composed, decomposed = "r\u00e9sum\u00e9.txt", "re\u0301sume\u0301.txt"
+    first = await upload(alice, essay(3).encode(), composed)
+    assert first.status_code == 202, first.text
+    second = await upload(alice, essay(4, seed=2).encode(), decomposed)
+    assert second.status_code == 202, second.text
+    assert second.json()["id"] == first.json()["id"]
+    assert (second.json()["revision"], second.json()["filename"]) == (2, composed)
+    inline = await client.post(
+        "/documents", json={"text": essay(5, seed=4), "filename": decomposed}, headers=alice.headers
+    )
+    assert inline.status_code == 202, inline.text
+    assert (inline.json()["id"], inline.json()["revision"]) == (first.json()["id"], 3)
+
+
 async def test_the_same_bytes_return_the_existing_document_without_a_new_job(
     app: FastAPI, client: httpx.AsyncClient, alice: Account, bob: Account, upload: Upload
 ) -> None:

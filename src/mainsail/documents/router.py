@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from typing import Annotated
 
@@ -92,7 +93,7 @@ async def upload(
             if body.chunking
             else None
         )
-        metadata, filename = body.metadata, body.filename
+        metadata, filename = body.metadata, _filename(body.filename)
         collection = body.collection or settings.documents.default_collection
         staged = stage_text(store, body.text, limit)
     else:
@@ -141,14 +142,17 @@ def _whole(value: str | None) -> int:
 
 
 def _filename(value: str | None) -> str | None:
-    """A multipart filename (the part's, or a ``filename`` field), held to the JSON body's
-    limits."""
+    """An upload's filename (the file part's, a ``filename`` field or the JSON body's), held
+    to the JSON body's limits and in Unicode's composed form (NFC)."""
     if value is None:
         return None
-    if not 1 <= len(value) <= MAX_FILENAME:
-        raise UnprocessableContent(f"filename must be 1-{MAX_FILENAME} characters long.")
     if not is_text(value):  # an RFC 2231 filename* is decoded with any codec it names
         raise UnprocessableContent("filename holds a lone surrogate, which is not a character.")
+    # One name, however the client's file system spelled it (macOS decomposes accents), so a
+    # changed file is a revision of the same document.
+    value = unicodedata.normalize("NFC", value)
+    if not 1 <= len(value) <= MAX_FILENAME:
+        raise UnprocessableContent(f"filename must be 1-{MAX_FILENAME} characters long.")
     return value
 
 

@@ -62,6 +62,8 @@ class TextDocumentIn(StrictModel):
     def _has_text(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("the text is blank")
+        if "\x00" in value:
+            raise ValueError("the text holds NUL characters (U+0000), which text does not")
         return value
 
     @field_validator("metadata")
