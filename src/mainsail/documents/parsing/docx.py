@@ -244,6 +244,8 @@ def _stream_xml(
         raise CorruptDocument("The document's XML declares a DOCTYPE, which is refused.") from exc
     except expat.ExpatError as exc:
         raise CorruptDocument("The document's XML is malformed.") from exc
+    except RuntimeError as exc:  # zipfile: an encrypted entry needs a password
+        raise CorruptDocument("The DOCX file is encrypted.") from exc
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
         raise CorruptDocument(_BROKEN_ZIP) from exc
     yield

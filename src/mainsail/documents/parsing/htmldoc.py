@@ -86,9 +86,17 @@ def declared_encoding(head: bytes) -> str | None:
         name = codecs.lookup(_LABEL_CODECS.get(label, label)).name
     except LookupError:
         return None
-    if name.startswith(("utf-16", "utf-32")):
+    if name.startswith(("utf-16", "utf-32")) or name in _NOT_PAGE_CODECS:
+        return None
+    if not getattr(codecs.lookup(name), "_is_text_encoding", True):  # hex, base64, zlib...
         return None
     return "utf-8-sig" if name == "utf-8" else name
+
+
+# Text codecs Python has that no page is written in (and that would fail or mislead).
+_NOT_PAGE_CODECS = frozenset(
+    {"undefined", "utf-7", "unicode-escape", "raw-unicode-escape", "punycode", "idna", "rot-13"}
+)
 
 
 def parse_html(path: Path, limits: ParseLimits) -> Iterator[Block]:
@@ -102,6 +110,21 @@ def parse_html(path: Path, limits: ParseLimits) -> Iterator[Block]:
     parser.close()
     parser.finish()
     yield from parser.drain()
+
+
+def _outside_quotes(text: str, char: str, start: int, end: int) -> int:
+    """Where ``char`` first occurs in ``text[start:end]`` outside quoted strings, or -1
+    (``end`` -1: to the end of the text)."""
+    quote = ""
+    for index in range(start, len(text) if end < 0 else end):
+        current = text[index]
+        if quote:
+            quote = "" if current == quote else quote
+        elif current in "\"'":
+            quote = current
+        elif current == char:
+            return index
+    return -1
 
 
 class _BlockParser(HTMLParser):
@@ -136,7 +159,7 @@ class _BlockParser(HTMLParser):
         if rawdata[i : i + 9].lower() != "<!doctype":
             return super().parse_html_declaration(i)
         end = rawdata.find(">", i + 9)
-        subset = rawdata.find("[", i + 9)
+        subset = _outside_quotes(rawdata, "[", i + 9, end)
         if subset >= 0 and (end < 0 or subset < end):
             close = rawdata.find("]", subset)
             end = -1 if close < 0 else rawdata.find(">", close)

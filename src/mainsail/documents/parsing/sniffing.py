@@ -137,10 +137,12 @@ def _refuse_known_binary(head: bytes) -> None:
 
 def _text_type(head: bytes, filename: str | None) -> str:
     encoding = detect_encoding(head)
-    if encoding == "cp1252":
+    declared = declared_encoding(head) if encoding == "cp1252" else None
+    if declared and declared != "utf-8-sig":
         # Not UTF-8: a page that names its charset is read in it, as the HTML parser will read
-        # it (Shift_JIS or GBK bytes read as cp1252 look like binary).
-        encoding = declared_encoding(head) or encoding
+        # it (Shift_JIS or GBK bytes read as cp1252 look like binary), if it reads as text.
+        sample = codecs.getincrementaldecoder(declared)(errors="replace").decode(head)
+        encoding = encoding if looks_binary(sample) else declared
     if encoding is None:
         raise UnsupportedType(f"Binary files are not supported; {_ACCEPTED}.")
     text = codecs.getincrementaldecoder(encoding)(errors="replace").decode(head, final=False)
@@ -217,5 +219,5 @@ def _directory(path: Path) -> tuple[list[str], str | None] | None:
                 except DocumentError:
                     main = None
                 return names, main
-    except (DocumentError, zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except (DocumentError, zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError):
         return None

@@ -143,11 +143,12 @@ class _Utf8OrCp1252:
         pending = self._decoder.getstate()[0]
         try:
             text = self._decoder.decode(chunk, final)
-        except UnicodeDecodeError:
+        except UnicodeDecodeError as exc:
             utf8 = _decoder("utf-8")
             text = utf8.decode(pending + chunk, final)
             broken = text.count("\ufffd")
-            if sum(not char.isascii() for char in text) - broken > broken:
+            before = (pending + chunk)[: exc.start]  # valid UTF-8 up to the broken byte
+            if not before.isascii() or sum(not char.isascii() for char in text) > 2 * broken:
                 self._decoder = utf8
             else:
                 self._decoder = _decoder("cp1252")
