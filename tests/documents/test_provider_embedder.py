@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from mainsail.documents.embedders import LOCAL_DIMENSION, local_name
+from mainsail.documents.embedders import LOCAL_DIMENSION, LOCAL_MAX_TOKENS, local_name
 from mainsail.documents.runtime import start_documents
 from mainsail.llm.errors import ModelNotFound, WrongModelKind
 from mainsail.llm.gateway import CallContext
@@ -31,6 +31,7 @@ from tests.documents.conftest import QUICK_JOBS, Upload, chunk_rows, essay, wait
 from tests.fakes.provider_server import FakeProviderServer, Fault, fake_embedding
 from tests.fixtures.gateway import gateway_settings, write_embedding_catalogue
 from tests.fixtures.identity import Account
+from tests.search.test_index_versions import wait_for_version
 
 MODEL = "text-embedding-3-small"
 
@@ -210,3 +211,34 @@ async def test_a_worker_process_builds_its_own_metered_gateway(
             await metering(settings.model_copy(update={"documents": local}), app.state.db, stack)
             is None
         )
+
+
+async def test_an_upload_chunk_size_is_capped_for_a_version_of_a_smaller_model(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, admin: Account, upload: Upload
+) -> None:
+    """An upload's chunk_size is checked against the model of its day (this provider reads
+    8,191 tokens); a version of the local model, built later, cuts the same document at what
+    that model reads (254 word pieces), never into chunks it would embed truncated."""
+    created = await upload(
+        alice, essay(400).encode(), "long.txt", chunk_size="1000", chunk_overlap="100"
+    )
+    assert created.status_code == 202, created.text
+    document_id = created.json()["id"]
+    await wait_for_status(client, alice, document_id, "ready")
+    provider_sizes = [row["token_count"] for row in await chunk_rows(app, document_id)]
+    assert max(provider_sizes) > 300  # the upload's size held under the provider model
+
+    version = await client.post(
+        "/admin/index-versions",
+        json={"embedder": local_name(quantized=True)},
+        headers=admin.headers,
+    )
+    assert version.status_code == 202, version.text
+    version_id = version.json()["id"]
+    await wait_for_version(client, admin, version_id, "ready")
+    local = [
+        row for row in await chunk_rows(app, document_id) if row["index_version"] == version_id
+    ]
+    assert local
+    assert max(row["token_count"] for row in local) <= LOCAL_MAX_TOKENS - 2
+    assert all(row["dims"] == LOCAL_DIMENSION for row in local)

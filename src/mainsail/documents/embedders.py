@@ -100,6 +100,14 @@ class ProviderEmbedder:
 DocumentEmbedder = Embedder | ProviderEmbedder
 
 
+def chunk_limit(embedder: DocumentEmbedder) -> int:
+    """The most tokens one chunk may hold for ``embedder``: a provider's whole window, a local
+    model's window less the two special tokens it frames every text with."""
+    if isinstance(embedder, ProviderEmbedder):
+        return embedder.max_tokens
+    return embedder.max_tokens - 2
+
+
 class Embedders:
     """The embedders of one process. Catalogue models need ``gateway``."""
 

@@ -37,7 +37,12 @@ from mainsail.core.db import Database
 from mainsail.core.logging import get_logger
 from mainsail.documents import repository
 from mainsail.documents.chunking import Chunker, ChunkText
-from mainsail.documents.embedders import AsyncEmbedder, DocumentEmbedder, ProviderEmbedder
+from mainsail.documents.embedders import (
+    AsyncEmbedder,
+    DocumentEmbedder,
+    ProviderEmbedder,
+    chunk_limit,
+)
 from mainsail.documents.models import (
     ACTIVE,
     FAILED,
@@ -615,11 +620,13 @@ class Ingestor:
         embedder = await asyncio.to_thread(self.embedders, version.embedder)
         if isinstance(embedder, ProviderEmbedder):  # billed to the document's owner
             embedder = embedder.bind(billing)
-        chunker = Chunker(
-            embedder.tokenizer,
-            chunk_size=int(source.chunking.get("chunk_size", version.chunk_size)),
-            chunk_overlap=int(source.chunking.get("chunk_overlap", version.chunk_overlap)),
-        )
+        size = int(source.chunking.get("chunk_size", version.chunk_size))
+        overlap = int(source.chunking.get("chunk_overlap", version.chunk_overlap))
+        # An upload's chunk_size was checked against the model of its day; a version built
+        # later may read fewer tokens, and a longer chunk would be embedded truncated.
+        if size > (limit := chunk_limit(embedder)):
+            size, overlap = limit, min(overlap, limit // 4)
+        chunker = Chunker(embedder.tokenizer, chunk_size=size, chunk_overlap=overlap)
         async with self.db.autocommit() as connection:
             stored = await repository.max_ordinal(
                 connection, source.document_id, version.id, source.revision

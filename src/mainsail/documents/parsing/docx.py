@@ -27,7 +27,7 @@ from mainsail.documents.parsing.model import (
     MiB,
     ParseLimits,
 )
-from mainsail.documents.parsing.textio import clean, cut_pieces
+from mainsail.documents.parsing.textio import clean, cut_pieces, word_end
 
 DOCUMENT_PART = "word/document.xml"
 STYLES_NAME = "styles.xml"  # beside the main part
@@ -321,8 +321,8 @@ class _Styles:
                 return 0
             if match := _HEADING_NAME.fullmatch(style.name):
                 return int(match.group(1))
-            if style.outline is not None and style.outline < 9:
-                return style.outline + 1
+            if style.outline is not None:  # 9 is body text (Word's "TOC Heading"): not inherited
+                return style.outline + 1 if style.outline < 9 else None
             if not style.based_on:
                 return None
             style_id = style.based_on
@@ -435,7 +435,7 @@ class _Body:
 
     def _outline(self, attrs: dict[str, str]) -> None:
         value = attrs.get("val", "")
-        if self.paragraphs and value.isdigit() and int(value) < 9:
+        if self.paragraphs and value.isdigit():  # 9 and above: body text, whatever the style
             self.paragraphs[-1].outline = int(value)
 
     def _numbered(self, _attrs: dict[str, str]) -> None:
@@ -449,7 +449,14 @@ class _Body:
         paragraph.parts.append(text)
         paragraph.size += len(text)
         if paragraph.size > self.limit:  # spill what is there, keep the paragraph open
+            text = "".join(paragraph.parts)
+            # A word the last read cut short stays open: only whole words are emitted.
+            end = (word_end(text) or len(text)) if not self.tables else len(text)
+            paragraph.parts = [text[:end]]
             self._emit_text(self._take(paragraph), kind=self._kind(paragraph))
+            if end < len(text):
+                paragraph.parts.append(text[end:])
+                paragraph.size = len(text) - end
 
     def _end_paragraph(self) -> None:
         if not self.paragraphs:
@@ -472,7 +479,7 @@ class _Body:
 
     def _level(self, paragraph: _Paragraph) -> int | None:
         if paragraph.outline is not None:
-            return paragraph.outline + 1
+            return paragraph.outline + 1 if paragraph.outline < 9 else None
         return self.styles.level(paragraph.style) if paragraph.style else None
 
     def _kind(self, paragraph: _Paragraph) -> str:

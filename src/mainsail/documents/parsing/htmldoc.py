@@ -19,6 +19,7 @@ from mainsail.documents.parsing.textio import (
     detect_encoding,
     read_head,
     read_pieces,
+    word_end,
 )
 
 # Content that is never shown as text. <head> also ends implicitly at the first body element.
@@ -239,8 +240,15 @@ class _BlockParser(HTMLParser):
         if self.size > self.limit:
             if self.tables:
                 self._end_row()
-            else:
-                self._flush()
+                return
+            # Emit what is known to be whole; a word the last read cut short stays open.
+            text = "".join(self.parts)
+            end = word_end(text) or len(text)
+            self.parts = [text[:end]]
+            self._flush()
+            if end < len(text):
+                self.parts.append(text[end:])
+                self.size = len(text) - end
 
     def _take_text(self) -> str:
         text = "".join(self.parts)

@@ -194,6 +194,21 @@ def best_cut(text: str, limit: int) -> int:
     return cut + 1 if cut > 0 else limit
 
 
+def word_end(text: str, *, reach: int = 1_000) -> int:
+    """Where the word that ``text`` ends in begins: the end of what is known to be whole.
+
+    Text read in pieces can stop inside a word that the next piece finishes, and a block cut
+    there would hold half a word. ``len(text)`` when the text ends in whitespace; 0 when the
+    text is a single word. Looks back at most ``reach`` characters: a longer "word" is cut
+    hard anyway.
+    """
+    index = len(text)
+    bound = max(0, index - reach)
+    while index > bound and not text[index - 1].isspace():
+        index -= 1
+    return index
+
+
 def cut_pieces(text: str, limit: int) -> Iterator[str]:
     """``text`` stripped, in pieces of at most ``limit`` characters, empty pieces dropped."""
     text = text.strip()
