@@ -48,6 +48,7 @@ from mainsail.documents.models import (
     FAILED,
     PROCESSING,
     QUEUED,
+    READY,
     READY_TO_ACTIVATE,
     Document,
     IndexVersion,
@@ -441,6 +442,11 @@ class Ingestor:
             except Exception:
                 raise exc from None  # the job's own error, not the check's
             if wanted:
+                if ctx.attempt >= ctx.max_attempts and not isinstance(exc, PermanentError):
+                    # The last attempt: the document fails with the job, wherever the error
+                    # came from (before the pipeline too), so it does not stay "processing"
+                    # and the same bytes uploaded again retry it.
+                    await self._gave_up_after(ctx, exc)
                 raise
             log.info(
                 "ingest_stopped",
@@ -448,6 +454,20 @@ class Ingestor:
                 reason="document deleted or superseded",
                 error=type(exc).__name__,
             )
+
+    async def _gave_up_after(self, ctx: JobContext, exc: Exception) -> None:
+        try:
+            async with self.db.unit_of_work() as session:
+                await repository.set_status(
+                    session,
+                    uuid.UUID(ctx.payload["document_id"]),
+                    int(ctx.payload["revision"]),
+                    FAILED,
+                    error=f"Ingestion gave up after {ctx.attempt} attempts ({type(exc).__name__}).",
+                    only_from=(QUEUED, PROCESSING),
+                )
+        except Exception:  # the database is away: the job still ends dead, its error kept
+            log.warning("ingest_give_up_not_recorded", document_id=ctx.payload["document_id"])
 
     async def _still_wanted(self, ctx: JobContext) -> bool:
         async with self.db.autocommit() as connection:
@@ -466,17 +486,29 @@ class Ingestor:
             if document is None:
                 log.info("ingest_skipped", document_id=str(document_id), revision=revision)
                 return  # deleted, or a newer revision superseded this one
-            first = self.first_version
-            await repository.ensure_index_version(
-                session,
-                embedder=first.embedder,
-                dimension=first.dimension,
-                chunk_size=first.chunk_size,
-                chunk_overlap=first.chunk_overlap,
-                vector_index=self.vector_index_above == 0,
-            )
-            versions = [VersionSpec.of(v) for v in await repository.live_versions(session)]
-            source = Source.of(document, revision)
+            if document.active_revision == revision and document.status == READY:
+                # An earlier run made it ready, then its worker died before ending the job:
+                # only what comes after activation is left to do.
+                live = [VersionSpec.of(v) for v in await repository.live_versions(session)]
+                source = None
+            else:
+                first = self.first_version
+                await repository.ensure_index_version(
+                    session,
+                    embedder=first.embedder,
+                    dimension=first.dimension,
+                    chunk_size=first.chunk_size,
+                    chunk_overlap=first.chunk_overlap,
+                    vector_index=self.vector_index_above == 0,
+                )
+                versions = [VersionSpec.of(v) for v in await repository.live_versions(session)]
+                source = Source.of(document, revision)
+        if source is None:
+            log.info("ingest_already_done", document_id=str(document_id), revision=revision)
+            await asyncio.to_thread(self.store.delete_revisions, document_id, below=revision)
+            await self._vector_indexes_due([version.id for version in live])
+            await ctx.progress(done=True)
+            return
         billing = await self.owner_context(source.owner_id, ctx)
         totals: dict[int, PipelineStats] = {}
 
@@ -553,14 +585,6 @@ class Ingestor:
             reason = _reason(exc)
             await self._failed(document_id, revision, reason)
             raise PermanentError(reason) from None
-        except Exception as exc:
-            if ctx.attempt >= ctx.max_attempts:
-                await self._failed(
-                    document_id,
-                    revision,
-                    f"Ingestion gave up after {ctx.attempt} attempts ({type(exc).__name__}).",
-                )
-            raise
         if activated:
             await asyncio.to_thread(self.store.delete_revisions, document_id, below=revision)
         await self._vector_indexes_due(list(totals))

@@ -221,10 +221,13 @@ async def list_readable(
 async def claim_for_ingest(
     session: AsyncSession, document_id: uuid.UUID, revision: int
 ) -> Document | None:
-    """The document, marked processing, if this revision is still its latest."""
+    """The document, marked processing, if this revision is still its latest. A revision an
+    earlier run made ready stays ready (its status is not touched)."""
     document = await session.get(Document, document_id, with_for_update=True)
     if document is None or document.revision != revision:
         return None
+    if document.active_revision == revision and document.status == READY:
+        return document
     document.status, document.error = PROCESSING, None
     await session.flush()
     return document

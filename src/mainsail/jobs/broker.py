@@ -85,11 +85,11 @@ class Dispatcher:
 
     async def _loop(self) -> None:
         while True:
+            self._wake.clear()  # before looking: a job queued meanwhile is looked at next
             try:
                 await self.dispatch_once()
             except Exception:
                 log.exception("jobs_dispatch_failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
 
@@ -98,14 +98,25 @@ class Dispatcher:
             due = await repository.take_due(
                 connection, resend_s=self.settings.celery_visibility_timeout_s, limit=500
             )
-        for job_id in due:
-            try:
-                await asyncio.to_thread(self._send, job_id)
-                self.sent += 1
-            except Exception as exc:  # the broker is away: send it again on the next pass
-                log.warning("jobs_send_failed", job_id=str(job_id), error=type(exc).__name__)
+        done = 0
+        try:
+            for job_id in due:
+                try:
+                    await asyncio.to_thread(self._send, job_id)
+                    self.sent += 1
+                except Exception as exc:  # the broker is away: send it again on the next pass
+                    log.warning("jobs_send_failed", job_id=str(job_id), error=type(exc).__name__)
+                    async with self.db.autocommit() as connection:
+                        await repository.undispatch(connection, [job_id])
+                done += 1
+        except BaseException:
+            # Stopped part-way: the jobs marked as sent but not sent are due again now, not a
+            # visibility timeout later (the one being sent may go twice; its duplicate task
+            # finds it claimed and does nothing).
+            with contextlib.suppress(Exception):
                 async with self.db.autocommit() as connection:
-                    await repository.undispatch(connection, job_id)
+                    await repository.undispatch(connection, due[done:])
+            raise
         return len(due)
 
     def _send(self, job_id: uuid.UUID) -> Any:

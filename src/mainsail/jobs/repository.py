@@ -19,7 +19,10 @@ CHANNEL = "mainsail_jobs"
 _CLAIM = """
 UPDATE jobs SET state = 'running', attempts = attempts + 1, worker = :worker,
        lease_until = now() + make_interval(secs => :lease_s), updated_at = now(),
-       started_at = coalesce(started_at, now())
+       started_at = coalesce(started_at, now()),
+       -- claimed: if this run's worker dies, the job is due to be sent again (Celery) as
+       -- soon as the lease lapses, not a visibility timeout after the send that started it
+       dispatched_at = NULL
 WHERE id = (
     SELECT id FROM jobs
     WHERE ((state IN ('queued', 'retrying') AND run_after <= now())
@@ -201,5 +204,7 @@ async def take_due(connection: AsyncConnection, *, resend_s: float, limit: int) 
     return [row[0] for row in rows]
 
 
-async def undispatch(connection: AsyncConnection, job_id: uuid.UUID) -> None:
-    await connection.execute(update(Job).where(Job.id == job_id).values(dispatched_at=None))
+async def undispatch(connection: AsyncConnection, job_ids: list[uuid.UUID]) -> None:
+    """Marks jobs as not sent, so the dispatcher sends them on its next pass."""
+    if job_ids:
+        await connection.execute(update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=None))

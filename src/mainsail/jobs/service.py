@@ -167,6 +167,9 @@ class JobRunner:
 
     async def _loop(self, long: bool) -> None:
         while not self._stopping:
+            # Cleared before looking, not after: a job queued while this lane looks (its
+            # NOTIFY lands between the claim and the wait) is then not left for the next poll.
+            self._wake.clear()
             try:
                 ran = await self.run_one(long=long)
             except asyncio.CancelledError:
@@ -176,17 +179,19 @@ class JobRunner:
                 ran = False
             if ran:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
 
     async def run_one(self, job_id: uuid.UUID | None = None, *, long: bool | None = None) -> bool:
         """Claims and runs one job (the next runnable one, or ``job_id``); False if none.
         ``long``: only a long kind (True), only another kind (False), either (None)."""
+        # Each run has a name of its own: a lane whose lease lapsed must not renew, report on
+        # or finish the run another lane of this runner claimed since.
+        worker = f"{self.worker}:{uuid.uuid4().hex[:8]}"
         async with self.db.autocommit() as connection:
             row = await repository.claim(
                 connection,
-                worker=self.worker,
+                worker=worker,
                 lease_s=self.settings.lease_s,
                 job_id=job_id,
                 kinds=self.long_kinds if long else None,
@@ -194,7 +199,7 @@ class JobRunner:
             )
         if row is None:
             return False
-        await self._execute(JobContext.claimed(row, db=self.db, worker=self.worker))
+        await self._execute(JobContext.claimed(row, db=self.db, worker=worker))
         self.completed += 1
         return True
 
@@ -228,25 +233,34 @@ class JobRunner:
                 keeper.cancel()
                 with contextlib.suppress(BaseException):
                     await keeper
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             current = asyncio.current_task()
-            if lost.is_set() and not (current and current.cancelling()):
+            stopping = bool(current and current.cancelling())
+            if lost.is_set() and not stopping:
                 log.warning("job_lease_lost", job_id=str(ctx.id))
                 return  # another worker holds it now
-            await self._finish(ctx, QUEUED)  # stopping: hand it back, attempt not counted
-            raise
+            if stopping:
+                await self._finish(ctx, QUEUED)  # stopping: hand it back, attempt not counted
+                raise
+            # The handler raised CancelledError of its own (nobody cancelled this lane): a
+            # failure like any other, or the lane would end and the job loop for ever.
+            await self._failed(ctx, exc)
         except PermanentError as exc:
             await self._finish(ctx, FAILED, exc.reason)
         except Exception as exc:
-            log.warning("job_failed", job_id=str(ctx.id), kind=ctx.kind, error=repr(exc)[:500])
-            message = f"{type(exc).__name__}: {exc}"[:2000]
-            if self._exhausted(ctx):
-                await self._finish(ctx, DEAD, message)
-            else:
-                retry_in = backoff_s(self.settings, ctx.attempt)
-                await self._finish(ctx, RETRYING, message, retry_in_s=retry_in)
+            await self._failed(ctx, exc)
         else:
             await self._finish(ctx, SUCCEEDED)
+
+    async def _failed(self, ctx: JobContext, exc: BaseException) -> None:
+        """A run that raised: retried after a backoff, or dead when its attempts are spent."""
+        log.warning("job_failed", job_id=str(ctx.id), kind=ctx.kind, error=repr(exc)[:500])
+        message = f"{type(exc).__name__}: {exc}"[:2000]
+        if self._exhausted(ctx):
+            await self._finish(ctx, DEAD, message)
+        else:
+            retry_in = backoff_s(self.settings, ctx.attempt)
+            await self._finish(ctx, RETRYING, message, retry_in_s=retry_in)
 
     @staticmethod
     def _exhausted(ctx: JobContext) -> bool:
@@ -261,7 +275,7 @@ class JobRunner:
             try:
                 async with self.db.autocommit() as connection:
                     held = await repository.renew(
-                        connection, ctx.id, worker=self.worker, lease_s=self.settings.lease_s
+                        connection, ctx.id, worker=ctx.worker, lease_s=self.settings.lease_s
                     )
             except Exception:
                 log.warning("job_lease_renew_failed", job_id=str(ctx.id))
@@ -284,7 +298,7 @@ class JobRunner:
             finished = await repository.finish(
                 connection,
                 ctx.id,
-                worker=self.worker,
+                worker=ctx.worker,
                 state=state,
                 error=error,
                 retry_in_s=retry_in_s,

@@ -129,6 +129,14 @@ def load_eval_set(path: Path) -> EvalSet:
         )
         for q in parsed.queries
     ]
+    for number, (query, _) in enumerate(queries, 1):
+        try:  # each one a search the service takes (not blank, no NUL, ...)
+            SearchIn(query=query, query_syntax="plain", mode=parsed.mode, filters=parsed.filters)
+        except ValidationError as exc:
+            problems = "; ".join(error["msg"] for error in exc.errors())
+            raise ValueError(
+                f"evaluation set {path}: query {number} is not a valid search: {problems}"
+            ) from None
     return EvalSet(
         owner=parsed.owner,
         mode=parsed.mode,
@@ -266,11 +274,18 @@ class IndexVersions:
         async with self.db.unit_of_work() as session:
             await documents.lock_versions(session, shared=False)
             version_row = await session.get(IndexVersion, version_id, with_for_update=True)
+            if version_row is not None and version_row.state == ACTIVE:
+                return version_row, None, None  # a second request (a retry) got there first
             if version_row is None or version_row.state != READY_TO_ACTIVATE:
                 raise VersionStateConflict(f"Index version {version_id} changed meanwhile.")
             previous = await session.scalar(
                 select(IndexVersion).where(IndexVersion.state == ACTIVE).with_for_update()
             )
+            if gate is not None and gate["active_id"] != (previous.id if previous else None):
+                raise VersionStateConflict(
+                    f"Another version was activated while version {version_id} was measured "
+                    "against the one before it; activate again to compare it with the new one."
+                )
             if previous is not None:
                 previous.state = READY_TO_ACTIVATE
                 await session.flush()  # one active version at a time, even within this
@@ -324,7 +339,7 @@ class IndexVersions:
             row = await session.get(IndexVersion, version.id, with_for_update=True)
             if row is not None:
                 row.quality = candidate
-        gate = {"candidate": candidate, "active": active, "margin": margin}
+        gate = {"candidate": candidate, "active": active, "margin": margin, "active_id": active_id}
         if candidate is not None and active is not None:
             worse = [
                 name
@@ -575,18 +590,24 @@ class IndexVersions:
             if not await self._building(connection, spec.id):
                 await self._purge_if_retired(connection, spec.id)
                 return
+        # Every document is handled: one counted, then deleted before its page, is no more.
+        progress["documents"] = progress["done"]
         progress["phase"] = "index"
         await report()
         await self._build_index(spec)
         progress["phase"] = "measure" if self.settings.search.eval_set else "done"
         async with self.db.unit_of_work() as session:
             version = await session.get(IndexVersion, spec.id, with_for_update=True)
-            if version is None or version.state != BUILDING:
-                return
-            noted.take(progress, version.progress or {})
-            await noted.settle(session, spec.id, progress)
-            version.state, version.progress = READY_TO_ACTIVATE, json.loads(_json(progress))
-            noted.written(progress)
+            state = version.state if version is not None else None
+            if version is not None and state == BUILDING:
+                noted.take(progress, version.progress or {})
+                await noted.settle(session, spec.id, progress)
+                version.state, version.progress = READY_TO_ACTIVATE, json.loads(_json(progress))
+                noted.written(progress)
+        if state != BUILDING:  # retired while its index was built: the purge ran before
+            async with self.db.autocommit() as connection:
+                await self._purge_if_retired(connection, spec.id)
+            return
         log.info("index_version_built", version=spec.id, chunks=progress["chunks"])
         if self.settings.search.eval_set is not None:
             try:
@@ -649,6 +670,9 @@ class IndexVersions:
                 log.warning("reindex_document_skipped", version=spec.id, document_id=str(row.id))
             return
         progress["done"] += 1
+        # One counted before it became searchable (still being ingested when the build
+        # counted) is copied all the same: the count follows.
+        progress["documents"] = max(progress["documents"], progress["done"])
         if reason is not None:
             progress["skipped"] += 1
             if len(progress["errors"]) < MAX_REPORTED_ERRORS:
@@ -713,12 +737,7 @@ class IndexVersions:
             )
             if state != RETIRED:
                 return  # not retired (any more): nothing to remove
-            await connection.execute(text("SET statement_timeout = 0"))
-            try:
-                name = documents.vector_index_name(version_id)
-                await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-            finally:
-                await connection.execute(text("RESET statement_timeout"))
+            await _drop_vector_index(connection, version_id)
             deleted = await _delete_chunks(connection, version_id, ctx)
         await ctx.progress(deleted=deleted, done=True)
         log.info("index_version_purged", version=version_id, chunks=deleted)
@@ -731,7 +750,19 @@ class IndexVersions:
             text("SELECT state FROM index_versions WHERE id = :v"), {"v": version_id}
         )
         if state == RETIRED:
+            # The build may have made its index after the purge job ran.
+            await _drop_vector_index(connection, version_id)
             await _delete_chunks(connection, version_id)
+
+
+async def _drop_vector_index(connection: AsyncConnection, version_id: int) -> None:
+    """Drops a version's HNSW index without blocking reads (an autocommit connection)."""
+    await connection.execute(text("SET statement_timeout = 0"))
+    try:
+        name = documents.vector_index_name(version_id)
+        await connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+    finally:
+        await connection.execute(text("RESET statement_timeout"))
 
 
 async def _delete_chunks(
