@@ -18,11 +18,13 @@ from tests.fixtures.gateway import gateway_settings
 from tests.fixtures.identity import Account
 from tests.search.conftest import Ingest
 
-# One passage of ~400 tokens: more than a 256-token prompt budget holds.
+# Passages of ~250 tokens (the local model reads 254), asked with a question of ~150: no
+# passage fits a 256-token prompt budget beside the question.
 LONG = " ".join(
     f"Anchoring rule {i}: pay out chain of five to seven times the depth of the water."
     for i in range(40)
 )
+QUESTION = "How much anchor chain? " + "Please answer carefully, precisely and briefly. " * 20
 
 
 @pytest.fixture
@@ -32,7 +34,7 @@ def settings(database_url: URL, catalogue_file: Path) -> Settings:
         catalogue_file,
         chat={"model": "fake-gpt", "max_prompt_tokens": 256},
         jobs=QUICK_JOBS,
-        documents={"chunk_size": 400, "chunk_overlap": 0},
+        documents={"chunk_size": 250, "chunk_overlap": 0},
     )
 
 
@@ -41,14 +43,12 @@ async def test_no_passage_fits_the_budget_so_no_model_is_asked(
 ) -> None:
     await ingest(alice, LONG, "sailing.md")
     fake_provider.script(Reply("Pay out five to seven times the depth [1]."))
-    answered = await ask(client, alice.headers, question="How much anchor chain?")
+    answered = await ask(client, alice.headers, question=QUESTION)
     assert answered.status_code == 200
     body = answered.json()
     assert (body["answer"], body["sources"], body["citations"]) == (NOTHING_FITS, [], [])
     assert body["dropped_passages"] >= 1
-    streamed = await client.post(
-        "/chat/stream", json={"question": "How much anchor chain?"}, headers=alice.headers
-    )
+    streamed = await client.post("/chat/stream", json={"question": QUESTION}, headers=alice.headers)
     events = sse_events(streamed.text)
     assert [name for name, _ in events][-2:] == ["answer", "done"]
     assert events[-2][1]["answer"] == NOTHING_FITS

@@ -12,6 +12,7 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+from mainsail.llm.sentences import MARKER, RANGE, SENTENCE, words
 from mainsail.llm.types import Message
 
 
@@ -112,18 +113,8 @@ def pack(
 
 # --- citations -------------------------------------------------------------------------------
 
-# A run of markers: [1], [2, 3], [2][3], ranges [1-3] (a hyphen or an en dash); also the
-# full-width brackets some models write. A number has at most three digits (more passages
-# are never retrieved): a bracket holding a longer one ([2020-2021], [1999]) is text, not a
-# marker, and is left as it is.
-_NUMBERS = r"\d{1,3}(?:\s*[-\u2013]\s*\d{1,3})?"
-_MARKER = re.compile(rf"(\s?)((?:[\[【]\s*{_NUMBERS}(?:\s*,\s*{_NUMBERS})*\s*[\]】])+)")
-_RANGE = re.compile(r"(\d{1,3})(?:\s*[-\u2013]\s*(\d{1,3}))?")
 # A range naming more passages than this is not read as one (nor are its passages kept).
 MAX_RANGE = 20
-# A sentence may wrap over single line breaks; a blank line or a heading line ends it.
-_SENTENCE = re.compile(r"[^.!?\n]+(?:\n(?!\n)[^.!?\n]+)*(?:[.!?]+|$)", re.MULTILINE)
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +125,7 @@ class Cited:
 
 
 def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
+    return set(words(text, shortest=3))
 
 
 def _quote(source: Source, claim: str) -> tuple[str, int] | None:
@@ -142,7 +133,7 @@ def _quote(source: Source, claim: str) -> tuple[str, int] | None:
     and where it starts in the passage; verified to occur in the stored text."""
     wanted = _words(claim)
     best: tuple[int, int, str] | None = None  # (-overlap, start, sentence)
-    for match in _SENTENCE.finditer(source.text):
+    for match in SENTENCE.finditer(source.text):
         sentence = match.group(0).strip()
         if len(sentence) < 3:
             continue
@@ -176,7 +167,7 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
     quote from the passage that backs the sentence citing it."""
     removed = 0
     first_claim: dict[int, str] = {}
-    sentences = {m.start(): m.group(0) for m in _SENTENCE.finditer(answer)}
+    sentences = {m.start(): m.group(0) for m in SENTENCE.finditer(answer)}
     starts = sorted(sentences)
 
     def claim_at(position: int) -> str:
@@ -187,7 +178,7 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
         inside = [s for s in starts if s <= position]
         if not inside:
             return answer
-        before = _words(_MARKER.sub("", answer[inside[-1] : position]))
+        before = _words(MARKER.sub("", answer[inside[-1] : position]))
         if not before and len(inside) > 1:
             return sentences[inside[-2]]
         if len(before) < 3:
@@ -196,16 +187,19 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
 
     def keep(match: re.Match[str]) -> str:
         nonlocal removed
-        numbers = [n for item in _RANGE.finditer(match.group(2)) for n in _expand(item)]
+        numbers = [n for item in RANGE.finditer(match.group(2)) for n in _expand(item)]
         valid = list(dict.fromkeys(n for n in numbers if 1 <= n <= len(sources)))
         removed += sum(1 for n in numbers if not 1 <= n <= len(sources))
         if not valid:
-            return ""
+            # Removed with one of the spaces around it, none at the start of a line: a
+            # paragraph or list item that began with it stays where it was.
+            at_line_start = match.start() == 0 or answer[match.start() - 1] == "\n"
+            return "" if at_line_start and not match.group(1) else match.group(3)[:1]
         for n in valid:
-            first_claim.setdefault(n, _MARKER.sub("", claim_at(match.start())))
-        return match.group(1) + "".join(f"[{n}]" for n in valid)
+            first_claim.setdefault(n, MARKER.sub("", claim_at(match.start())))
+        return match.group(1) + "".join(f"[{n}]" for n in valid) + match.group(3)
 
-    cleaned = _MARKER.sub(keep, answer)
+    cleaned = MARKER.sub(keep, answer)
     citations: list[dict[str, Any]] = []
     for n, claim in first_claim.items():
         source = sources[n - 1]

@@ -11,8 +11,10 @@ as everywhere else.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -290,7 +292,7 @@ class ChatService:
         )
         usage.append((response.model, response.usage, response.cache_hit))
         # A NUL from the model could be neither searched nor stored (PostgreSQL text).
-        content = (response.message.content or "").replace("\x00", "")
+        content = model_text(response.message.content or "")
         rewritten = content.strip()[:CONDENSED_MAX_CHARS]
         return rewritten or question
 
@@ -327,10 +329,11 @@ class ChatService:
             yield "retrieval", retrieval
             text = turn.canned or NO_DOCUMENTS
             yield "token", {"text": text}
-            answer = await self._finish(turn, text, None, "stop")
+            answer = await _unless_cancelled(self._finish(turn, text, None, "stop"))
             yield "answer", answer_out(answer)
             return
         pieces: list[str] = []
+        held = ""  # a high surrogate ending a piece, its pair maybe starting the next
         model = turn.model
         usage: Usage | None = None
         finish_reason: FinishReason = "stop"
@@ -352,16 +355,23 @@ class ChatService:
                 if isinstance(event, StreamStart):
                     model, cached = event.model, event.cache_hit
                 elif isinstance(event, TextDelta) and event.text:
-                    pieces.append(event.text)
-                    yield "token", {"text": event.text}
+                    piece = held + event.text
+                    held = piece[-1] if "\ud800" <= piece[-1] <= "\udbff" else ""
+                    piece = model_text(piece[: len(piece) - len(held)])
+                    if piece:
+                        pieces.append(piece)
+                        yield "token", {"text": piece}
                 elif isinstance(event, StreamEnd):
                     usage, finish_reason = event.usage, event.finish_reason
         finally:
             await events.aclose()
         if usage is None:  # an answer without its end is not an answer
             raise StreamInterrupted("The answer ended without finishing.")
+        if held:
+            pieces.append(model_text(held))
+            yield "token", {"text": pieces[-1]}
         turn.usage.append((model, usage, cached))
-        answer = await self._finish(turn, "".join(pieces), model, finish_reason)
+        answer = await _unless_cancelled(self._finish(turn, "".join(pieces), model, finish_reason))
         yield "answer", answer_out(answer)
 
     async def _keep_question(self, turn: Turn) -> None:
@@ -397,7 +407,7 @@ class ChatService:
         ``finish_reason`` ``length``: the answer was cut at its token limit, kept as it is
         and said so in its usage."""
         sources = turn.packed.sources if turn.packed else []
-        text = text.replace("\x00", "")  # the model's: PostgreSQL's text cannot hold it
+        text = model_text(text)
         cited = cite(text, sources)  # no sources: every marker is removed and counted
         usage = self._usage(turn)
         usage["model"] = model
@@ -437,6 +447,32 @@ class ChatService:
             "prompt_tokens_budgeted": turn.packed.prompt_tokens if turn.packed else 0,
             "request_id": turn.request_id,
         }
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def model_text(text: str) -> str:
+    """A model's text as it can be sent and stored: no NUL (PostgreSQL's text cannot hold
+    it), and a lone surrogate (some SDKs decode one from a JSON escape) as U+FFFD; a pair
+    split in two code points is joined."""
+    text = text.replace("\x00", "")
+    if _SURROGATE.search(text):
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+# Answers being stored after their stream's client left: kept referenced until they finish.
+_STORING: set[asyncio.Task[Any]] = set()
+
+
+async def _unless_cancelled(storing: Coroutine[Any, Any, Answer]) -> Answer:
+    """Stores a finished answer even if the client leaves meanwhile (the stream is then
+    cancelled): the model's answer is paid for, and the conversation keeps it."""
+    task = asyncio.ensure_future(storing)
+    _STORING.add(task)
+    task.add_done_callback(_STORING.discard)
+    return await asyncio.shield(task)
 
 
 async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:

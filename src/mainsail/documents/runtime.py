@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from mainsail.core.db import Database
+from mainsail.core.logging import get_logger
 from mainsail.documents.embedders import (
     LOCAL_DIMENSION,
     LOCAL_MAX_TOKENS,
@@ -16,6 +17,8 @@ from mainsail.documents.pipeline import FirstVersion, Ingestor
 from mainsail.documents.storage import DocumentStore, open_store
 from mainsail.llm.gateway import Gateway
 from mainsail.settings import Settings
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -52,13 +55,14 @@ async def start_documents(
     if config.embedder != "local":
         provider = embedders.provider(config.embedder)
         name, dimension, max_tokens = provider.name, provider.dimension, provider.max_tokens
+    chunk_size, chunk_overlap = config.chunk_size, config.chunk_overlap
+    if chunk_size > max_tokens:  # longer chunks would be embedded truncated
+        log.warning("chunk_size_capped", chunk_size=chunk_size, model=name, reads=max_tokens)
+        chunk_size, chunk_overlap = max_tokens, min(chunk_overlap, max_tokens // 4)
     # The first index version, made by the first job that needs one (the service starts
     # even when the database is not there yet).
     first = FirstVersion(
-        embedder=name,
-        dimension=dimension,
-        chunk_size=config.chunk_size,
-        chunk_overlap=config.chunk_overlap,
+        embedder=name, dimension=dimension, chunk_size=chunk_size, chunk_overlap=chunk_overlap
     )
     ingestor = Ingestor(
         db,

@@ -19,6 +19,7 @@ from mainsail.llm.providers.base import (
     no_embeddings,
     replay_as_stream,
 )
+from mainsail.llm.sentences import MARKER, SENTENCE, words
 from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
@@ -39,8 +40,6 @@ NO_CONTEXT = (
 NOT_FOUND = "The supplied sources do not answer that question."
 CONFIGURE = "OPENAI_API_KEY, ANTHROPIC_API_KEY or AWS credentials with AWS_REGION"
 
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
-_WORD = re.compile(r"\w+", re.UNICODE)
 _STOPWORDS = frozenset(
     [
         "a",
@@ -103,7 +102,7 @@ _STOPWORDS = frozenset(
 
 
 def _terms(text: str) -> list[str]:
-    return [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 1]
+    return [w for w in words(text, shortest=2) if w not in _STOPWORDS]
 
 
 def passages_for(request: ChatRequest) -> list[Passage]:
@@ -126,8 +125,10 @@ def answer(question: str, passages: list[Passage]) -> str:
         return NOT_FOUND
     sentences: list[tuple[int, int, str, list[str]]] = []  # passage, order, text, terms
     for p_index, passage in enumerate(passages):
-        for s_index, match in enumerate(_SENTENCE.finditer(passage.text)):
-            text = match.group().strip()
+        for s_index, match in enumerate(SENTENCE.finditer(passage.text)):
+            # A sentence is quoted as written, but a bracketed number in the source's own
+            # text ("as shown in [2]") would read as a citation marker of this answer.
+            text = " ".join(MARKER.sub("", match.group()).split())
             if text:
                 sentences.append((p_index, s_index, text, _terms(text)))
     document_frequency: Counter[str] = Counter()

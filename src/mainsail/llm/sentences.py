@@ -1,0 +1,43 @@
+"""Sentences, citation markers and words of answers and passages, shared by the offline
+extractive model (which quotes sentences and writes markers) and chat (which reads the
+markers back and finds the quote that backs each).
+
+Sentences end at ASCII and CJK full stops, question and exclamation marks; a sentence may
+wrap over single line breaks, and a blank line or the end of a line-only item ends it.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ENDS = ".!?\u3002\uff01\uff1f\uff0e"  # . ! ? and the CJK full stop, ! ? and . (full width)
+SENTENCE = re.compile(rf"[^{_ENDS}\n]+(?:\n(?!\n)[^{_ENDS}\n]+)*(?:[{_ENDS}]+|$)", re.MULTILINE)
+
+# A run of markers: [1], [2, 3], [2][3], ranges [1-3] (a hyphen or an en dash), in ASCII,
+# lenticular or full-width brackets, with ASCII, full-width or ideographic commas. A number has at
+# most three digits (more passages are never retrieved): a bracket holding a longer one
+# ([2020-2021], [1999]) is text, not a marker. Groups: the space or tab before the markers
+# (never a line break), the markers, the space or tab after them.
+_NUMBERS = r"\d{1,3}(?:\s*[-\u2013]\s*\d{1,3})?"
+MARKER = re.compile(
+    rf"([ \t]?)((?:[\[\u3010\uff3b]\s*{_NUMBERS}(?:\s*[,\uff0c\u3001]\s*{_NUMBERS})*"
+    rf"\s*[\]\u3011\uff3d])+)([ \t]?)"
+)
+RANGE = re.compile(r"(\d{1,3})(?:\s*[-\u2013]\s*(\d{1,3}))?")
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+# Scripts written without spaces between words: their "words" are runs of a whole clause.
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def words(text: str, *, shortest: int) -> list[str]:
+    """The words of ``text``, lower-cased, those shorter than ``shortest`` left out; a run of
+    CJK characters gives its character pairs instead (one character alone, if that is all),
+    so that two texts in those scripts can share words at all."""
+    found: list[str] = []
+    for word in _WORD.findall(text.lower()):
+        if _UNSPACED.search(word) and len(word) > 1:
+            found.extend(word[i : i + 2] for i in range(len(word) - 1))
+        elif _UNSPACED.search(word) or len(word) >= shortest:
+            found.append(word)
+    return found
