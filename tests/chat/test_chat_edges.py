@@ -4,6 +4,7 @@ long histories, failed and retried answers, range citation markers and bracketed
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -264,6 +265,31 @@ async def test_a_long_last_answer_does_not_drop_the_question_before_it(
     ).json()
     assert follow["usage"]["model_calls"] == 2  # condensed, then answered
     assert follow["standalone_question"] == "How long should croissants proof?"
+
+
+@pytest.mark.parametrize("chat_overrides", [{"history_tokens": 100}])
+async def test_a_question_over_the_history_budget_takes_its_answer_along(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, fake_provider: FakeProviderServer
+) -> None:
+    """A question left out of the history (over the budget) takes its answer with it: an
+    answer alone would read as the answer to some other question."""
+    await ingest(alice, BAKING, "baking.md")
+    fake_provider.script(
+        Reply("Croissants need zebraquartz folds [1]."),
+        Reply("Until they wobble [1]."),
+    )
+    long_question = "How are croissants made? " + "Please explain every step in detail. " * 20
+    first = (await ask(client, alice.headers, question=long_question)).json()
+    follow = await ask(
+        client,
+        alice.headers,
+        question="How long should croissants proof?",
+        conversation_id=first["conversation_id"],
+    )
+    assert follow.status_code == 200, follow.text
+    later = json.dumps([call.body for call in fake_provider.calls[1:]])
+    assert "zebraquartz" not in later
+    assert "Please explain every step" not in later
 
 
 def _source(chunk_id: int = 1) -> Source:

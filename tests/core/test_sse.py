@@ -104,3 +104,30 @@ async def test_a_cancellation_that_is_not_the_client_leaving_propagates() -> Non
     with pytest.raises(asyncio.CancelledError):
         await running
     assert source.ended == "cancelled, cleaned up"
+
+
+async def test_on_close_runs_even_when_the_events_never_started() -> None:
+    """The client is gone before the first event (sending the status fails): the events'
+    own ``finally`` never runs, so what they come from is closed by ``on_close``."""
+    closed: list[str] = []
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield b"data: x\n\n"
+        finally:
+            closed.append("events")  # pragma: no cover - never started
+
+    async def on_close() -> None:
+        closed.append("source")
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {}  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("the connection is gone")
+
+    response = EventStreamResponse(events(), on_close=on_close)
+    with pytest.raises(OSError, match="gone"):
+        await response(SCOPE, receive, send)
+    assert closed == ["source"]

@@ -211,6 +211,22 @@ async def test_chunk_size_and_overlap_are_honoured_in_tokens(
     assert len(chunks) > len(await chunk_rows(app, default.json()["id"]))
 
 
+async def test_a_chunk_size_alone_takes_the_default_overlap_up_to_a_quarter(
+    client: httpx.AsyncClient, alice: Account, upload: Upload
+) -> None:
+    """As for an index version: the default overlap (30), at most a quarter of the size."""
+    small = await upload(alice, essay(2).encode(), "quarter.txt", chunk_size="40")
+    assert small.status_code == 202, small.text
+    assert small.json()["chunking"] == {"chunk_size": 40, "chunk_overlap": 10}
+    inline = await client.post(
+        "/documents",
+        json={"text": essay(3), "filename": "inline.txt", "chunking": {"chunk_size": 200}},
+        headers=alice.headers,
+    )
+    assert inline.status_code == 202, inline.text
+    assert inline.json()["chunking"] == {"chunk_size": 200, "chunk_overlap": 30}
+
+
 @pytest.mark.parametrize(
     ("fields", "problem"),
     [

@@ -488,3 +488,15 @@ def test_the_chunker_counts_whole_texts_and_leaves_the_given_tokenizer_as_it_was
     assert [c.token_count for c in chunks] == [whole]
     assert whole > truncation["max_length"]
     assert Chunker(plain, chunk_size=400, chunk_overlap=0).tokenizer is plain
+
+
+def test_text_the_tokenizer_reads_as_nothing_makes_no_chunk(tokenizer: Tokenizer) -> None:
+    """Zero-width characters alone have no word pieces: no chunk (a document of nothing else
+    then fails as having no text), and the ordinals of the others stay contiguous."""
+    chunker = Chunker(tokenizer, chunk_size=8, chunk_overlap=0)
+    assert list(chunker.chunks([Block("\u200b\u200c\u2060")])) == []
+    blocks = [Block("A first paragraph of text here."), Block("\u200b" * 40), Block("The end.")]
+    chunks = list(chunker.chunks(blocks))
+    assert [chunk.ordinal for chunk in chunks] == list(range(len(chunks)))
+    assert all(chunk.token_count > 0 for chunk in chunks)
+

@@ -81,7 +81,7 @@ async def chat_stream(
     # a failure there (an unknown conversation, a quota refusal, the provider down) is an
     # ordinary HTTP error, not a stream.
     first = await anext(events)
-    return EventStreamResponse(_sse(first, events))
+    return EventStreamResponse(_sse(first, events), on_close=events.aclose)  # type: ignore[attr-defined]
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:

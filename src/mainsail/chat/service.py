@@ -235,17 +235,23 @@ class ChatService:
     def _history(self, messages: list[ChatMessage]) -> list[Message]:
         """Newest first within the history budget, then back in order. A message over what
         is left is left out, not the ones before it (a long last answer must not take the
-        question it answered with it)."""
-        kept: list[Message] = []
+        question it answered with it). A question left out takes its answer along: an answer
+        alone reads as one to whatever question is kept before it."""
+        kept: list[tuple[Message, int]] = []
+        answer_kept = False  # the message after this one (its answer) is kept
         spent = 0
         for message in reversed(messages):
             item = Message(role=message.role, content=message.content)  # type: ignore[arg-type]
             cost = count_message_tokens([item])
             if spent + cost > self.settings.history_tokens:
+                if item.role == "user" and answer_kept:
+                    spent -= kept.pop()[1]
+                answer_kept = False
                 continue
-            kept.append(item)
+            kept.append((item, cost))
             spent += cost
-        return list(reversed(kept))
+            answer_kept = item.role == "assistant"
+        return [item for item, _ in reversed(kept)]
 
     async def _condense(
         self,

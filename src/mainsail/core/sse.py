@@ -13,7 +13,7 @@ task: the upstream call is abandoned at once and its tokens are metered and sett
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -25,12 +25,20 @@ class EventStreamResponse(StreamingResponse):
     """``text/event-stream`` from an async iterator of encoded events."""
 
     def __init__(
-        self, events: AsyncIterator[bytes], *, headers: Mapping[str, str] | None = None
+        self,
+        events: AsyncIterator[bytes],
+        *,
+        headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
+        """``on_close``: called once the response is over, however it ended, even if
+        ``events`` never started (the client left first): what the events come from (a
+        model's open stream, a reservation) is closed then, not when garbage collected."""
         super().__init__(
             events, media_type="text/event-stream", headers={**NO_BUFFERING, **(headers or {})}
         )
         self.events = events
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # pragma: no cover - routes only answer HTTP
@@ -74,5 +82,9 @@ class EventStreamResponse(StreamingResponse):
             streaming = False
             watcher.cancel()
             aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                if aclose is not None:
+                    await aclose()
+            finally:
+                if self.on_close is not None:
+                    await self.on_close()

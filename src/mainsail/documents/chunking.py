@@ -43,7 +43,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from semantic_text_splitter import TextSplitter
@@ -333,6 +333,15 @@ class Chunker:
         return [spans.count(start, end) for start, end in stretches]
 
     def chunks(self, blocks: Iterable[Block]) -> Iterator[ChunkText]:
+        """The chunks of a document's blocks, numbered from 0. A stretch the tokenizer reads
+        as nothing (zero-width characters alone) is no chunk: nothing to embed or to find."""
+        ordinal = 0
+        for chunk in self._chunks(blocks):
+            if chunk.token_count:
+                yield chunk if chunk.ordinal == ordinal else replace(chunk, ordinal=ordinal)
+                ordinal += 1
+
+    def _chunks(self, blocks: Iterable[Block]) -> Iterator[ChunkText]:
         ordinal = 0
         offset = 0  # where the next block starts in the document's text
         section: list[tuple[int, Block]] = []

@@ -70,7 +70,11 @@ async def upload(
         upload = await read_multipart(request, store, limit)
         try:
             fields = upload.fields
-            chunking = _chunking(fields.get("chunk_size"), fields.get("chunk_overlap"))
+            chunking = _chunking(
+                fields.get("chunk_size"),
+                fields.get("chunk_overlap"),
+                default_overlap=settings.documents.chunk_overlap,
+            )
             metadata = parse_json_field(fields.get("metadata"), "metadata")
             collection = _collection(
                 fields.get("collection") or settings.documents.default_collection
@@ -89,7 +93,7 @@ async def upload(
                 extra={"errors": describe_validation_errors(exc.errors())},
             ) from None
         chunking = (
-            Chunking(body.chunking.chunk_size, body.chunking.chunk_overlap)
+            _resolved(body.chunking, default_overlap=settings.documents.chunk_overlap)
             if body.chunking
             else None
         )
@@ -121,16 +125,27 @@ async def upload(
     return DocumentOut.model_validate(created.document)
 
 
-def _chunking(size: str | None, overlap: str | None) -> Chunking | None:
+def _chunking(size: str | None, overlap: str | None, *, default_overlap: int) -> Chunking | None:
     if not size and not overlap:
         return None
     try:
-        parsed = ChunkingIn(chunk_size=_whole(size), chunk_overlap=_whole(overlap))
+        parsed = ChunkingIn(
+            chunk_size=_whole(size), chunk_overlap=_whole(overlap) if overlap else None
+        )
     except (ValueError, ValidationError):
         raise UnprocessableContent(
             "chunk_size must be 16-8192 and chunk_overlap 0-4096 (whole numbers)."
         ) from None
-    return Chunking(parsed.chunk_size, parsed.chunk_overlap)
+    return _resolved(parsed, default_overlap=default_overlap)
+
+
+def _resolved(chunking: ChunkingIn, *, default_overlap: int) -> Chunking:
+    """An upload's chunking; without an overlap, the default one, at most a quarter of the
+    size (as for an index version's)."""
+    overlap = chunking.chunk_overlap
+    if overlap is None:
+        overlap = min(default_overlap, chunking.chunk_size // 4)
+    return Chunking(chunking.chunk_size, overlap)
 
 
 def _whole(value: str | None) -> int:

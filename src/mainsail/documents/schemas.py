@@ -45,7 +45,8 @@ def metadata_problem(value: Any) -> str | None:
 
 class ChunkingIn(StrictModel):
     chunk_size: Annotated[int, Field(ge=16, le=8192)]
-    chunk_overlap: Annotated[int, Field(ge=0, le=4096)] = 0
+    # Absent: the default overlap, at most a quarter of chunk_size (as for index versions).
+    chunk_overlap: Annotated[int, Field(ge=0, le=4096)] | None = None
 
 
 class TextDocumentIn(StrictModel):

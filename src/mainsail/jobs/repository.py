@@ -109,7 +109,8 @@ async def renew(
     result = await connection.execute(
         update(Job)
         .where(Job.id == job_id, Job.worker == worker, Job.state == RUNNING)
-        .values(lease_until=utcnow() + timedelta(seconds=lease_s), updated_at=utcnow())
+        # The database's clock, as claims compare leases with it (not this host's).
+        .values(lease_until=func.now() + timedelta(seconds=lease_s), updated_at=func.now())
     )
     return bool(result.rowcount)
 
@@ -135,7 +136,7 @@ async def finish(
 ) -> bool:
     """Ends this worker's run: succeeded, failed, dead, or retrying after ``retry_in_s``;
     ``queued`` hands an interrupted run back without counting its attempt."""
-    now = utcnow()
+    now = func.now()  # the database's clock, which claims compare run_after with
     values: dict[str, Any] = {
         "state": state,
         "worker": None,

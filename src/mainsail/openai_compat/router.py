@@ -204,6 +204,7 @@ async def chat_completions(
     return EventStreamResponse(
         _sse(first, events, created=created, include_usage=include_usage),
         headers=CACHE_HIT if isinstance(first, StreamStart) and first.cache_hit else None,
+        on_close=events.aclose,  # type: ignore[attr-defined]
     )
 
 

@@ -84,6 +84,22 @@ def test_a_thematic_break_at_the_top_is_not_front_matter_when_it_never_closes(
     ]
 
 
+def test_thematic_breaks_around_markdown_at_the_top_are_not_front_matter(
+    tmp_path: Path,
+) -> None:
+    """Front matter opens with a mapping key; a document that starts with "---" and has
+    another later is Markdown, headings and all (a setext one included)."""
+    blocks = _parse(tmp_path, "---\n## Two\n\nBody text.\n\n---\n\nMore.\n")
+
+    assert blocks == [
+        Block("Two", heading=("Two",), kind="heading"),
+        Block("Body text.", heading=("Two",)),
+        Block("More.", heading=("Two",)),
+    ]
+    setext = _parse(tmp_path, "---\nSetext two\n---\n\nText.\n")
+    assert setext[0] == Block("Setext two", heading=("Setext two",), kind="heading")
+
+
 def test_a_long_code_block_is_cut_but_stays_code(tmp_path: Path) -> None:
     code = "\n".join(f"line_{number} = {number}" for number in range(40))
 

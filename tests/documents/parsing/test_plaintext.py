@@ -71,6 +71,13 @@ def test_whitespace_only_paragraphs_are_skipped(tmp_path: Path) -> None:
     assert _texts(path) == ["only"]
 
 
+def test_a_next_line_character_ends_a_line_instead_of_joining_two_words(tmp_path: Path) -> None:
+    path = tmp_path / "nel.txt"
+    path.write_text("first line\u0085second line\u0085\u0085next paragraph", encoding="utf-8")
+
+    assert _texts(path) == ["first line\nsecond line", "next paragraph"]
+
+
 def test_a_long_paragraph_is_cut_at_sentence_ends(tmp_path: Path) -> None:
     path = tmp_path / "long.txt"
     path.write_text("This sentence is short. " * 40)

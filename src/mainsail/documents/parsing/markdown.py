@@ -23,6 +23,9 @@ _LIST_ITEM = re.compile(r"[ \t]*(?:[-+*]|\d{1,9}[.)])(?:[ \t]|$)")
 _QUOTE = re.compile(r" {0,3}>")
 _TABLE_DELIMITER = re.compile(r"[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)+\|?[ \t]*")
 _FRONT_MATTER_MAX_LINES = 200
+# Front matter opens with a mapping key ("title: ..."): a document that starts with a
+# thematic break ("---") and has another later is not YAML.
+_YAML_KEY = re.compile(r"""\s*(?:[\w"'][^:#]*|[\w-]+):(?:\s|$)""")
 # A line whose first non-space character is none of these can only be paragraph text.
 _MARKUP_STARTS = frozenset("`~#=-*_+>|0123456789")
 
@@ -136,6 +139,10 @@ class _Builder:
             return
         held.append(line)
         if len(held) > 1 and line.rstrip() in ("---", "..."):
+            first = next((text for text in held[1:-1] if text.strip()), "")
+            if not _YAML_KEY.match(first):  # "---" then prose or a heading: Markdown
+                self._replay_front_matter()
+                return
             self.front_matter = None
             self._emit("\n".join(held), "metadata")
         elif len(held) > _FRONT_MATTER_MAX_LINES or sum(map(len, held)) > self.limit:

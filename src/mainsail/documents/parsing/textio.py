@@ -17,6 +17,7 @@ from mainsail.documents.parsing.model import CorruptDocument, ParseLimits
 _CLEAN: dict[int, int | None] = dict.fromkeys((*range(0x20), 0x7F, *range(0x80, 0xA0), 0xFEFF))
 _CLEAN |= {ord("\t"): ord("\t"), ord("\n"): ord("\n")}
 _CLEAN |= {ord("\f"): ord("\n"), ord("\v"): ord("\n"), 0x2028: ord("\n"), 0x2029: ord("\n")}
+_CLEAN |= {0x85: ord("\n")}  # NEL, the line end of EBCDIC-born text
 
 # What counts against a piece of text: controls no text file uses, and undecodable bytes.
 _CONTROLS = tuple(chr(code) for code in (*range(1, 0x20), 0x7F) if chr(code) not in "\t\n\r\f\v")
