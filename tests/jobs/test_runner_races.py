@@ -12,23 +12,11 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from mainsail.jobs import repository
-from mainsail.jobs import service as jobs
 from mainsail.jobs.service import JobContext
 from mainsail.settings import JobSettings
 from tests.fixtures.app import wait_until
 from tests.jobs.conftest import FAST_JOBS, MakeRunner
-
-
-async def enqueue(app: FastAPI, kind: str = "work", **payload: Any) -> uuid.UUID:
-    async with app.state.db.unit_of_work() as session:
-        job = await jobs.enqueue(session, JobSettings(**FAST_JOBS), kind, payload, owner_id=None)
-        return job.id
-
-
-async def row(app: FastAPI, job_id: uuid.UUID) -> dict[str, Any]:
-    async with app.state.db.engine.connect() as connection:
-        result = await connection.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id})
-        return dict(result.mappings().one())
+from tests.jobs.test_runner import enqueue, row
 
 
 async def lapse_lease(app: FastAPI, job_id: uuid.UUID) -> None:

@@ -26,6 +26,16 @@ from tests.search.corpus import BAKING, SAILING
 from tests.search.test_index_version_edges import pause_before_the_first_page
 from tests.search.test_index_versions import wait_for_job, wait_for_version
 
+
+def eval_set(tmp_path: Path, query: str) -> dict[str, Any]:
+    """Search settings naming an evaluation set of one keyword query for sailing.md."""
+    path = tmp_path / "eval.json"
+    query_set = {"query": query, "relevant": ["sailing.md"]}
+    body = {"owner": "alice@example.com", "mode": "keyword", "k": 10, "queries": [query_set]}
+    path.write_text(json.dumps(body))
+    return {"eval_set": str(path)}
+
+
 KELP = "Kelp forests shelter otters and urchins along cold coasts."
 
 
@@ -35,19 +45,8 @@ KELP = "Kelp forests shelter otters and urchins along cold coasts."
 class TestBlankEvaluationQuery:
     @pytest.fixture
     def search_settings(self, tmp_path: Path) -> dict[str, Any]:
-        path = tmp_path / "eval.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "owner": "alice@example.com",
-                    "mode": "keyword",
-                    "k": 10,
-                    # Passes the evaluation set's own schema (min_length=1), not SearchIn's.
-                    "queries": [{"query": "   ", "relevant": ["sailing.md"]}],
-                }
-            )
-        )
-        return {"eval_set": str(path)}
+        # Passes the evaluation set's own schema (min_length=1), not SearchIn's.
+        return eval_set(tmp_path, "   ")
 
     async def test_activation_with_a_blank_evaluation_query_is_a_problem_not_a_500(
         self, client: httpx.AsyncClient, alice: Account, admin: Account, ingest: Ingest
@@ -264,18 +263,7 @@ async def test_two_simultaneous_activations_of_one_version_both_succeed(
 class TestGateAgainstAVersionActivatedMeanwhile:
     @pytest.fixture
     def search_settings(self, tmp_path: Path) -> dict[str, Any]:
-        path = tmp_path / "eval.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "owner": "alice@example.com",
-                    "mode": "keyword",
-                    "k": 10,
-                    "queries": [{"query": "anchor chain", "relevant": ["sailing.md"]}],
-                }
-            )
-        )
-        return {"eval_set": str(path)}
+        return eval_set(tmp_path, "anchor chain")
 
     async def test_an_activation_measured_against_a_replaced_version_is_refused(
         self,

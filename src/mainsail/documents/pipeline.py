@@ -421,13 +421,16 @@ class Ingestor:
         """The job ended dead without running again (its worker died on every attempt): the
         revision fails, so the document does not stay ``processing`` and the same bytes
         uploaded again retry it. A revision that became ready before its worker died stays so."""
+        await self._give_up(ctx, f"Ingestion gave up after {ctx.max_attempts} attempts: {reason}")
+
+    async def _give_up(self, ctx: JobContext, error: str) -> None:
         async with self.db.unit_of_work() as session:
             await repository.set_status(
                 session,
                 uuid.UUID(ctx.payload["document_id"]),
                 int(ctx.payload["revision"]),
                 FAILED,
-                error=f"Ingestion gave up after {ctx.max_attempts} attempts: {reason}",
+                error=error,
                 only_from=(QUEUED, PROCESSING),
             )
 
@@ -457,15 +460,9 @@ class Ingestor:
 
     async def _gave_up_after(self, ctx: JobContext, exc: Exception) -> None:
         try:
-            async with self.db.unit_of_work() as session:
-                await repository.set_status(
-                    session,
-                    uuid.UUID(ctx.payload["document_id"]),
-                    int(ctx.payload["revision"]),
-                    FAILED,
-                    error=f"Ingestion gave up after {ctx.attempt} attempts ({type(exc).__name__}).",
-                    only_from=(QUEUED, PROCESSING),
-                )
+            await self._give_up(
+                ctx, f"Ingestion gave up after {ctx.attempt} attempts ({type(exc).__name__})."
+            )
         except Exception:  # the database is away: the job still ends dead, its error kept
             log.warning("ingest_give_up_not_recorded", document_id=ctx.payload["document_id"])
 
