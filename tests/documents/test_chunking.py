@@ -499,4 +499,3 @@ def test_text_the_tokenizer_reads_as_nothing_makes_no_chunk(tokenizer: Tokenizer
     chunks = list(chunker.chunks(blocks))
     assert [chunk.ordinal for chunk in chunks] == list(range(len(chunks)))
     assert all(chunk.token_count > 0 for chunk in chunks)
-
