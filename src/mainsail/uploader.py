@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -85,12 +86,12 @@ def expand(paths: Iterable[str]) -> tuple[list[Item], list[Item]]:
         for match in matches:
             for path, name in _files(match, root):
                 named = True
-                found.setdefault(path.resolve(), Item(path, name))
+                found.setdefault(path.resolve(), Item(path, _readable(name)))
         if not named:
             missing.append(
                 Item(
                     Path(raw),
-                    raw,
+                    _readable(raw),
                     outcome="missing",
                     error="no such file, or no files in that folder",
                 )
@@ -118,7 +119,14 @@ def _name_apart(items: list[Item]) -> None:
                 if renamed[index] == least:
                     renamed[index] += 1
                     path = items[index].path
-                    items[index].name = (path if least == 0 else path.resolve()).as_posix()
+                    name = (path if least == 0 else path.resolve()).as_posix()
+                    items[index].name = _readable(name)
+
+
+def _readable(name: str) -> str:
+    """A file name as text: bytes of the file system's that are not UTF-8 (an old Latin-1
+    name, held as lone surrogates) become U+FFFD, so the name can be sent and printed."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _fixed_part(pattern: str) -> Path:
@@ -399,11 +407,11 @@ def summary(items: list[Item], elapsed_s: float) -> Table:
     for column in ("file", "outcome", "chunks", "document", "error"):
         table.add_column(column, overflow="fold")
     for item in items:
-        table.add_row(
-            item.name,
+        table.add_row(  # text as it is: a name like "notes[/old].md" is no markup
+            escape(item.name),
             item.outcome,
             str(item.chunks),
             item.document_id or "",
-            item.error or "",
+            escape(item.error or ""),
         )
     return table

@@ -19,12 +19,14 @@ from sqlalchemy.engine import URL
 from mainsail.chat.answering import MAX_RANGE, Source, cite
 from mainsail.chat.schemas import ChatIn
 from mainsail.llm.gateway import CallContext
+from mainsail.llm.tokens import count_message_tokens
+from mainsail.llm.types import Message
 from mainsail.settings import Settings
 from tests.chat.conftest import ask, sse_events
 from tests.documents.conftest import QUICK_JOBS
 from tests.fakes.provider_server import FakeProviderServer, Fault, Reply
 from tests.fixtures.app import wait_until
-from tests.fixtures.gateway import gateway_settings
+from tests.fixtures.gateway import gateway_settings, write_catalogue
 from tests.fixtures.identity import Account
 from tests.search.conftest import Ingest
 from tests.search.corpus import BAKING, SAILING
@@ -290,6 +292,55 @@ async def test_a_question_over_the_history_budget_takes_its_answer_along(
     later = json.dumps([call.body for call in fake_provider.calls[1:]])
     assert "zebraquartz" not in later
     assert "Please explain every step" not in later
+
+
+class TestAFallbackWithASmallerWindow:
+    """The prompt may go to any model of the chain (the gateway falls back on failure): it
+    is packed for the smallest window of them, not only the requested model's."""
+
+    @pytest.fixture
+    def catalogue_file(self, tmp_path: Path, fake_provider: FakeProviderServer) -> Path:
+        path = write_catalogue(tmp_path, fake_provider)
+        path.write_text(
+            path.read_text()
+            + """
+[models.fake-big]
+provider = "fake-openai"
+model = "fake-model"
+context_window = 100000
+max_output_tokens = 4000
+fallbacks = ["fake-small"]
+
+[models.fake-small]
+provider = "fake-openai"
+model = "fake-model"
+context_window = 900
+max_output_tokens = 200
+"""
+        )
+        return path
+
+    @pytest.fixture
+    def chat_overrides(self) -> dict[str, Any]:
+        return {"model": "fake-big"}
+
+    async def test_the_prompt_fits_the_smallest_window_of_the_chain(
+        self,
+        client: httpx.AsyncClient,
+        alice: Account,
+        ingest: Ingest,
+        fake_provider: FakeProviderServer,
+    ) -> None:
+        for name, corpus in (("sailing.md", SAILING), ("baking.md", BAKING)):
+            await ingest(alice, corpus * 4, name)
+        fake_provider.script(Reply("Pay out chain [1]."))
+        answered = await ask(client, alice.headers, question="How much anchor chain and butter?")
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["dropped_passages"] >= 1  # more passages than 900 tokens hold
+        body = fake_provider.calls[-1].body
+        assert body["max_tokens"] <= 200  # type: ignore[operator]
+        sent = [Message(role=m["role"], content=m["content"]) for m in body["messages"]]
+        assert count_message_tokens(sent) <= 900 - 200
 
 
 def _source(chunk_id: int = 1) -> Source:

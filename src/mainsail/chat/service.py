@@ -200,11 +200,7 @@ class ChatService:
             )
             for hit in found.results
         ]
-        entry = self.gateway.resolve(model)
-        answer_tokens = min(self.settings.answer_tokens, entry.max_output_tokens)
-        budget = entry.context_window - answer_tokens
-        if self.settings.max_prompt_tokens is not None:
-            budget = min(budget, self.settings.max_prompt_tokens)
+        answer_tokens, budget = self._limits(model, self.settings.answer_tokens)
         packed = pack(
             question=body.question,
             history=turns,
@@ -267,11 +263,7 @@ class ChatService:
             # No model to rewrite it: search with the previous question as context.
             return f"{earlier[-1]} {question}" if earlier else question
         condense = prompt("condense")
-        entry = self.gateway.resolve(model)
-        answer_tokens = min(CONDENSED_MAX_TOKENS, entry.max_output_tokens)
-        limit = entry.context_window - answer_tokens
-        if self.settings.max_prompt_tokens is not None:
-            limit = min(limit, self.settings.max_prompt_tokens)
+        answer_tokens, limit = self._limits(model, CONDENSED_MAX_TOKENS)
         # The newest turns that fit the model beside the prompt and the question: the
         # history budget is the chat's, not this model's window.
         messages: tuple[Message, ...] = ()
@@ -301,6 +293,17 @@ class ChatService:
         content = model_text(response.message.content or "")
         rewritten = content.strip()[:CONDENSED_MAX_CHARS]
         return rewritten or question
+
+    def _limits(self, model: str, answer_tokens: int) -> tuple[int, int]:
+        """(the answer's token limit, the prompt's budget) for ``model`` and every fallback the
+        gateway may send the same prompt to: the smallest window of them decides."""
+        entry = self.gateway.resolve(model)
+        chain = self.gateway.catalogue.chain(entry.name) or [entry]
+        answer_tokens = min(answer_tokens, *(e.max_output_tokens for e in chain))
+        budget = min(e.context_window for e in chain) - answer_tokens
+        if self.settings.max_prompt_tokens is not None:
+            budget = min(budget, self.settings.max_prompt_tokens)
+        return answer_tokens, budget
 
     async def _has_documents(self, owner_id: uuid.UUID) -> bool:
         async with self.db.autocommit() as connection:

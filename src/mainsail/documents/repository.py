@@ -145,9 +145,15 @@ def vector_index_ddl(version_id: int, dimension: int, *, concurrently: bool = Fa
 
 
 async def find_same_bytes(
-    session: AsyncSession, owner_id: uuid.UUID, collection: str, sha256: str
+    session: AsyncSession,
+    owner_id: uuid.UUID,
+    collection: str,
+    sha256: str,
+    *,
+    prefer: str | None = None,
 ) -> Document | None:
-    """The owner's document of these bytes in the collection. Uploads of the same bytes wait
+    """The owner's document of these bytes in the collection (the one named ``prefer`` if it
+    is one of several, else the oldest). Uploads of the same bytes wait
     for each other here until the transaction ends (an advisory lock on owner, collection and
     hash), so two at once make one document, not two. The row found is locked against a
     delete (``FOR KEY SHARE``): one being deleted is waited for and then not found, instead
@@ -161,7 +167,7 @@ async def find_same_bytes(
             Document.collection == collection,
             Document.sha256 == sha256,
         )
-        .order_by(Document.created_at)
+        .order_by((Document.filename == prefer).desc().nulls_last(), Document.created_at)
         .limit(1)
         .with_for_update(read=True, key_share=True)
     )

@@ -176,7 +176,7 @@ def _collection(value: str) -> str:
         TextDocumentIn(text="x", collection=value)
     except ValidationError:
         raise UnprocessableContent(
-            "collection must be 1-128 letters, digits, spaces or . _ - :"
+            "collection must be 1-128 letters, digits, spaces or . _ - : (not spaces alone)"
         ) from None
     return value
 

@@ -11,7 +11,10 @@ from pydantic import Field, field_validator
 
 from mainsail.core.schemas import OutModel, StrictModel, is_text
 
-Collection = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\w.\-: ]+$")]
+# Letters, digits, spaces and . _ - :, not spaces alone.
+Collection = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[\w.\-: ]*[\w.\-:][\w.\-: ]*$")
+]
 Status = Literal["queued", "processing", "ready", "failed"]
 
 

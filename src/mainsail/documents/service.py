@@ -73,7 +73,18 @@ async def create(
         staged.path.unlink(missing_ok=True)
         raise UnprocessableContent("The document is empty.")
     owner = principal.user_id
-    same = await repository.find_same_bytes(session, owner, collection, staged.sha256)
+    same = await repository.find_same_bytes(
+        session, owner, collection, staged.sha256, prefer=filename
+    )
+    # Bytes another document holds, under the name of a document of other bytes: that
+    # document changed (to match the other), a revision of it, not the other one.
+    if (
+        same is not None
+        and filename is not None
+        and same.filename != filename
+        and await repository.find_by_name(session, owner, collection, filename, lock=False)
+    ):
+        same = None
     if same is not None and same.status == FAILED:
         await session.refresh(same, with_for_update=True)  # one retry, not one per request
     if same is not None and same.status != FAILED:

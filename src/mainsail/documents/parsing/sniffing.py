@@ -117,9 +117,14 @@ def _is_pdf(head: bytes) -> bool:
     return start >= 0 and not head[:start].strip(b" \t\r\n\x00\xef\xbb\xbf")
 
 
+# Signatures of formats written as text: a byte order mark or blank lines may come first.
+_TEXT_MAGIC = (b"{\\rtf", b"%!PS")
+
+
 def _refuse_known_binary(head: bytes) -> None:
+    trimmed = head.lstrip(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     for magic, description in _MAGIC:
-        if head.startswith(magic):
+        if head.startswith(magic) or (magic in _TEXT_MAGIC and trimmed.startswith(magic)):
             raise UnsupportedType(f"{description} are not supported; {_ACCEPTED}.")
     if head[4:8] == b"ftyp":
         raise UnsupportedType(f"Video, audio and HEIF image files are not supported; {_ACCEPTED}.")
