@@ -189,3 +189,25 @@ async def test_a_job_queued_while_an_idle_lane_looks_is_not_left_for_the_next_po
     await asyncio.sleep(0.2)  # the first look found nothing; the lane waits
     runner.wake()  # something else woke it: it looks again (the second look)
     await asyncio.wait_for(done.wait(), timeout=5)
+
+
+async def test_a_broker_that_refuses_a_send_is_not_tried_for_every_job_of_the_batch(
+    app: FastAPI,
+) -> None:
+    """The broker away: the first failed send ends the pass, and every job of the batch is
+    due again (not one failed send, each maybe blocking in its own retries, per job)."""
+    from mainsail.jobs.broker import Dispatcher
+
+    tries: list[str] = []
+
+    class DownBroker:
+        def send_task(self, name: str, args: list[str], queue: str) -> None:
+            tries.append(args[0])
+            raise ConnectionError("broker down")
+
+    settings = JobSettings(**{**FAST_JOBS, "executor": "celery"})
+    job_ids = [await enqueue(app, n=str(n)) for n in range(3)]
+    dispatcher = Dispatcher(app.state.db, settings, DownBroker())  # type: ignore[arg-type]
+    assert await dispatcher.dispatch_once() == 0
+    assert len(tries) == 1
+    assert [(await row(app, job_id))["dispatched_at"] for job_id in job_ids] == [None] * 3

@@ -12,7 +12,15 @@ from importlib import resources
 from string import Template
 from typing import Any
 
-from mainsail.llm.sentences import MARKER, RANGE, SENTENCE, words
+from mainsail.llm.sentences import (
+    GONE,
+    MARKER,
+    RANGE,
+    SENTENCE,
+    close_gaps,
+    without_markers,
+    words,
+)
 from mainsail.llm.types import Message
 
 
@@ -178,7 +186,7 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
         inside = [s for s in starts if s <= position]
         if not inside:
             return answer
-        before = _words(MARKER.sub("", answer[inside[-1] : position]))
+        before = _words(without_markers(answer[inside[-1] : position]))
         if not before and len(inside) > 1:
             return sentences[inside[-2]]
         if len(before) < 3:
@@ -191,15 +199,12 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
         valid = list(dict.fromkeys(n for n in numbers if 1 <= n <= len(sources)))
         removed += sum(1 for n in numbers if not 1 <= n <= len(sources))
         if not valid:
-            # Removed with one of the spaces around it, none at the start of a line: a
-            # paragraph or list item that began with it stays where it was.
-            at_line_start = match.start() == 0 or answer[match.start() - 1] == "\n"
-            return "" if at_line_start and not match.group(1) else match.group(3)[:1]
+            return GONE  # the spaces around it are settled once every marker is read
         for n in valid:
-            first_claim.setdefault(n, MARKER.sub("", claim_at(match.start())))
+            first_claim.setdefault(n, without_markers(claim_at(match.start())))
         return match.group(1) + "".join(f"[{n}]" for n in valid) + match.group(3)
 
-    cleaned = MARKER.sub(keep, answer)
+    cleaned = close_gaps(MARKER.sub(keep, answer.replace(GONE, "")))
     citations: list[dict[str, Any]] = []
     for n, claim in first_claim.items():
         source = sources[n - 1]

@@ -480,8 +480,16 @@ async def _unless_cancelled(storing: Coroutine[Any, Any, Answer]) -> Answer:
     cancelled): the model's answer is paid for, and the conversation keeps it."""
     task = asyncio.ensure_future(storing)
     _STORING.add(task)
-    task.add_done_callback(_STORING.discard)
+    task.add_done_callback(_stored)
     return await asyncio.shield(task)
+
+
+def _stored(task: asyncio.Task[Any]) -> None:
+    """Forgets a stored answer's task; logs a failure nobody is left to read (the client
+    gone, the request's task cancelled)."""
+    _STORING.discard(task)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("chat_answer_not_stored", error=type(error).__name__)
 
 
 async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:

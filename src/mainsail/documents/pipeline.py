@@ -437,7 +437,11 @@ class Ingestor:
     async def __call__(self, ctx: JobContext) -> None:
         try:
             await self._ingest(ctx)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            current = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and current and current.cancelling():
+                raise  # stopped or its lease lost: not a failure of this run
+            # A CancelledError nobody asked for is the runner's failed attempt like any other.
             # Deleted (its chunks' inserts then break the foreign key) or superseded by a newer
             # revision while it ran: nothing is left to do, and no retry would find any.
             try:
@@ -458,7 +462,7 @@ class Ingestor:
                 error=type(exc).__name__,
             )
 
-    async def _gave_up_after(self, ctx: JobContext, exc: Exception) -> None:
+    async def _gave_up_after(self, ctx: JobContext, exc: BaseException) -> None:
         try:
             await self._give_up(
                 ctx, f"Ingestion gave up after {ctx.attempt} attempts ({type(exc).__name__})."

@@ -103,11 +103,12 @@ class Dispatcher:
             for job_id in due:
                 try:
                     await asyncio.to_thread(self._send, job_id)
-                    self.sent += 1
-                except Exception as exc:  # the broker is away: send it again on the next pass
+                except Exception as exc:  # the broker is away: send them on the next pass
                     log.warning("jobs_send_failed", job_id=str(job_id), error=type(exc).__name__)
                     async with self.db.autocommit() as connection:
-                        await repository.undispatch(connection, [job_id])
+                        await repository.undispatch(connection, due[done:])
+                    return done  # not one failed send per job of the batch
+                self.sent += 1
                 done += 1
         except BaseException:
             # Stopped part-way: the jobs marked as sent but not sent are due again now, not a
@@ -117,7 +118,7 @@ class Dispatcher:
                 async with self.db.autocommit() as connection:
                     await repository.undispatch(connection, due[done:])
             raise
-        return len(due)
+        return done
 
     def _send(self, job_id: uuid.UUID) -> Any:
         return self.celery.send_task(TASK, args=[str(job_id)], queue=QUEUE)

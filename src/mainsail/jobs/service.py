@@ -123,7 +123,7 @@ class JobRunner:
         # uploads keep being ingested meanwhile.
         self.long_kinds: tuple[str, ...] = ()
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._wake = asyncio.Event()
+        self._wakes: list[asyncio.Event] = []  # one per lane: no lane clears another's
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.completed = 0  # runs finished by this runner, any outcome
@@ -144,7 +144,8 @@ class JobRunner:
 
     def wake(self, _payload: str = "") -> None:
         """Called when a job was queued (NOTIFY): look now instead of at the next poll."""
-        self._wake.set()
+        for event in self._wakes:
+            event.set()
 
     async def start(self) -> None:
         self._stopping = False
@@ -157,7 +158,7 @@ class JobRunner:
     async def stop(self) -> None:
         """Stops taking jobs; a job still running is handed back (its attempt not counted)."""
         self._stopping = True
-        self._wake.set()
+        self.wake()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -166,10 +167,18 @@ class JobRunner:
         self._tasks.clear()
 
     async def _loop(self, long: bool) -> None:
+        wake = asyncio.Event()
+        self._wakes.append(wake)
+        try:
+            await self._lane(long, wake)
+        finally:
+            self._wakes.remove(wake)
+
+    async def _lane(self, long: bool, wake: asyncio.Event) -> None:
         while not self._stopping:
             # Cleared before looking, not after: a job queued while this lane looks (its
             # NOTIFY lands between the claim and the wait) is then not left for the next poll.
-            self._wake.clear()
+            wake.clear()
             try:
                 ran = await self.run_one(long=long)
             except asyncio.CancelledError:
@@ -180,7 +189,7 @@ class JobRunner:
             if ran:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+                await asyncio.wait_for(wake.wait(), self.settings.poll_interval_s)
 
     async def run_one(self, job_id: uuid.UUID | None = None, *, long: bool | None = None) -> bool:
         """Claims and runs one job (the next runnable one, or ``job_id``); False if none.

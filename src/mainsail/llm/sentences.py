@@ -25,19 +25,50 @@ MARKER = re.compile(
 )
 RANGE = re.compile(r"(\d{1,3})(?:\s*[-\u2013]\s*(\d{1,3}))?")
 
+# Where a removed marker was, until the spaces around it are settled (``close_gaps``).
+GONE = "\x00"  # no text here holds NUL: it is cleaned out before
+_GONE_RUN = re.compile(r"[ \t]*(?:\x00[ \t]*)+")
+# Characters no space goes before (closing punctuation, ASCII and CJK).
+_CLOSING = frozenset(".,;:!?)]}\u00bb\u201d\u2019\u2026\u3001\u3002\uff01\uff0c\uff1a\uff1b\uff1f")
+
+
+def close_gaps(text: str) -> str:
+    """Settles the places of removed markers (``GONE``), with the spaces around them: one
+    space between two words, none before closing punctuation, at a line's start or end."""
+
+    def join(gap: re.Match[str]) -> str:
+        left = gap.string[gap.start() - 1 : gap.start()]
+        right = gap.string[gap.end() : gap.end() + 1]
+        if left in ("", "\n") or right in ("", "\n") or right in _CLOSING:
+            return ""
+        return " "
+
+    return _GONE_RUN.sub(join, text)
+
+
+def without_markers(text: str) -> str:
+    """``text`` with every citation marker removed, the words around kept apart."""
+    return close_gaps(MARKER.sub(GONE, text.replace(GONE, "")))
+
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Scripts written without spaces between words: their "words" are runs of a whole clause.
-_UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_SEGMENT = re.compile(rf"[{_CJK}]+|[^{_CJK}]+")
+_CJK_START = re.compile(rf"[{_CJK}]")
 
 
 def words(text: str, *, shortest: int) -> list[str]:
     """The words of ``text``, lower-cased, those shorter than ``shortest`` left out; a run of
     CJK characters gives its character pairs instead (one character alone, if that is all),
-    so that two texts in those scripts can share words at all."""
+    so that two texts in those scripts can share words at all. A Latin name written against
+    CJK text ("Dockerは") stays a word of its own."""
     found: list[str] = []
     for word in _WORD.findall(text.lower()):
-        if _UNSPACED.search(word) and len(word) > 1:
-            found.extend(word[i : i + 2] for i in range(len(word) - 1))
-        elif _UNSPACED.search(word) or len(word) >= shortest:
-            found.append(word)
+        for segment in _SEGMENT.findall(word):
+            if _CJK_START.match(segment):
+                pairs = [segment[i : i + 2] for i in range(len(segment) - 1)]
+                found.extend(pairs or [segment])
+            elif len(segment) >= shortest:
+                found.append(segment)
     return found

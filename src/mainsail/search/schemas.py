@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    FiniteFloat,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from mainsail.core.schemas import OutModel, StrictModel, is_text
 from mainsail.search.query import ParsedQuery, parse, plain
+
+# The fraction of a second in an ISO time: its first six digits, and any more.
+_FRACTION = re.compile(r"(\.\d{6})(\d+)")
 
 # Index version ids are PostgreSQL integers.
 MAX_VERSION_ID = 2**31 - 1
@@ -58,6 +69,23 @@ class Filters(StrictModel):
                 if isinstance(text, str) and not is_text(text):
                     raise ValueError("a value holds a lone surrogate (\\ud800-\\udfff)")
         return value
+
+    @field_validator("created_after", "created_before", mode="wrap")
+    @classmethod
+    def _finer_than_microseconds(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Times are stored to the microsecond; a bound finer than that (.NET writes seven
+        digits) is rounded up to the next one, so that [after, before) stays exact against
+        them (truncated, a bound just past a document's time fell on the wrong side)."""
+        match = _FRACTION.search(value) if isinstance(value, str) else None
+        if match is None:
+            return handler(value)
+        parsed = handler(value[: match.start()] + match.group(1) + value[match.end() :])
+        if isinstance(parsed, datetime) and match.group(2).strip("0"):
+            try:
+                parsed += timedelta(microseconds=1)
+            except OverflowError:
+                raise ValueError("the date is out of range (years 1-9999 in UTC)") from None
+        return parsed
 
     @field_validator("created_after", "created_before")
     @classmethod

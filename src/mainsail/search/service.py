@@ -306,10 +306,13 @@ class Searcher:
                 return (await repository.count_scope(connection, where, cap=cap), 0.0)
 
         # A stale count only picks the strategy (each falls back when it finds too few), so
-        # the ranking is exact either way.
-        (in_scope, _), _ = await self._figures.get(
+        # the ranking is exact either way; it is not taken for the scope's size, which would
+        # make too few HNSW rows look like all of a scope that has grown since.
+        (counted, _), stale = await self._figures.get(
             self._scope_key("count", version, where, cap), version.corpus_stamp, count
         )
+        in_scope = int(counted)
+        scope_size = None if stale else in_scope
         async with self.db.autocommit() as connection:
             if in_scope <= self.settings.exact_below:
                 return Ranking(
@@ -319,7 +322,7 @@ class Searcher:
                 # One round trip: the session keeps ef_search, the statement needs no
                 # enable_sort = off at this size.
                 found = await self._hnsw(
-                    repository.vector_hnsw_session, connection, version, where, vector, in_scope
+                    repository.vector_hnsw_session, connection, version, where, vector, scope_size
                 )
                 if found is not None:
                     return Ranking(found, "hnsw")
@@ -328,7 +331,7 @@ class Searcher:
             # statement runs in a transaction of its own with enable_sort = off.
             async with self.db.engine.begin() as connection:
                 found = await self._hnsw(
-                    repository.vector_hnsw, connection, version, where, vector, in_scope
+                    repository.vector_hnsw, connection, version, where, vector, scope_size
                 )
                 if found is not None:
                     return Ranking(found, "hnsw")
@@ -344,15 +347,15 @@ class Searcher:
         version: ActiveVersion,
         where: Scope,
         vector: np.ndarray,
-        in_scope: int,
+        in_scope: int | None,
     ) -> list[tuple[int, float]] | None:
         """The pool's HNSW candidates, or None when the scope filters left too few even with
         the longest candidate list (the caller then ranks the scope exactly). The candidate
         list covers the pool and does not depend on the page, so every page of a query sees
-        the same ranking."""
+        the same ranking. ``in_scope``: the scope's size, None when not known for sure."""
         pool = self.pool
         ef = min(HNSW_EF_MAX, max(self.settings.ef_search, pool))
-        wanted = min(pool, in_scope)
+        wanted = pool if in_scope is None else min(pool, in_scope)
         while True:
             hits = await statement(
                 connection,
@@ -393,8 +396,10 @@ class Searcher:
         (chunks, mean_tokens), stale = await self._figures.get(
             self._scope_key("bm25", version, where), version.corpus_stamp, count
         )
+        if chunks == 0 and stale:  # empty when counted: passages written since would be missed
+            (chunks, mean_tokens), stale = await count(), False
         if chunks == 0:
-            return Ranking([], stale=stale)
+            return Ranking([])
         async with self.db.autocommit() as connection:
             hits = await repository.keyword_bm25(
                 connection,

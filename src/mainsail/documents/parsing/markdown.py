@@ -139,7 +139,10 @@ class _Builder:
             return
         held.append(line)
         if len(held) > 1 and line.rstrip() in ("---", "..."):
-            first = next((text for text in held[1:-1] if text.strip()), "")
+            first = next(  # YAML comments ("# ...") may come before the first key
+                (text for text in held[1:-1] if text.strip() and not text.lstrip().startswith("#")),
+                "",
+            )
             if not _YAML_KEY.match(first):  # "---" then prose or a heading: Markdown
                 self._replay_front_matter()
                 return

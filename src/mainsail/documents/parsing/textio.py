@@ -195,7 +195,7 @@ def best_cut(text: str, limit: int) -> int:
     return cut + 1 if cut > 0 else limit
 
 
-def word_end(text: str, *, reach: int = 1_000) -> int:
+def word_end(text: str, *, reach: int) -> int:
     """Where the word that ``text`` ends in begins: the end of what is known to be whole.
 
     Text read in pieces can stop inside a word that the next piece finishes, and a block cut

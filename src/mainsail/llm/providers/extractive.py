@@ -19,7 +19,7 @@ from mainsail.llm.providers.base import (
     no_embeddings,
     replay_as_stream,
 )
-from mainsail.llm.sentences import MARKER, SENTENCE, words
+from mainsail.llm.sentences import SENTENCE, without_markers, words
 from mainsail.llm.tokens import count_message_tokens, count_tokens
 from mainsail.llm.types import (
     ChatRequest,
@@ -128,7 +128,7 @@ def answer(question: str, passages: list[Passage]) -> str:
         for s_index, match in enumerate(SENTENCE.finditer(passage.text)):
             # A sentence is quoted as written, but a bracketed number in the source's own
             # text ("as shown in [2]") would read as a citation marker of this answer.
-            text = " ".join(MARKER.sub("", match.group()).split())
+            text = " ".join(without_markers(match.group()).split())
             if text:
                 sentences.append((p_index, s_index, text, _terms(text)))
     document_frequency: Counter[str] = Counter()
