@@ -125,8 +125,9 @@ def _name_apart(items: list[Item]) -> None:
 
 def _readable(name: str) -> str:
     """A file name as text: bytes of the file system's that are not UTF-8 (an old Latin-1
-    name, held as lone surrogates) become U+FFFD, so the name can be sent and printed."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    name, held as lone surrogates) are written as escapes (``caf\\xe9.txt``), so the name
+    can be sent and printed, and two names that differ only there stay apart."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _fixed_part(pattern: str) -> Path:

@@ -4,16 +4,21 @@ names, RTF behind a byte order mark, names that look like markup or are not UTF-
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from rich.console import Console
 
+from mainsail.documents import repository
 from mainsail.uploader import Item, summary
 from tests.documents.conftest import Upload
 from tests.fixtures.identity import Account
@@ -108,3 +113,37 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_a_traceback(tmp_path: Path
     assert done.returncode == 1
     assert "2 files" in stdout
     assert "good.txt" in stdout
+
+
+async def test_two_files_swapping_their_bytes_at_once_both_become_revisions(
+    client: httpx.AsyncClient, alice: Account, upload: Upload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a.txt holds X, b.txt holds Y; the owner swaps them and uploads both at once (the
+    uploader sends files concurrently). Each upload locks the *other* name's row FOR KEY
+    SHARE in find_same_bytes, then wants its own name's row: FOR UPDATE there was a
+    deadlock (one upload a 503); FOR NO KEY UPDATE, both revise their documents."""
+    a = await upload(alice, b"The bytes X of the first file.", "a.txt", collection="swap")
+    b = await upload(alice, b"The bytes Y of the second file.", "b.txt", collection="swap")
+    assert (a.status_code, b.status_code) == (202, 202)
+
+    original = repository.find_by_name
+    barrier = asyncio.Barrier(2)
+
+    async def in_step(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("lock"):  # both have run find_same_bytes (a fix may not get here)
+            with contextlib.suppress(TimeoutError, asyncio.BrokenBarrierError):
+                await asyncio.wait_for(barrier.wait(), 3)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "find_by_name", in_step)
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            upload(alice, b"The bytes Y of the second file.", "a.txt", collection="swap"),
+            upload(alice, b"The bytes X of the first file.", "b.txt", collection="swap"),
+            return_exceptions=True,
+        ),
+        30,
+    )
+    statuses = [a.status_code if isinstance(a, httpx.Response) else repr(a) for a in answers]
+    assert statuses == [202, 202]
+    assert [r.json()["id"] for r in answers] == [a.json()["id"], b.json()["id"]]

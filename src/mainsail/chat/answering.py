@@ -18,6 +18,7 @@ from mainsail.llm.sentences import (
     RANGE,
     SENTENCE,
     close_gaps,
+    gone,
     without_markers,
     words,
 )
@@ -199,7 +200,7 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
         valid = list(dict.fromkeys(n for n in numbers if 1 <= n <= len(sources)))
         removed += sum(1 for n in numbers if not 1 <= n <= len(sources))
         if not valid:
-            return GONE  # the spaces around it are settled once every marker is read
+            return gone(match)  # the spaces around it are settled once every marker is read
         for n in valid:
             first_claim.setdefault(n, without_markers(claim_at(match.start())))
         return match.group(1) + "".join(f"[{n}]" for n in valid) + match.group(3)

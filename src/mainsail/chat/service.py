@@ -298,7 +298,11 @@ class ChatService:
         """(the answer's token limit, the prompt's budget) for ``model`` and every fallback the
         gateway may send the same prompt to: the smallest window of them decides."""
         entry = self.gateway.resolve(model)
-        chain = self.gateway.catalogue.chain(entry.name) or [entry]
+        # The fallbacks the gateway can call (their provider configured), the model first.
+        usable = [
+            e for e in self.gateway.catalogue.chain(entry.name) if e.name in self.gateway.clients
+        ]
+        chain = usable or [entry]
         answer_tokens = min(answer_tokens, *(e.max_output_tokens for e in chain))
         budget = min(e.context_window for e in chain) - answer_tokens
         if self.settings.max_prompt_tokens is not None:

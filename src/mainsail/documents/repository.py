@@ -153,7 +153,7 @@ async def find_same_bytes(
     prefer: str | None = None,
 ) -> Document | None:
     """The owner's document of these bytes in the collection (the one named ``prefer`` if it
-    is one of several, else the oldest). Uploads of the same bytes wait
+    is one of several, else the oldest named one). Uploads of the same bytes wait
     for each other here until the transaction ends (an advisory lock on owner, collection and
     hash), so two at once make one document, not two. The row found is locked against a
     delete (``FOR KEY SHARE``): one being deleted is waited for and then not found, instead
@@ -182,7 +182,10 @@ async def find_by_name(
         Document.filename == filename,
     )
     if lock:
-        statement = statement.with_for_update()
+        # FOR NO KEY UPDATE: a revision changes no key, and it must not conflict with the
+        # FOR KEY SHARE of a same-bytes lookup (two files swapping their bytes at once would
+        # deadlock); two revisions of one name still wait for each other.
+        statement = statement.with_for_update(key_share=True)
     return await session.scalar(statement)
 
 

@@ -27,19 +27,28 @@ RANGE = re.compile(r"(\d{1,3})(?:\s*[-\u2013]\s*(\d{1,3}))?")
 
 # Where a removed marker was, until the spaces around it are settled (``close_gaps``).
 GONE = "\x00"  # no text here holds NUL: it is cleaned out before
-_GONE_RUN = re.compile(r"[ \t]*(?:\x00[ \t]*)+")
+_GONE_RUN = re.compile(r"([ \t]*)\x00(?:[ \t]*\x00)*([ \t]*)")
 # Characters no space goes before (closing punctuation, ASCII and CJK).
 _CLOSING = frozenset(".,;:!?)]}\u00bb\u201d\u2019\u2026\u3001\u3002\uff01\uff0c\uff1a\uff1b\uff1f")
 
 
+def gone(marker: re.Match[str]) -> str:
+    """What a removed marker (a ``MARKER`` match) leaves until ``close_gaps``: its spaces."""
+    return marker.group(1) + GONE + marker.group(3)
+
+
 def close_gaps(text: str) -> str:
-    """Settles the places of removed markers (``GONE``), with the spaces around them: one
-    space between two words, none before closing punctuation, at a line's start or end."""
+    """Settles the places of removed markers (``GONE``) with the spaces around them: at a
+    line's start its indentation stays, at its end nothing does; between two words that a
+    space parted, one space; glued to what follows (closing punctuation, a quote, CJK
+    text), none."""
 
     def join(gap: re.Match[str]) -> str:
         left = gap.string[gap.start() - 1 : gap.start()]
         right = gap.string[gap.end() : gap.end() + 1]
-        if left in ("", "\n") or right in ("", "\n") or right in _CLOSING:
+        if left in ("", "\n"):
+            return gap.group(1)
+        if right in ("", "\n", "\r") or right in _CLOSING or not gap.group(2):
             return ""
         return " "
 
@@ -48,7 +57,7 @@ def close_gaps(text: str) -> str:
 
 def without_markers(text: str) -> str:
     """``text`` with every citation marker removed, the words around kept apart."""
-    return close_gaps(MARKER.sub(GONE, text.replace(GONE, "")))
+    return close_gaps(MARKER.sub(gone, text.replace(GONE, "")))
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

@@ -20,7 +20,7 @@ from mainsail.core.schemas import OutModel, StrictModel, is_text
 from mainsail.search.query import ParsedQuery, parse, plain
 
 # The fraction of a second in an ISO time: its first six digits, and any more.
-_FRACTION = re.compile(r"(\.\d{6})(\d+)")
+_FRACTION = re.compile(r"([.,]\d{6})(\d+)")
 
 # Index version ids are PostgreSQL integers.
 MAX_VERSION_ID = 2**31 - 1
@@ -55,7 +55,9 @@ class Filters(StrictModel):
 
     @model_validator(mode="after")
     def _ordered_dates(self) -> Filters:
-        if self.created_after and self.created_before and self.created_after >= self.created_before:
+        # Strictly after: bounds in order as written that round to one microsecond make an
+        # empty range, not an error.
+        if self.created_after and self.created_before and self.created_after > self.created_before:
             raise ValueError("created_after must be before created_before")
         return self
 
@@ -83,8 +85,8 @@ class Filters(StrictModel):
         if isinstance(parsed, datetime) and match.group(2).strip("0"):
             try:
                 parsed += timedelta(microseconds=1)
-            except OverflowError:
-                raise ValueError("the date is out of range (years 1-9999 in UTC)") from None
+            except OverflowError:  # .NET's DateTime.MaxValue, "no upper bound": the last one
+                parsed = datetime.max.replace(tzinfo=parsed.tzinfo)
         return parsed
 
     @field_validator("created_after", "created_before")
