@@ -81,7 +81,8 @@ class _FiguresCache:
 
     A figure is exact for the owner's corpus stamp and kept up to ``STATS_TTL_S``. Once the
     stamp has moved on (an upload, a delete) or the figure is old, one that was cheap to count
-    is counted again before the query; one that took ``SLOW_FIGURES_S`` or more is served as
+    is counted again before the query (as is an empty scope's); one that took
+    ``SLOW_FIGURES_S`` or more is served as
     it was while a single background count replaces it: after an upload a large scope's
     figures differ by that document's chunks, not worth every query waiting 0.4 s for."""
 
@@ -95,7 +96,9 @@ class _FiguresCache:
         entry = self.entries.get(key)
         if entry is not None and entry.stamp == stamp and entry.expires >= time.monotonic():
             return entry.value, False
-        if entry is None or entry.cost_s < SLOW_FIGURES_S:
+        # An empty scope is counted again before the query too: served stale, it would hide
+        # every passage written into the scope since.
+        if entry is None or entry.cost_s < SLOW_FIGURES_S or not entry.value[0]:
             return await self._count(key, stamp, count), False
         if key not in self.refreshing:
             task = asyncio.create_task(self._count(key, stamp, count))
@@ -396,9 +399,7 @@ class Searcher:
         (chunks, mean_tokens), stale = await self._figures.get(
             self._scope_key("bm25", version, where), version.corpus_stamp, count
         )
-        if chunks == 0 and stale:  # empty when counted: passages written since would be missed
-            (chunks, mean_tokens), stale = await count(), False
-        if chunks == 0:
+        if chunks == 0:  # never a stale 0 (``_FiguresCache.get``)
             return Ranking([])
         async with self.db.autocommit() as connection:
             hits = await repository.keyword_bm25(
