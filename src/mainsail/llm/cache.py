@@ -23,7 +23,8 @@ from mainsail.llm.types import ChatRequest, ChatResponse, Message, ToolCall, Usa
 # off: neither (Cache-Control: no-store).
 CacheMode = Literal["use", "refresh", "off"]
 _LOCAL_PROVIDERS = frozenset({"scripted", "extractive"})
-_FORMAT = 1  # bump when the stored shape or the key changes
+# Bump when the stored shape or the key changes (2: tools' strict, parallel_tool_calls).
+_FORMAT = 2
 
 
 def cache_mode(cache_control: str | None) -> CacheMode:

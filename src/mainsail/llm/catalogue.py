@@ -23,7 +23,7 @@ user file may also declare extra OpenAI-compatible providers (Ollama, vLLM, LM S
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -132,13 +132,21 @@ def load_catalogue(user_file: Path | None = None) -> Catalogue:
     for name, spec in (raw.get("providers") or {}).items():
         providers[name] = _provider(name, spec)
     models = {}
+    disabled: set[str] = set()
     for name, spec in (raw.get("models") or {}).items():
         if spec.get("enabled", True) is False:
+            disabled.add(name)
             continue
         entry = _model(name, spec)
         if entry.provider not in providers:
             raise CatalogueError(f"model {name!r}: unknown provider {entry.provider!r}")
         models[name] = entry
+    # A removed model leaves the fallback chains that name it (a shipped one may be named by
+    # shipped entries the user never touched); a name never defined is still an error.
+    for name, entry in models.items():
+        if disabled.intersection(entry.fallbacks):
+            kept = tuple(f for f in entry.fallbacks if f not in disabled)
+            models[name] = replace(entry, fallbacks=kept)
     for entry in models.values():
         if entry.kind == "embedding" and providers[entry.provider].kind not in EMBEDDING_PROVIDERS:
             raise CatalogueError(

@@ -362,7 +362,7 @@ class Gateway:
             response = await self.clients[entry.name].complete(request)
             usage = response.usage
             if usage.estimated:
-                usage = _estimate(prompt, response.message.content or "", usage)
+                usage = _estimate(prompt, _written(response.message), usage)
                 response = replace(response, usage=usage)
             meter.served = self.catalogue.models[response.model]
             meter.usage, meter.cost = usage, meter.served.cost_usd(usage)
@@ -631,6 +631,13 @@ def _estimate(prompt: int, text: str, reported: Usage) -> Usage:
         output_tokens=reported.output_tokens or count_tokens(text),
         estimated=True,
     )
+
+
+def _written(message: Message) -> str:
+    """What the model wrote, for an estimate: its text and each tool call's name and
+    arguments (an answer that is only a tool call is still paid for)."""
+    calls = "".join(call.name + call.arguments for call in message.tool_calls)
+    return (message.content or "") + calls
 
 
 def _check_schema(schema: object, *, param: str, what: str) -> None:

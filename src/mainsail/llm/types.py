@@ -39,6 +39,8 @@ class ToolDefinition:
     name: str
     parameters: dict[str, Any]  # JSON Schema of the arguments
     description: str | None = None
+    # Hold the model to the schema exactly (OpenAI's structured outputs); None: not asked.
+    strict: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,8 @@ class ChatRequest:
     tool_choice: ToolChoice | None = None
     response_format: ResponseFormat | None = None
     context: tuple[Passage, ...] = ()
+    # False: at most one tool call per answer; None: the provider's default (parallel allowed).
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,14 @@ from starlette.exceptions import HTTPException
 from mainsail.core import fastjson
 from mainsail.core.logging import get_logger
 from mainsail.core.sse import EventStreamResponse
-from mainsail.llm.errors import InternalError, LLMError, StreamInterrupted
+from mainsail.llm.catalogue import ModelEntry
+from mainsail.llm.errors import (
+    InternalError,
+    InvalidChatRequest,
+    LLMError,
+    ModelNotFound,
+    StreamInterrupted,
+)
 from mainsail.llm.gateway import Gateway
 from mainsail.llm.types import StreamEnd, StreamEvent, StreamStart, TextDelta, ToolCallDelta
 from mainsail.openai_compat.deps import GatewayDep, V1Caller, call_context, v1_caller
@@ -157,15 +164,29 @@ router = APIRouter(
 )
 
 
+def _available(gateway: Gateway) -> list[ModelEntry]:
+    """The models a caller can use: configured, chat and embeddings."""
+    return [*gateway.available_models(), *gateway.available_models("embedding")]
+
+
+def _model_json(entry: ModelEntry) -> dict[str, Any]:
+    return {"id": entry.name, "object": "model", "created": 0, "owned_by": entry.provider}
+
+
 @router.get("/models", summary="Models this server can answer with (chat and embeddings)")
 async def list_models(gateway: GatewayDep) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [
-            {"id": entry.name, "object": "model", "created": 0, "owned_by": entry.provider}
-            for entry in [*gateway.available_models(), *gateway.available_models("embedding")]
-        ],
-    }
+    return {"object": "list", "data": [_model_json(entry) for entry in _available(gateway)]}
+
+
+# ``:path``: a model name may hold slashes (``org/model``, as on some compatible servers).
+@router.get("/models/{model_id:path}", summary="One model, if this server can answer with it")
+async def retrieve_model(model_id: str, gateway: GatewayDep) -> dict[str, Any]:
+    available = _available(gateway)
+    for entry in available:
+        if entry.name == model_id:
+            return _model_json(entry)
+    # Unknown and unconfigured alike: the list above does not show either.
+    raise ModelNotFound(model_id, sorted(entry.name for entry in available))
 
 
 @router.post("/embeddings", summary="Embeddings of one text or a list of texts")
@@ -186,25 +207,40 @@ async def chat_completions(
     chat = body.to_request()
     ctx = call_context(request, principal, kind="v1.chat")
     created = int(time.time())
-    if not body.stream:
-        response = await gateway.complete(chat, ctx)
-        return Response(
-            fastjson.dumps(completion_json(response, created=created)),
-            media_type="application/json",
-            headers=CACHE_HIT if response.cache_hit else None,
-        )
-    events = aiter(gateway.stream(chat, ctx))
-    # Wait for the answer to start before sending a status: a failure before the first token
-    # (after every retry and fallback) is an ordinary HTTP error, not a stream.
     try:
-        first = await anext(events)
-    except StopAsyncIteration:  # pragma: no cover - a stream always starts
-        raise LLMError("The model produced no answer.") from None
+        if not body.stream:
+            response = await gateway.complete(chat, ctx)
+            return Response(
+                fastjson.dumps(completion_json(response, created=created)),
+                media_type="application/json",
+                headers=CACHE_HIT if response.cache_hit else None,
+            )
+        events = aiter(gateway.stream(chat, ctx))
+        # Wait for the answer to start before sending a status: a failure before the first
+        # token (after every retry and fallback) is an ordinary HTTP error, not a stream.
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:  # pragma: no cover - a stream always starts
+            raise LLMError("The model produced no answer.") from None
+    except InvalidChatRequest as exc:
+        if exc.param == "max_tokens" and body.max_completion_tokens is not None:
+            raise _as_sent(exc) from None
+        raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return EventStreamResponse(
         _sse(first, events, created=created, include_usage=include_usage),
         headers=CACHE_HIT if isinstance(first, StreamStart) and first.cache_hit else None,
         on_close=events.aclose,  # type: ignore[attr-defined]
+    )
+
+
+def _as_sent(exc: InvalidChatRequest) -> InvalidChatRequest:
+    """A ``max_tokens`` error for a caller who sent ``max_completion_tokens``: the gateway
+    knows one output limit, which that parameter fills when sent (winning over max_tokens)."""
+    return InvalidChatRequest(
+        exc.message.replace("max_tokens", "max_completion_tokens", 1),
+        param="max_completion_tokens",
+        code=exc.error_code,
     )
 
 

@@ -71,6 +71,9 @@ class FunctionDefinitionIn(_Lenient):
     name: str
     description: str | None = None
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    # What ``openai.pydantic_function_tool`` sends: the provider must hold the arguments to
+    # the schema, or the SDK's client-side parse of them can fail.
+    strict: bool | None = None
 
 
 class ToolIn(_Lenient):
@@ -98,6 +101,10 @@ class ResponseFormatIn(_Lenient):
     json_schema: JsonSchemaIn | None = None
 
 
+# Stop sequences per request, as OpenAI allows.
+MAX_STOP_SEQUENCES = 4
+
+
 class StreamOptions(_Lenient):
     include_usage: bool = False
 
@@ -110,7 +117,7 @@ class ChatCompletionRequest(_Lenient):
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     seed: int | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
@@ -118,8 +125,18 @@ class ChatCompletionRequest(_Lenient):
     stream_options: StreamOptions | None = None
     tools: Annotated[list[ToolIn], Field(max_length=128)] | None = None
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceFunction | None = None
+    parallel_tool_calls: bool | None = None
     response_format: ResponseFormatIn | None = None
     user: str | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: object) -> object:
+        # Checked before the union is tried: its branches' errors would name ``stop.str``
+        # and say "a valid string" for a list that is only too long.
+        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        return value
 
     def to_request(self) -> ChatRequest:
         messages = tuple(
@@ -167,11 +184,13 @@ class ChatCompletionRequest(_Lenient):
                     name=t.function.name,
                     description=t.function.description,
                     parameters=t.function.parameters,
+                    strict=t.function.strict,
                 )
                 for t in self.tools or ()
             ),
             tool_choice=choice,
             response_format=fmt,
+            parallel_tool_calls=self.parallel_tool_calls,
         )
 
 

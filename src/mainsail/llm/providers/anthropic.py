@@ -217,7 +217,8 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
         for tool in request.tools
     ]
     choice = request.tool_choice
-    if wants_structured(request):
+    structured = wants_structured(request)
+    if structured:
         fmt = request.response_format
         schema = fmt.schema if fmt is not None and fmt.schema is not None else {}
         tools = [
@@ -236,6 +237,11 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
         )
     if tools:
         arguments["tools"] = tools
+    if request.parallel_tool_calls is False and request.tools and not structured:
+        # Anthropic says it on tool_choice (the default choice is auto); "none" calls no tool.
+        tool_choice = arguments.setdefault("tool_choice", {"type": "auto"})
+        if tool_choice["type"] != "none":
+            tool_choice["disable_parallel_tool_use"] = True
     return arguments
 
 

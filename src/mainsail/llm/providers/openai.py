@@ -307,10 +307,15 @@ class OpenAIAdapter:
                         "name": tool.name,
                         "parameters": tool.parameters,
                         **({"description": tool.description} if tool.description else {}),
+                        # Sent only when asked: false is the default, and some compatible
+                        # servers refuse fields they do not know.
+                        **({"strict": True} if tool.strict else {}),
                     },
                 }
                 for tool in request.tools
             ]
+            if request.parallel_tool_calls is not None:  # OpenAI takes it with tools only
+                arguments["parallel_tool_calls"] = request.parallel_tool_calls
         if request.tool_choice is not None:
             choice = request.tool_choice
             arguments["tool_choice"] = (
