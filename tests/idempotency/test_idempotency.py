@@ -117,6 +117,25 @@ async def test_the_fingerprint_ignores_json_spacing_and_key_order(
     assert upstream(fake_provider) == 1
 
 
+async def test_a_wrong_content_type_is_not_replayed_to_the_corrected_retry(
+    client: httpx.AsyncClient, alice: Account, fake_provider: FakeProviderServer
+) -> None:
+    """A 415 is about the Content-Type header, which the fingerprint does not hold: the retry
+    with the same key and body, sent as JSON, runs instead of getting the 415 again."""
+    fake_provider.script(Reply(text="once"))
+    body = json.dumps(ASK)
+    wrong = await client.post(
+        CHAT, content=body, headers=keyed(alice, "k-type", **{"Content-Type": "text/plain"})
+    )
+    assert wrong.status_code == 415, wrong.text
+    right = await client.post(
+        CHAT, content=body, headers=keyed(alice, "k-type", **{"Content-Type": "application/json"})
+    )
+    assert right.status_code == 200, right.text
+    assert right.headers.get("idempotent-replayed") is None
+    assert upstream(fake_provider) == 1
+
+
 async def test_a_quoted_structured_field_key_is_the_same_key(
     client: httpx.AsyncClient, alice: Account, fake_provider: FakeProviderServer
 ) -> None:

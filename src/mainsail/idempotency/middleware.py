@@ -5,7 +5,7 @@ A request to a listed path (POST or PATCH) with the header, from an authenticate
 - is fingerprinted (method, path, query, canonical JSON body) and claims the key for the
   caller (keys are per user);
 - runs once; its answer is stored when it is definitive (2xx, and 4xx that say something
-  about the request itself) and the key is released otherwise (5xx, 429, 401/403, 408, 409,
+  about the request itself) and the key is released otherwise (5xx, 429, 401/403, 408, 409, 415,
   a crash), so a retry runs afresh;
 - a repeat with the same fingerprint gets the stored status, content type and body with
   ``Idempotent-Replayed: true``; with another fingerprint, 422; while the first still runs,
@@ -53,8 +53,10 @@ _METHODS = frozenset({"POST", "PATCH"})
 # Response headers that are part of the answer (the rest, such as X-Request-ID, belong to
 # the delivery and are set afresh on a replay).
 _KEPT_HEADERS = frozenset({"content-type", "content-language", "location"})
-# 4xx answers that depend on something other than the request and may change on a retry.
-_TRANSIENT_4XX = frozenset({401, 403, 408, 409, 423, 425, 429})
+# 4xx answers that depend on something other than the request's fingerprint and may change
+# on a retry: credentials, timing, locks, limits, and the Content-Type header (415; the
+# fingerprint holds the body, not the header that says how to read it).
+_TRANSIENT_4XX = frozenset({401, 403, 408, 409, 415, 423, 425, 429})
 
 
 class InvalidIdempotencyKey(BadRequest):
