@@ -84,9 +84,17 @@ def create_app(settings: Settings) -> FastAPI:
             kit = await asyncio.to_thread(build_identity_kit, settings)
             app.state.identity = kit
             listener = PgListener(db)
+
+            def identity_changed(payload: str) -> None:
+                kit.principals.invalidate_user(payload)
+                # A role or budget change: leases reserved under the old limit go back.
+                quota: DbQuota | None = getattr(app.state, "quota", None)
+                if quota is not None:
+                    quota.user_changed(payload)
+
             listener.subscribe(
                 identity_cache.CHANNEL,
-                kit.principals.invalidate_user,
+                identity_changed,
                 on_gap=lambda: kit.principals.set_online(False),
                 on_connected=lambda: kit.principals.set_online(True),
             )

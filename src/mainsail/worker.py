@@ -23,6 +23,7 @@ from mainsail.core.db import Database
 from mainsail.core.logging import get_logger
 from mainsail.core.notify import PgListener
 from mainsail.documents.runtime import start_documents
+from mainsail.identity import cache as identity_cache
 from mainsail.jobs import repository as jobs_repository
 from mainsail.jobs.service import JobRunner
 from mainsail.llm.factory import build_gateway
@@ -136,6 +137,13 @@ async def run_worker(settings: Settings, url: URL) -> None:
         listener.subscribe(
             jobs_repository.CHANNEL, runner.wake, on_gap=runner.wake, on_connected=runner.wake
         )
+        if meter is not None:  # a role or budget change: leases under the old limit go back
+            listener.subscribe(
+                identity_cache.CHANNEL,
+                meter.quota.user_changed,
+                on_gap=lambda: None,
+                on_connected=lambda: None,
+            )
         await listener.start()
         await runner.start()
         log.info("worker_started", worker=runner.worker, concurrency=settings.jobs.concurrency)

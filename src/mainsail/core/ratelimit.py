@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
+from starlette.types import Scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,16 @@ def open_storage(storage_url: str, **options: Any) -> Storage:
     return storage
 
 
+def open_request_storage(storage_url: str) -> Storage:
+    """``open_storage`` for counters on the request path: its errors raised as ``limits``'
+    ``StorageError`` (for the caller to fail open on), and a Redis that stops answering given
+    up on within a second instead of holding every request."""
+    options: dict[str, Any] = {"wrap_exceptions": True}
+    if not storage_url.removeprefix("async+").startswith("memory"):
+        options.update(socket_timeout=1.0, socket_connect_timeout=1.0)
+    return open_storage(storage_url, **options)
+
+
 async def close_storage(storage: Storage) -> None:
     """Stops a memory storage's expiry task, or closes a Redis client's connections."""
     if isinstance(storage, MemoryStorage):
@@ -134,9 +147,51 @@ async def close_storage(storage: Storage) -> None:
         await close()
 
 
+def client_address(peer: str | None, forwarded_for: Iterable[bytes], *, hops: int) -> str:
+    """The address a client is counted by (request limits, sign-in attempts).
+
+    With ``hops`` = N, the Nth entry from the right of X-Forwarded-For (the one the outermost
+    trusted proxy saw); entries left of it are whatever the client wrote. An IPv6 client is
+    counted by its /64, which one subscriber usually holds whole; an IPv4 client that a
+    dual-stack listener reports as ``::ffff:a.b.c.d`` by its IPv4 address (the /64 of every
+    such address is ``::``).
+    """
+    address = peer or "unknown"
+    if hops:
+        entries = [
+            entry.strip()
+            for value in forwarded_for
+            for entry in value.decode("latin-1").split(",")
+            if entry.strip()
+        ]
+        if len(entries) >= hops:
+            address = entries[-hops]
+    if ":" in address:
+        try:
+            mapped = ipaddress.IPv6Address(address).ipv4_mapped
+            if mapped is not None:
+                return str(mapped)
+            return str(ipaddress.IPv6Network(f"{address}/64", strict=False).network_address)
+        except ValueError:
+            return address
+    return address
+
+
+def request_client_address(scope: Scope, *, hops: int) -> str:
+    """``client_address`` of an HTTP or WebSocket request."""
+    forwarded = (
+        [value for name, value in scope["headers"] if name == b"x-forwarded-for"] if hops else []
+    )
+    client = scope.get("client")
+    return client_address(client[0] if client else None, forwarded, hops=hops)
+
+
 class RateLimiter:
+    """One moving window per key, on a storage opened with ``open_request_storage``: callers
+    catch ``limits.errors.StorageError`` to fail open."""
+
     def __init__(self, storage_url: str) -> None:
-        self.storage = open_storage(storage_url)
+        self.storage = open_request_storage(storage_url)
         self.limiter = MovingWindowRateLimiter(self.storage)
 
     async def retry_after(self, window: Window, *keys: str) -> int | None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from mainsail.core.deps import JsonBody, SessionDep
 from mainsail.core.pagination import Page, PageParams
+from mainsail.core.ratelimit import request_client_address
 from mainsail.identity import service
 from mainsail.identity.deps import (
     AdminPrincipal,
@@ -30,6 +31,7 @@ from mainsail.identity.schemas import (
     UserCreate,
     UserOut,
 )
+from mainsail.settings import Settings
 
 auth_router = APIRouter(prefix="/auth", tags=["auth"], dependencies=[JsonBody])
 me_router = APIRouter(prefix="/me", tags=["me"], dependencies=[JsonBody])
@@ -39,7 +41,10 @@ _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The address sign-in attempts are counted by: the one the rate limiter counts (the
+    forwarded client behind trusted proxies, an IPv6 client's /64)."""
+    settings: Settings = request.app.state.settings
+    return request_client_address(request.scope, hops=settings.rate_limit.forwarded_for_hops)
 
 
 @auth_router.post("/login", summary="Sign in with email and password")
@@ -156,5 +161,7 @@ async def administer_user(
     kit: IdentityDep,
 ) -> UserOut:
     changed = await service.administer_user(session, user_id, changes=body, now=kit.clock())
-    kit.principals.invalidate_user(user_id)  # other processes learn it from the trigger
+    # Other processes learn it from the trigger, which also has every process give back the
+    # user's budget leases (a new role's default budget may be lower).
+    kit.principals.invalidate_user(user_id)
     return changed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, Field, StringConstraints
@@ -68,10 +68,20 @@ class UserAdminUpdate(StrictModel):
     disabled: bool | None = None
 
 
+def _in_utc(value: datetime) -> datetime:
+    """In UTC, as it is stored and compared. 9999-12-31T23:59:59-14:00 is a valid aware
+    datetime, but in UTC it falls in year 10000, which no datetime can hold (a 422, not a
+    500 where it is first converted)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("in UTC, must fall within the years 1 to 9999") from None
+
+
 class ApiKeyCreate(StrictModel):
     name: Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope))] | None = None
-    expires_at: AwareDatetime | None = Field(
+    expires_at: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = Field(
         default=None, description="With a timezone, e.g. 2030-01-01T00:00:00Z"
     )
 

@@ -6,7 +6,7 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, BackgroundTasks, Request
 from pydantic import Field
 
 from mainsail.core.db import utcnow
@@ -21,7 +21,8 @@ router = APIRouter(prefix="/admin/users", tags=["admin"], dependencies=[JsonBody
 class QuotaUpdate(StrictModel):
     """null restores the role's default."""
 
-    monthly_tokens: Annotated[int, Field(ge=0)] | None = None
+    # quota_limits.monthly_tokens is a BIGINT: a larger value is a 422, not a database error.
+    monthly_tokens: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     monthly_cost_usd: Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)] | None = (
         None
     )
@@ -41,8 +42,10 @@ async def override_quota(
     _: AdminSessionPrincipal,
     session: SessionDep,
     settings: SettingsDep,
+    request: Request,
+    background: BackgroundTasks,
 ) -> dict[str, Any]:
-    return await service.override_budget(
+    budget = await service.override_budget(
         session,
         settings.quota,
         user_id,
@@ -50,3 +53,8 @@ async def override_quota(
         monthly_cost_usd=body.monthly_cost_usd,
         now=utcnow(),
     )
+    # What this process's leases hold was reserved under the old limit. Given back once the
+    # response is out, so after the commit: a refill then sees the new limit.
+    quota: service.DbQuota = request.app.state.quota
+    background.add_task(quota.release_user, user_id)
+    return budget

@@ -34,11 +34,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mainsail.core.db import Database, utcnow
 from mainsail.core.errors import NotFound, TooManyRequests
 from mainsail.core.logging import get_logger
+from mainsail.identity import cache as identity_cache
 from mainsail.identity import service as identity
 from mainsail.llm.gateway import CallContext, Reservation
 from mainsail.quotas import repository as repo
@@ -121,6 +123,7 @@ class DbQuota:
         self.clock = clock
         self.monotonic = monotonic
         self._leases: dict[tuple[uuid.UUID, date], _Lease] = {}
+        self._releasing: set[asyncio.Task[None]] = set()  # user_changed's, kept referenced
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
         self._ahead: set[asyncio.Task[None]] = set()  # refills running in the background
@@ -134,11 +137,13 @@ class DbQuota:
         if ctx.user_id is None:  # the system's own calls (jobs, evals) are not budgeted
             return Reservation(user_id=None, tokens=tokens, cost=cost)
         now = self.clock()
-        period = month_start(now)
-        lease = self._leases.get((ctx.user_id, period))
-        if lease is None:
-            lease = self._leases[(ctx.user_id, period)] = _Lease(ctx.user_id, period)
-        if not lease.fits(tokens, cost):
+        key = (ctx.user_id, month_start(now))
+        while True:
+            lease = self._leases.get(key)
+            if lease is None:
+                lease = self._leases[key] = _Lease(*key)
+            if lease.fits(tokens, cost):
+                break
             self.waits += 1
             lease.waiting += 1
             try:
@@ -146,10 +151,16 @@ class DbQuota:
             finally:
                 lease.waiting -= 1
             try:
+                if self._leases.get(key) is not lease:
+                    # Released while this call waited (the flusher skips leases with calls
+                    # waiting; a safeguard all the same): what it grew would never be written
+                    # back. Start over on the registered lease.
+                    continue
                 if not lease.fits(tokens, cost) and not await self._grow(lease, ctx, tokens, cost):
                     raise await self._exceeded(ctx.user_id, ctx.role, now, tokens=tokens, cost=cost)
             finally:
                 lease.lock.release()
+            break
         lease.inflight_tokens += tokens
         lease.inflight_cost += cost
         lease.last_used = self.monotonic()
@@ -258,39 +269,88 @@ class DbQuota:
                     and not lease.busy
                     and now - lease.last_used >= release_idle_after_s
                     and not lease.lock.locked()
+                    # A call queued on the lock (whose holder just let go) is about to use it.
+                    and lease.waiting == 0
                 )
-                used_tokens, used_cost = lease.used_tokens, lease.used_cost
                 # Idle: give back the whole grant; otherwise convert the used part only.
-                release_tokens = lease.granted_tokens if idle else used_tokens
-                release_cost = lease.granted_cost if idle else used_cost
+                release_tokens = lease.granted_tokens if idle else lease.used_tokens
+                release_cost = lease.granted_cost if idle else lease.used_cost
                 if idle:
                     del self._leases[key]
-                if release_tokens == 0 and release_cost == 0 and used_tokens == 0:
+                if release_tokens == 0 and release_cost == 0 and lease.used_tokens == 0:
                     continue
-                # Taken out before the await: calls meanwhile count towards the next flush.
-                lease.used_tokens -= used_tokens
-                lease.used_cost -= used_cost
-                lease.granted_tokens -= release_tokens
-                lease.granted_cost -= release_cost
                 try:
-                    async with self.db.autocommit() as connection:
-                        await repo.settle(
-                            connection,
-                            user_id=lease.user_id,
-                            period=lease.period,
-                            held_tokens=release_tokens,
-                            held_cost=release_cost,
-                            used_tokens=used_tokens,
-                            used_cost=used_cost,
-                        )
+                    await self._write_back(
+                        lease, held_tokens=release_tokens, held_cost=release_cost
+                    )
                 except BaseException:
-                    lease.used_tokens += used_tokens
-                    lease.used_cost += used_cost
-                    lease.granted_tokens += release_tokens
-                    lease.granted_cost += release_cost
                     if idle:
                         self._leases.setdefault(key, lease)
                     raise
+
+    def user_changed(self, payload: str) -> None:
+        """A ``mainsail_identity`` notification (a user's role, keys or budget changed, in
+        any process): that user's leases are given back in the background."""
+        try:
+            user_id = uuid.UUID(payload)
+        except ValueError:
+            return
+        if not any(key[0] == user_id for key in self._leases):
+            return
+        task = asyncio.create_task(self.release_user(user_id), name=f"quota-release-{user_id}")
+        self._releasing.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The leases stay; they go back when idle, as before the change.
+            log.warning("quota_release_failed", error=type(task.exception()).__name__)
+
+    async def release_user(self, user_id: uuid.UUID) -> None:
+        """Shrink the user's leases to what calls in progress hold and give the rest back.
+
+        For when their limit changes (an admin's override, a new role): a slice reserved
+        under the old limit would otherwise go on serving calls until the lease goes idle,
+        which a busy caller's never does. The next call refills under the new limit.
+        Only this process's leases: another process's go back when idle.
+        """
+        for key, lease in list(self._leases.items()):
+            if key[0] != user_id:
+                continue
+            async with lease.lock:  # after a refill in progress, which adds to the grant
+                lease.slice_factor = 1
+                given_tokens = lease.granted_tokens - lease.inflight_tokens
+                given_cost = lease.granted_cost - lease.inflight_cost
+                if given_tokens or given_cost or lease.used_tokens:
+                    await self._write_back(lease, held_tokens=given_tokens, held_cost=given_cost)
+
+    async def _write_back(self, lease: _Lease, *, held_tokens: int, held_cost: Decimal) -> None:
+        """Write the lease's settled use to its counter and give back ``held`` of its grant
+        (the used part included: the counter holds it as reserved until then)."""
+        used_tokens, used_cost = lease.used_tokens, lease.used_cost
+        # Taken out before the await: calls meanwhile count towards the next write.
+        lease.used_tokens -= used_tokens
+        lease.used_cost -= used_cost
+        lease.granted_tokens -= held_tokens
+        lease.granted_cost -= held_cost
+        try:
+            async with self.db.autocommit() as connection:
+                await repo.settle(
+                    connection,
+                    user_id=lease.user_id,
+                    period=lease.period,
+                    held_tokens=held_tokens,
+                    held_cost=held_cost,
+                    used_tokens=used_tokens,
+                    used_cost=used_cost,
+                )
+        except BaseException:
+            lease.used_tokens += used_tokens
+            lease.used_cost += used_cost
+            lease.granted_tokens += held_tokens
+            lease.granted_cost += held_cost
+            raise
 
     async def drain(self) -> None:
         """Stop the flusher and write everything back (shutdown; tests)."""
@@ -400,6 +460,9 @@ async def override_budget(
     except NotFound:
         raise NotFound("User not found.") from None
     await repo.set_limit(session, user_id, tokens=monthly_tokens, cost=monthly_cost_usd)
+    # Every process learns it at commit (the identity channel, as a role change is sent):
+    # their budget leases, reserved under the old limit, are given back.
+    await session.execute(select(func.pg_notify(identity_cache.CHANNEL, str(user_id))))
     return await user_budget(session, settings, user_id, now=now)
 
 

@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mainsail.core.errors import TooManyRequests, problem_response
+from mainsail.core.ratelimit import request_client_address
 from mainsail.identity.deps import authenticate, presented_credentials
 from mainsail.openai_compat.errors import openai_error
 from mainsail.ratelimits.policy import ANONYMOUS, RateLimits, Verdict
@@ -67,13 +68,7 @@ class RateLimitMiddleware:
                 return principal.role.value, "user", str(principal.user_id)
         except Exception:  # noqa: S110 - the route refuses it (401, or 503 without a database)
             pass
-        forwarded = (
-            [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
-            if self.limits.forwarded_for_hops
-            else []
-        )
-        client = scope.get("client")
-        return ANONYMOUS, "ip", self.limits.client_address(client[0] if client else None, forwarded)
+        return ANONYMOUS, "ip", request_client_address(scope, hops=self.limits.forwarded_for_hops)
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, verdict: Verdict) -> None:

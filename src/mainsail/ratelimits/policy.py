@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from limits import RateLimitItem, parse_many
 from limits.aio.strategies import (
@@ -17,7 +15,7 @@ from limits.aio.strategies import (
 from limits.errors import StorageError
 
 from mainsail.core.logging import get_logger
-from mainsail.core.ratelimit import close_storage, open_storage
+from mainsail.core.ratelimit import client_address, close_storage, open_request_storage
 from mainsail.settings import RateLimitSettings
 
 log = get_logger(__name__)
@@ -54,11 +52,7 @@ class RateLimits:
 
     def __init__(self, settings: RateLimitSettings) -> None:
         self.settings = settings
-        options: dict[str, Any] = {"wrap_exceptions": True}
-        if not settings.storage_url.removeprefix("async+").startswith("memory"):
-            # A Redis that stops answering must not hold every request for long.
-            options.update(socket_timeout=1.0, socket_connect_timeout=1.0)
-        self.storage = open_storage(settings.storage_url, **options)
+        self.storage = open_request_storage(settings.storage_url)
         self.limiter = _STRATEGIES[settings.strategy](self.storage)
         self.by_role: dict[str, list[RateLimitItem]] = {
             "user": _items(settings.user),
@@ -102,48 +96,41 @@ class RateLimits:
     async def _check(self, items: list[RateLimitItem], kind: str, ident: str) -> Verdict | None:
         limiter = self.limiter
         key = (self.prefix, kind, ident)
+        # A request one limit refuses is counted against none: the others are tested first
+        # (the first one's hit tests it). With one limit, as usual, that costs nothing.
+        for item in items[1:]:
+            if not await limiter.test(item, *key):
+                return await self._refused(item, key)
         closest: Verdict | None = None
         for item in items:
             # The hit is one atomic step (a lock in memory, a Lua script in Redis): of N
             # concurrent requests exactly as many pass as the window has room for.
-            allowed = await limiter.hit(item, *key)
+            if not await limiter.hit(item, *key):
+                # The first limit, or a later one that filled up since its test: later limits
+                # are not counted for a refused request.
+                return await self._refused(item, key)
             stats = await limiter.get_window_stats(item, *key)
-            reset_s = min(item.get_expiry(), max(0, math.ceil(stats.reset_time - time.time())))
-            if not allowed:
-                # Later limits are not counted for a refused request.
-                return Verdict(False, item, 0, max(1, reset_s))
             remaining = max(0, stats.remaining)
             if closest is None or remaining < closest.remaining:
-                closest = Verdict(True, item, remaining, reset_s)
+                closest = Verdict(True, item, remaining, _reset_s(item, stats.reset_time))
         return closest
 
-    def client_address(self, peer: str | None, forwarded_for: list[bytes]) -> str:
-        """The address anonymous requests are counted by.
+    async def _refused(self, item: RateLimitItem, key: tuple[str, str, str]) -> Verdict:
+        stats = await self.limiter.get_window_stats(item, *key)
+        return Verdict(False, item, 0, max(1, _reset_s(item, stats.reset_time)))
 
-        With ``forwarded_for_hops`` = N, the Nth entry from the right of X-Forwarded-For (the
-        one the outermost trusted proxy saw); entries left of it are whatever the client wrote.
-        An IPv6 client is counted by its /64, which one subscriber usually holds whole.
-        """
-        address = peer or "unknown"
-        hops = self.forwarded_for_hops
-        if hops and forwarded_for:
-            entries = [
-                entry.strip()
-                for value in forwarded_for
-                for entry in value.decode("latin-1").split(",")
-                if entry.strip()
-            ]
-            if len(entries) >= hops:
-                address = entries[-hops]
-        if ":" in address:
-            try:
-                return str(ipaddress.IPv6Network(f"{address}/64", strict=False).network_address)
-            except ValueError:
-                return address
-        return address
+    def client_address(self, peer: str | None, forwarded_for: list[bytes]) -> str:
+        """The address anonymous requests are counted by: ``core.ratelimit.client_address``,
+        shared with the sign-in throttle so that both count the same client."""
+        return client_address(peer, forwarded_for, hops=self.forwarded_for_hops)
 
     async def aclose(self) -> None:
         await close_storage(self.storage)
+
+
+def _reset_s(item: RateLimitItem, reset_time: float) -> int:
+    """Seconds until the limit has room again."""
+    return min(item.get_expiry(), max(0, math.ceil(reset_time - time.time())))
 
 
 def _items(notation: str) -> list[RateLimitItem]:
