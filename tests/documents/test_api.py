@@ -20,6 +20,7 @@ from tests.documents.conftest import FIXTURES, Upload, chunk_rows, essay, wait_f
 from tests.documents.fixtures.make_fixtures import pdf_bytes
 from tests.fixtures.app import wait_until
 from tests.fixtures.identity import Account
+from tests.search.test_index_versions import wait_for_job
 
 
 async def test_an_upload_is_ingested_into_embedded_chunks(
@@ -295,8 +296,9 @@ async def test_a_corrupt_file_fails_with_a_reason_and_the_next_one_still_works(
     assert failed["status"] == "failed"
     assert failed["error"]
     assert "Traceback" not in failed["error"]
-    job = await client.get(f"/jobs/{created.json()['job_id']}", headers=alice.headers)
-    assert (job.json()["state"], job.json()["attempts"]) == ("failed", 1)  # not retried
+    # The document fails first, then its job: wait for the job's end.
+    job = await wait_for_job(client, alice, created.json()["job_id"])
+    assert (job["state"], job["attempts"]) == ("failed", 1)  # not retried
     fine = await upload(alice, essay(2).encode(), "fine.txt")
     assert (await wait_for_status(client, alice, fine.json()["id"], "ready"))["status"] == "ready"
 

@@ -234,11 +234,11 @@ class Gateway:
                 raise InvalidChatRequest("json_schema needs a schema.", param="response_format")
             _check_schema(fmt.schema, param="response_format", what="response_format")
         max_tokens = request.params.max_tokens
+        named = request.params.max_tokens_name
         if max_tokens is not None and max_tokens > entry.max_output_tokens:
             raise InvalidChatRequest(
-                f"max_tokens is {max_tokens}; {entry.name} writes at most "
-                f"{entry.max_output_tokens}.",
-                param="max_tokens",
+                f"{named} is {max_tokens}; {entry.name} writes at most {entry.max_output_tokens}.",
+                param=named,
             )
         output = max_tokens or entry.max_output_tokens
         prompt = count_message_tokens(request.messages) + sum(
@@ -248,7 +248,7 @@ class Gateway:
         if prompt + (max_tokens or 0) > entry.context_window:
             raise InvalidChatRequest(
                 f"The messages take about {prompt} tokens"
-                + (f" and max_tokens asks for {max_tokens}" if max_tokens else "")
+                + (f" and {named} asks for {max_tokens}" if max_tokens else "")
                 + f"; {entry.name} holds {entry.context_window}.",
                 param="messages",
                 code="context_length_exceeded",

@@ -68,6 +68,9 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # The parameter the caller set max_tokens with (/v1 also takes max_completion_tokens):
+    # an error about the output limit names the one the caller sent.
+    max_tokens_name: str = field(default="max_tokens", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,6 @@ from mainsail.core.sse import EventStreamResponse
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.errors import (
     InternalError,
-    InvalidChatRequest,
     LLMError,
     ModelNotFound,
     StreamInterrupted,
@@ -181,6 +180,8 @@ async def list_models(gateway: GatewayDep) -> dict[str, Any]:
 # ``:path``: a model name may hold slashes (``org/model``, as on some compatible servers).
 @router.get("/models/{model_id:path}", summary="One model, if this server can answer with it")
 async def retrieve_model(model_id: str, gateway: GatewayDep) -> dict[str, Any]:
+    if not model_id:  # "/v1/models/": the list, as before this route took the path
+        return await list_models(gateway)
     available = _available(gateway)
     for entry in available:
         if entry.name == model_id:
@@ -207,40 +208,25 @@ async def chat_completions(
     chat = body.to_request()
     ctx = call_context(request, principal, kind="v1.chat")
     created = int(time.time())
+    if not body.stream:
+        response = await gateway.complete(chat, ctx)
+        return Response(
+            fastjson.dumps(completion_json(response, created=created)),
+            media_type="application/json",
+            headers=CACHE_HIT if response.cache_hit else None,
+        )
+    events = aiter(gateway.stream(chat, ctx))
+    # Wait for the answer to start before sending a status: a failure before the first token
+    # (after every retry and fallback) is an ordinary HTTP error, not a stream.
     try:
-        if not body.stream:
-            response = await gateway.complete(chat, ctx)
-            return Response(
-                fastjson.dumps(completion_json(response, created=created)),
-                media_type="application/json",
-                headers=CACHE_HIT if response.cache_hit else None,
-            )
-        events = aiter(gateway.stream(chat, ctx))
-        # Wait for the answer to start before sending a status: a failure before the first
-        # token (after every retry and fallback) is an ordinary HTTP error, not a stream.
-        try:
-            first = await anext(events)
-        except StopAsyncIteration:  # pragma: no cover - a stream always starts
-            raise LLMError("The model produced no answer.") from None
-    except InvalidChatRequest as exc:
-        if exc.param == "max_tokens" and body.max_completion_tokens is not None:
-            raise _as_sent(exc) from None
-        raise
+        first = await anext(events)
+    except StopAsyncIteration:  # pragma: no cover - a stream always starts
+        raise LLMError("The model produced no answer.") from None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return EventStreamResponse(
         _sse(first, events, created=created, include_usage=include_usage),
         headers=CACHE_HIT if isinstance(first, StreamStart) and first.cache_hit else None,
         on_close=events.aclose,  # type: ignore[attr-defined]
-    )
-
-
-def _as_sent(exc: InvalidChatRequest) -> InvalidChatRequest:
-    """A ``max_tokens`` error for a caller who sent ``max_completion_tokens``: the gateway
-    knows one output limit, which that parameter fills when sent (winning over max_tokens)."""
-    return InvalidChatRequest(
-        exc.message.replace("max_tokens", "max_completion_tokens", 1),
-        param="max_completion_tokens",
-        code=exc.error_code,
     )
 
 

@@ -174,6 +174,11 @@ class ChatCompletionRequest(_Lenient):
                 temperature=self.temperature,
                 top_p=self.top_p,
                 max_tokens=self.max_completion_tokens or self.max_tokens,
+                max_tokens_name=(
+                    "max_completion_tokens"
+                    if self.max_completion_tokens is not None
+                    else "max_tokens"
+                ),
                 stop=stop,
                 seed=self.seed,
                 presence_penalty=self.presence_penalty,

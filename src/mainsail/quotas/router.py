@@ -56,5 +56,5 @@ async def override_quota(
     # What this process's leases hold was reserved under the old limit. Given back once the
     # response is out, so after the commit: a refill then sees the new limit.
     quota: service.DbQuota = request.app.state.quota
-    background.add_task(quota.release_user, user_id)
+    background.add_task(quota.give_back_quietly, user_id)
     return budget

@@ -179,15 +179,23 @@ class DbQuota:
 
     def _refill_ahead(self, lease: _Lease, ctx: CallContext, tokens: int, cost: Decimal) -> None:
         async def refill() -> None:
+            lease.waiting += 1  # queued on the lock: the flusher must not give it back meanwhile
             try:
-                async with lease.lock:
-                    grown = not self._running_low(lease, tokens, cost) or await self._grow(
-                        lease, ctx, tokens, cost, exact=False
-                    )
-                    if not grown:  # the budget is near its end: no more refills ahead
-                        lease.slice_factor = 1
+                await lease.lock.acquire()
+            finally:
+                lease.waiting -= 1
+            try:
+                if self._leases.get((lease.user_id, lease.period)) is not lease:
+                    return  # given back meanwhile: a grant here would never be written back
+                grown = not self._running_low(lease, tokens, cost) or await self._grow(
+                    lease, ctx, tokens, cost, exact=False
+                )
+                if not grown:  # the budget is near its end: no more refills ahead
+                    lease.slice_factor = 1
             except Exception as exc:  # a call that then lacks room refills (or fails) itself
                 log.warning("quota_refill_failed", error=type(exc).__name__)
+            finally:
+                lease.lock.release()
 
         task = asyncio.create_task(refill(), name="quota-refill")
         self._ahead.add(task)
@@ -307,6 +315,14 @@ class DbQuota:
             # The leases stay; they go back when idle, as before the change.
             log.warning("quota_release_failed", error=type(task.exception()).__name__)
 
+    async def give_back_quietly(self, user_id: uuid.UUID) -> None:
+        """``release_user``, its failure logged (a background task after the response: the
+        leases then go back when idle, or when the notification of the change arrives)."""
+        try:
+            await self.release_user(user_id)
+        except Exception as exc:
+            log.warning("quota_release_failed", error=type(exc).__name__)
+
     async def release_user(self, user_id: uuid.UUID) -> None:
         """Shrink the user's leases to what calls in progress hold and give the rest back.
 
@@ -359,8 +375,8 @@ class DbQuota:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        # A refill still running would add to a lease after it was written back.
-        await asyncio.gather(*self._ahead, return_exceptions=True)
+        # A refill or a give-back still running would change a lease after it was written back.
+        await asyncio.gather(*self._ahead, *self._releasing, return_exceptions=True)
         for attempt in range(5):
             try:
                 await self.flush(release_idle_after_s=0.0)
