@@ -1,7 +1,6 @@
 """Edges across areas found in a second look at one day's fixes: removed citation markers
 and the spaces around them, Latin words against CJK text, unspaced text in long blocks, job
-runner lanes and their wake-ups, a handler's own CancelledError, and YAML comments in front
-matter."""
+runner lanes and their wake-ups, and YAML comments in front matter."""
 
 from __future__ import annotations
 
@@ -113,60 +112,6 @@ async def test_wake_during_a_short_lanes_claim_is_not_eaten_by_the_long_lane() -
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-# --- a handler's own CancelledError on the last attempt: the document fails with the job --
-
-import uuid  # noqa: E402
-
-import httpx  # noqa: E402
-import pytest  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
-from sqlalchemy.engine import URL  # noqa: E402
-
-from mainsail.documents.pipeline import Ingestor  # noqa: E402
-from mainsail.jobs.service import JobContext  # noqa: E402
-from mainsail.settings import Settings  # noqa: E402
-from mainsail.worker import build_runner  # noqa: E402
-from tests.documents.conftest import Upload, essay, upload  # noqa: E402,F401
-from tests.fixtures.app import make_settings  # noqa: E402
-from tests.fixtures.identity import Account  # noqa: E402
-
-
-@pytest.fixture
-def settings(database_url: URL) -> Settings:
-    return make_settings(
-        database_url,
-        jobs={"executor": "external", "max_attempts": 2, "backoff_base_s": 0, "backoff_max_s": 0},
-    )
-
-
-async def test_handler_cancelled_error_on_last_attempt_fails_the_document_too(
-    app: FastAPI,
-    client: httpx.AsyncClient,
-    alice: Account,
-    upload: Upload,  # noqa: F811
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The runner ends a job whose handler raised CancelledError of its own (nobody
-    cancelled the lane) retrying, then dead; the document fails with it instead of staying
-    "processing" for ever."""
-
-    async def cancelled(self: Ingestor, owner_id: uuid.UUID, job: JobContext) -> None:
-        raise asyncio.CancelledError  # e.g. an awaited inner task cancelled by someone else
-
-    monkeypatch.setattr(Ingestor, "owner_context", cancelled)
-    created = await upload(alice, essay(3).encode(), "cancelled.txt")
-    assert created.status_code == 202
-    document_id, job_id = created.json()["id"], created.json()["job_id"]
-    runner = await build_runner(settings, app.state.db)
-    assert await runner.run_one()
-    assert await runner.run_one()
-    job = (await client.get(f"/jobs/{job_id}", headers=alice.headers)).json()
-    assert job["state"] == "dead"
-    document = (await client.get(f"/documents/{document_id}", headers=alice.headers)).json()
-    assert document["status"] == "failed", document
 
 
 # --- front matter that opens with a YAML comment stays metadata --------------------------

@@ -96,3 +96,31 @@ async def test_a_revision_activated_before_its_worker_died_stays_ready_when_the_
     document = (await client.get(f"/documents/{document_id}", headers=alice.headers)).json()
     assert len(await chunk_rows(app, str(document_id))) == document["chunk_count"] > 0
     assert (document["status"], document["error"]) == ("ready", None)
+
+
+async def test_handler_cancelled_error_on_last_attempt_fails_the_document_too(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    alice: Account,
+    upload: Upload,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runner ends a job whose handler raised CancelledError of its own (nobody
+    cancelled the lane) retrying, then dead; the document fails with it instead of staying
+    "processing" for ever."""
+
+    async def cancelled(self: Ingestor, owner_id: uuid.UUID, job: JobContext) -> None:
+        raise asyncio.CancelledError  # e.g. an awaited inner task cancelled by someone else
+
+    monkeypatch.setattr(Ingestor, "owner_context", cancelled)
+    created = await upload(alice, essay(3).encode(), "cancelled.txt")
+    assert created.status_code == 202
+    document_id, job_id = created.json()["id"], created.json()["job_id"]
+    runner = await build_runner(settings, app.state.db)
+    assert await runner.run_one()
+    assert await runner.run_one()
+    job = (await client.get(f"/jobs/{job_id}", headers=alice.headers)).json()
+    assert job["state"] == "dead"
+    document = (await client.get(f"/documents/{document_id}", headers=alice.headers)).json()
+    assert document["status"] == "failed", document

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from mainsail.app import create_app
@@ -26,22 +25,9 @@ from mainsail.settings import QuotaSettings, RateLimitSettings, Settings
 from tests.fakes.provider_server import FakeProviderServer, Reply
 from tests.fixtures.app import make_settings, truncate_all, wait_until
 from tests.fixtures.identity import Account, create_user
+from tests.quotas.test_quotas import counter
 
 ASK = {"model": "fake-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
-
-
-async def counter(app: FastAPI, user_id: object) -> dict[str, Any]:
-    async with app.state.db.engine.connect() as connection:
-        row = (
-            (
-                await connection.execute(
-                    text("SELECT * FROM quota_counters WHERE user_id = :u"), {"u": user_id}
-                )
-            )
-            .mappings()
-            .one()
-        )
-    return dict(row)
 
 
 @asynccontextmanager
