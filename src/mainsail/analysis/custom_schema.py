@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
 
 from mainsail.core.errors import UnprocessableContent
 
@@ -35,41 +37,80 @@ def check_custom_schema(schema: Any, *, max_bytes: int, max_depth: int) -> dict[
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise InvalidSchema(f"options.schema is not valid JSON Schema: {exc.message}") from None
-    _walk(schema, schema, depth=0, max_depth=max_depth)
+    _walk(schema, max_depth=max_depth)
     if schema.get("type", "object") != "object":
         raise InvalidSchema('options.schema must describe an object ("type": "object").')
     return schema
 
 
-def _walk(node: Any, root: dict[str, Any], *, depth: int, max_depth: int) -> None:
-    if depth > max_depth:
-        raise InvalidSchema(
-            f"options.schema nests (or recurses through $ref) deeper than {max_depth} levels."
-        )
-    if isinstance(node, list):
-        for item in node:
-            _walk(item, root, depth=depth + 1, max_depth=max_depth)
-        return
-    if not isinstance(node, dict):
-        return
-    for key in _REF_KEYS:
-        ref = node.get(key)
-        if ref is None:
-            continue
-        if not isinstance(ref, str) or not ref.startswith("#"):
+# Where a schema holds subschemas (draft 2020-12): one, a list of them, or a map of them. Every
+# other keyword holds data (enum, const, default, examples, annotations), never walked: a key
+# named "$ref" or "enum" there, or a property of that name, means nothing to the validator.
+_ONE = frozenset(
+    {
+        "items", "additionalProperties", "unevaluatedProperties", "unevaluatedItems",
+        "contains", "propertyNames", "not", "if", "then", "else", "contentSchema",
+    }
+)  # fmt: skip
+_LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_MAP = frozenset({"properties", "patternProperties", "$defs", "dependentSchemas"})
+# Work a check may do: each reference is followed once per depth, and the whole walk is capped
+# (shared references can multiply a small schema's work without end otherwise).
+_MAX_VISITS = 100_000
+
+
+def _walk(root: dict[str, Any], *, max_depth: int) -> None:
+    visits = 0
+    done: set[tuple[str, int]] = set()  # (reference, depth) already followed
+
+    def walk(node: Any, depth: int, path: tuple[str, ...]) -> None:
+        nonlocal visits
+        visits += 1
+        if visits > _MAX_VISITS:
+            raise InvalidSchema("options.schema takes too much work to check; simplify it.")
+        if depth > max_depth:
             raise InvalidSchema(
-                f"options.schema: {key} {ref!r} points outside the schema; only local "
-                "references (#/...) are allowed."
+                f"options.schema nests (or recurses through $ref) deeper than {max_depth} levels."
             )
-        _walk(_resolve(root, ref), root, depth=depth + 1, max_depth=max_depth)
-    for key, value in node.items():
-        if key not in _REF_KEYS and key not in ("enum", "const", "examples", "default"):
-            _walk(value, root, depth=depth + 1, max_depth=max_depth)
+        if not isinstance(node, dict):
+            return  # a boolean schema
+        if "$id" in node and node is not root:
+            raise InvalidSchema("options.schema: $id is allowed at its root only.")
+        for key in _REF_KEYS:
+            ref = node.get(key)
+            if ref is None:
+                continue
+            if not isinstance(ref, str) or not ref.startswith("#"):
+                raise InvalidSchema(
+                    f"options.schema: {key} {ref!r} points outside the schema; only local "
+                    "references (#/...) are allowed."
+                )
+            if ref in path:  # a reference inside itself: it would recurse without end
+                raise InvalidSchema(
+                    f"options.schema nests (or recurses through $ref) deeper than {max_depth} "
+                    "levels."
+                )
+            if (ref, depth) not in done:
+                walk(_resolve(root, ref), depth + 1, (*path, ref))
+                done.add((ref, depth))
+        for key, value in node.items():
+            if key in _ONE:
+                walk(value, depth + 1, path)
+            elif key in _LIST and isinstance(value, list):
+                for item in value:
+                    walk(item, depth + 1, path)
+            elif key in _MAP and isinstance(value, dict):
+                for item in value.values():
+                    walk(item, depth + 1, path)
+
+    walk(root, 0, ())
 
 
 def _resolve(root: dict[str, Any], ref: str) -> Any:
+    """The node a local reference names, read as the validator reads it: a JSON pointer in a
+    URI fragment (percent-encoded, then ~1 and ~0)."""
     node: Any = root
-    pointer = ref[1:]
+    pointer = unquote(ref[1:])
     if pointer in ("", "/"):
         return root
     if not pointer.startswith("/"):
@@ -83,3 +124,9 @@ def _resolve(root: dict[str, Any], ref: str) -> Any:
         else:
             raise InvalidSchema(f"options.schema: $ref {ref!r} points at nothing.")
     return node
+
+
+def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
+    """A validator of checked ``schema`` that never fetches anything: an empty registry, so
+    a reference the check let through by mistake fails instead of reaching the network."""
+    return Draft202012Validator(schema, registry=Registry())

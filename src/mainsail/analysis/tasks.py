@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from referencing.exceptions import Unresolvable
 
-from mainsail.analysis.custom_schema import check_custom_schema
+from mainsail.analysis.custom_schema import InvalidSchema, check_custom_schema, validator_for
 from mainsail.core.errors import UnprocessableContent
 
 TASKS = ("sentiment", "summary", "classify", "extract", "custom")
@@ -172,7 +173,7 @@ def prepare(task: str, text: str, options: _Options, *, limits: SchemaLimits) ->
             options.schema_, max_bytes=limits.max_bytes, max_depth=limits.max_depth
         )
         values = {"instructions": options.instructions or ""}
-        validator = Draft202012Validator(schema)
+        validator = validator_for(schema)
         return Prepared(
             prompt=p,
             system=p.system.safe_substitute(values).strip(),
@@ -293,9 +294,13 @@ def _occurrences(text: str, needle: str) -> list[int]:
 
 
 def _check_custom(validator: Draft202012Validator, value: Any) -> tuple[Any, list[str]]:
+    try:
+        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    except Unresolvable as exc:  # a reference the check could not tell apart: the caller's
+        raise InvalidSchema(f"options.schema: a $ref cannot be resolved ({exc}).") from None
     problems = [
         f"{'.'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
-        for error in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+        for error in errors
     ][:20]
     return value, problems
 

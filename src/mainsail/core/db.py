@@ -78,6 +78,9 @@ class Database:
                 "server_settings": {
                     "application_name": "mainsail",
                     "statement_timeout": str(settings.statement_timeout_ms),
+                    # Days and months (usage, budgets) are UTC ones, whatever the server's
+                    # own time zone: date_trunc on a timestamptz uses the session's.
+                    "timezone": "UTC",
                 },
             },
         )

@@ -171,6 +171,11 @@ class UsageWriter:
                 handle.write(json.dumps(asdict(event), default=str) + "\n")
         log.warning("usage_spilled", events=len(self._buffer), path=str(path))
         self._buffer.clear()
+        # Replayed files' events not yet written are in this file now: replayed again from
+        # both, they would be counted twice.
+        for replayed in self._replayed:
+            replayed.unlink(missing_ok=True)
+        self._replayed.clear()
 
     def _replay_spills(self) -> None:
         if not self.spill_dir.is_dir():

@@ -121,7 +121,9 @@ class AnthropicAdapter:
                 )
         finish = _FINISH.get(message.stop_reason or "end_turn", "stop")
         if structured and calls and calls[0].name == STRUCTURED_TOOL:
-            texts, calls, finish = [calls[0].arguments], [], "stop"
+            texts, calls = [calls[0].arguments], []
+            # The forced tool's answer is the text; cut at the token limit, it says so.
+            finish = "stop" if finish == "tool_calls" else finish
         return ChatResponse(
             id=message.id or new_response_id("msg"),
             model=entry.name,

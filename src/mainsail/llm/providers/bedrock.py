@@ -147,7 +147,9 @@ class BedrockAdapter:
         ]
         finish = _FINISH.get(response.get("stopReason", "end_turn"), "stop")
         if structured and calls and calls[0].name == STRUCTURED_TOOL:
-            texts, calls, finish = [calls[0].arguments], [], "stop"
+            texts, calls = [calls[0].arguments], []
+            # The forced tool's answer is the text; cut at the token limit, it says so.
+            finish = "stop" if finish == "tool_calls" else finish
         return ChatResponse(
             id=response.get("ResponseMetadata", {}).get("RequestId") or new_response_id(),
             model=entry.name,
