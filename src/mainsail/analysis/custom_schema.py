@@ -53,7 +53,14 @@ _ONE = frozenset(
     }
 )  # fmt: skip
 _LIST = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
-_MAP = frozenset({"properties", "patternProperties", "$defs", "dependentSchemas"})
+# "definitions" is draft 7's $defs, which 2020-12 validators still read as subschemas.
+_MAP = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+# Keywords whose subschemas apply to the same value as their schema: validating one value
+# costs the sum over them, through references (allOf of 40 references, four levels deep, is
+# 40**4 checks of one value on the event loop).
+_SAME_VALUE_ONE = frozenset({"not", "if", "then", "else"})
+_SAME_VALUE_LIST = frozenset({"allOf", "anyOf", "oneOf"})
+_MAX_APPLIED = 10_000
 # Work a check may do: each reference is followed once per depth, and the whole walk is capped
 # (shared references can multiply a small schema's work without end otherwise).
 _MAX_VISITS = 100_000
@@ -104,6 +111,53 @@ def _walk(root: dict[str, Any], *, max_depth: int) -> None:
                     walk(item, depth + 1, path)
 
     walk(root, 0, ())
+    _bound_applied(root)
+
+
+def _bound_applied(root: dict[str, Any]) -> None:
+    """Refuses a schema whose subschemas applied to one value (through allOf, anyOf, oneOf,
+    not, if/then/else, dependentSchemas and references) number more than ``_MAX_APPLIED``.
+    Called after ``_walk``, which refused every reference cycle."""
+    costs: dict[int, int] = {}
+
+    def applied(node: Any) -> int:
+        if not isinstance(node, dict):
+            return 1
+        known = costs.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        for key in _REF_KEYS:
+            if isinstance(ref := node.get(key), str):
+                total += applied(_resolve(root, ref))
+        for key, value in node.items():
+            if key in _SAME_VALUE_ONE:
+                total += applied(value)
+            elif key in _SAME_VALUE_LIST and isinstance(value, list):
+                total += sum(applied(item) for item in value)
+            elif key == "dependentSchemas" and isinstance(value, dict):
+                total += sum(applied(item) for item in value.values())
+            if total > _MAX_APPLIED:
+                raise InvalidSchema(
+                    "options.schema applies too many subschemas to one value (through allOf, "
+                    "anyOf, oneOf and references); simplify it."
+                )
+        costs[id(node)] = total
+        return total
+
+    stack: list[Any] = [root]  # every schema node's own cost, through where subschemas are
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        applied(node)
+        for key, value in node.items():
+            if key in _ONE or key in _SAME_VALUE_ONE:
+                stack.append(value)
+            elif key in _LIST and isinstance(value, list):
+                stack.extend(value)
+            elif key in _MAP and isinstance(value, dict):
+                stack.extend(value.values())
 
 
 def _resolve(root: dict[str, Any], ref: str) -> Any:
@@ -117,9 +171,12 @@ def _resolve(root: dict[str, Any], ref: str) -> Any:
         raise InvalidSchema(f"options.schema: $ref {ref!r} is not a JSON pointer (#/...).")
     for part in pointer[1:].split("/"):
         part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and node is not root and "$id" in node:
+            # The validator would resolve what follows against that $id: refused everywhere.
+            raise InvalidSchema("options.schema: $id is allowed at its root only.")
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        elif isinstance(node, list) and part.isascii() and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
             raise InvalidSchema(f"options.schema: $ref {ref!r} points at nothing.")
