@@ -11,7 +11,6 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from sqlalchemy.engine import URL
 
 from mainsail.analysis.custom_schema import InvalidSchema, check_custom_schema
 from mainsail.core.db import Database
-from mainsail.llm.gateway import UsageEvent
 from mainsail.llm.providers.anthropic import AnthropicAdapter
 from mainsail.llm.providers.base import Timeouts
 from mainsail.llm.types import ChatRequest, Message, ResponseFormat, SamplingParams
@@ -31,6 +29,8 @@ from mainsail.usage.writer import UsageWriter
 from tests.fakes.provider_server import FakeProviderServer, Reply
 from tests.fakes.provider_server import ToolCall as FakeToolCall
 from tests.fixtures.servers import free_port
+from tests.llm.test_providers import ENTRY
+from tests.usage.test_usage import event
 
 LIMITS = {"max_bytes": 32_768, "max_depth": 16}
 
@@ -104,19 +104,6 @@ async def test_anthropic_structured_answer_cut_off_reports_length(
         max_connections=4,
     )
     try:
-        from decimal import Decimal
-
-        from mainsail.llm.catalogue import ModelEntry
-
-        entry = ModelEntry(
-            name="public-name",
-            provider="p",
-            model="fake-model",
-            input_per_mtok=Decimal(1),
-            output_per_mtok=Decimal(2),
-            context_window=4000,
-            max_output_tokens=1000,
-        )
         schema = {"type": "object", "properties": {"label": {"type": "string"}}}
         fake_provider.script(
             Reply(
@@ -130,7 +117,7 @@ async def test_anthropic_structured_answer_cut_off_reports_length(
             params=SamplingParams(max_tokens=16),
             response_format=ResponseFormat(type="json_schema", name="v", schema=schema),
         )
-        response = await adapter.complete(request, entry)
+        response = await adapter.complete(request, ENTRY)
         assert fake_provider.calls[-1].body["tool_choice"]["name"] == "structured_answer"
         assert response.finish_reason == "length"
     finally:
@@ -138,24 +125,6 @@ async def test_anthropic_structured_answer_cut_off_reports_length(
 
 
 # --- the usage writer ------------------------------------------------------------------------
-
-
-def event(**overrides: object) -> UsageEvent:
-    values: dict[str, object] = {
-        "request_id": "r",
-        "user_id": None,
-        "api_key_id": None,
-        "kind": "chat",
-        "requested_model": "m",
-        "model": "m",
-        "provider": "p",
-        "status": "ok",
-        "tokens_in": 3,
-        "tokens_out": 4,
-        "cost_usd": Decimal("0.001"),
-    }
-    values.update(overrides)
-    return UsageEvent(**values)  # type: ignore[arg-type]
 
 
 async def test_a_replayed_spill_spilled_again_is_not_counted_twice(

@@ -8,6 +8,7 @@ the document: a remote ``$ref`` would make the server fetch URLs a caller chose.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -69,6 +70,7 @@ _MAX_VISITS = 100_000
 def _walk(root: dict[str, Any], *, max_depth: int) -> None:
     visits = 0
     done: set[tuple[str, int]] = set()  # (reference, depth) already followed
+    applied = _applied_counter(root)
 
     def walk(node: Any, depth: int, path: tuple[str, ...]) -> None:
         nonlocal visits
@@ -109,15 +111,15 @@ def _walk(root: dict[str, Any], *, max_depth: int) -> None:
             elif key in _MAP and isinstance(value, dict):
                 for item in value.values():
                     walk(item, depth + 1, path)
+        applied(node)  # after its subschemas: their references are checked by then
 
     walk(root, 0, ())
-    _bound_applied(root)
 
 
-def _bound_applied(root: dict[str, Any]) -> None:
-    """Refuses a schema whose subschemas applied to one value (through allOf, anyOf, oneOf,
-    not, if/then/else, dependentSchemas and references) number more than ``_MAX_APPLIED``.
-    Called after ``_walk``, which refused every reference cycle."""
+def _applied_counter(root: dict[str, Any]) -> Callable[[Any], int]:
+    """How many subschemas a node applies to one value (through allOf, anyOf, oneOf, not,
+    if/then/else, dependentSchemas and references), memoised; a node over ``_MAX_APPLIED``
+    is refused. Only for nodes ``_walk`` has walked: their reference cycles are refused."""
     costs: dict[int, int] = {}
 
     def applied(node: Any) -> int:
@@ -145,19 +147,7 @@ def _bound_applied(root: dict[str, Any]) -> None:
         costs[id(node)] = total
         return total
 
-    stack: list[Any] = [root]  # every schema node's own cost, through where subschemas are
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, dict):
-            continue
-        applied(node)
-        for key, value in node.items():
-            if key in _ONE or key in _SAME_VALUE_ONE:
-                stack.append(value)
-            elif key in _LIST and isinstance(value, list):
-                stack.extend(value)
-            elif key in _MAP and isinstance(value, dict):
-                stack.extend(value.values())
+    return applied
 
 
 def _resolve(root: dict[str, Any], ref: str) -> Any:

@@ -53,6 +53,22 @@ from mainsail.documents.parsing import Block
 from mainsail.llm.tokens import count_tokens
 
 SEPARATOR = "\n\n"
+
+
+def default_overlap(overlap: int, size: int) -> int:
+    """The configured overlap for chunks of ``size`` tokens when none was asked for: at most
+    a quarter of them (the default may not fit a small size)."""
+    return min(overlap, size // 4)
+
+
+def fit_to_model(size: int, overlap: int, *, limit: int) -> tuple[int, int]:
+    """(size, overlap) of chunks a model reading ``limit`` tokens embeds whole: a larger size
+    is capped at ``limit``, the overlap then at most a quarter of it."""
+    if size <= limit:
+        return size, overlap
+    return limit, default_overlap(overlap, limit)
+
+
 # What the splitter sees between a heading (or title line) and the block it leads into: the
 # same length as SEPARATOR, but no paragraph break to cut at.
 JOINER = " " * len(SEPARATOR)

@@ -36,7 +36,7 @@ from sqlalchemy import select, text
 from mainsail.core.db import Database
 from mainsail.core.logging import get_logger
 from mainsail.documents import repository
-from mainsail.documents.chunking import Chunker, ChunkText
+from mainsail.documents.chunking import Chunker, ChunkText, fit_to_model
 from mainsail.documents.embedders import (
     AsyncEmbedder,
     DocumentEmbedder,
@@ -649,8 +649,7 @@ class Ingestor:
         overlap = int(source.chunking.get("chunk_overlap", version.chunk_overlap))
         # An upload's chunk_size was checked against the model of its day; a version built
         # later may read fewer tokens, and a longer chunk would be embedded truncated.
-        if size > (limit := chunk_limit(embedder)):
-            size, overlap = limit, min(overlap, limit // 4)
+        size, overlap = fit_to_model(size, overlap, limit=chunk_limit(embedder))
         chunker = Chunker(embedder.tokenizer, chunk_size=size, chunk_overlap=overlap)
         async with self.db.autocommit() as connection:
             stored = await repository.max_ordinal(

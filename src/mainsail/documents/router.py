@@ -19,6 +19,7 @@ from mainsail.core.pagination import Page, PageParams
 from mainsail.core.principal import Scope
 from mainsail.core.schemas import is_text
 from mainsail.documents import repository, service
+from mainsail.documents.chunking import default_overlap
 from mainsail.documents.schemas import (
     MAX_FILENAME,
     ChunkingIn,
@@ -73,7 +74,7 @@ async def upload(
             chunking = _chunking(
                 fields.get("chunk_size"),
                 fields.get("chunk_overlap"),
-                default_overlap=settings.documents.chunk_overlap,
+                configured_overlap=settings.documents.chunk_overlap,
             )
             metadata = parse_json_field(fields.get("metadata"), "metadata")
             collection = _collection(
@@ -93,7 +94,7 @@ async def upload(
                 extra={"errors": describe_validation_errors(exc.errors())},
             ) from None
         chunking = (
-            _resolved(body.chunking, default_overlap=settings.documents.chunk_overlap)
+            _resolved(body.chunking, configured_overlap=settings.documents.chunk_overlap)
             if body.chunking
             else None
         )
@@ -125,7 +126,7 @@ async def upload(
     return DocumentOut.model_validate(created.document)
 
 
-def _chunking(size: str | None, overlap: str | None, *, default_overlap: int) -> Chunking | None:
+def _chunking(size: str | None, overlap: str | None, *, configured_overlap: int) -> Chunking | None:
     if not size and not overlap:
         return None
     try:
@@ -136,15 +137,15 @@ def _chunking(size: str | None, overlap: str | None, *, default_overlap: int) ->
         raise UnprocessableContent(
             "chunk_size must be 16-8192 and chunk_overlap 0-4096 (whole numbers)."
         ) from None
-    return _resolved(parsed, default_overlap=default_overlap)
+    return _resolved(parsed, configured_overlap=configured_overlap)
 
 
-def _resolved(chunking: ChunkingIn, *, default_overlap: int) -> Chunking:
+def _resolved(chunking: ChunkingIn, *, configured_overlap: int) -> Chunking:
     """An upload's chunking; without an overlap, the default one, at most a quarter of the
     size (as for an index version's)."""
     overlap = chunking.chunk_overlap
     if overlap is None:
-        overlap = min(default_overlap, chunking.chunk_size // 4)
+        overlap = default_overlap(configured_overlap, chunking.chunk_size)
     return Chunking(chunking.chunk_size, overlap)
 
 

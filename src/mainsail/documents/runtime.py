@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from mainsail.core.db import Database
 from mainsail.core.logging import get_logger
+from mainsail.documents.chunking import fit_to_model
 from mainsail.documents.embedders import (
     LOCAL_DIMENSION,
     LOCAL_MAX_TOKENS,
@@ -55,10 +56,11 @@ async def start_documents(
     if config.embedder != "local":
         provider = embedders.provider(config.embedder)
         name, dimension, max_tokens = provider.name, provider.dimension, provider.max_tokens
-    chunk_size, chunk_overlap = config.chunk_size, config.chunk_overlap
-    if chunk_size > max_tokens:  # longer chunks would be embedded truncated
-        log.warning("chunk_size_capped", chunk_size=chunk_size, model=name, reads=max_tokens)
-        chunk_size, chunk_overlap = max_tokens, min(chunk_overlap, max_tokens // 4)
+    if config.chunk_size > max_tokens:  # longer chunks would be embedded truncated
+        log.warning("chunk_size_capped", chunk_size=config.chunk_size, model=name, reads=max_tokens)
+    chunk_size, chunk_overlap = fit_to_model(
+        config.chunk_size, config.chunk_overlap, limit=max_tokens
+    )
     # The first index version, made by the first job that needs one (the service starts
     # even when the database is not there yet).
     first = FirstVersion(

@@ -38,6 +38,7 @@ from mainsail.core.db import Database, utcnow
 from mainsail.core.errors import AppError, Conflict, NotFound, UnprocessableContent
 from mainsail.core.logging import get_logger
 from mainsail.documents import repository as documents
+from mainsail.documents.chunking import default_overlap
 from mainsail.documents.embedders import (
     LOCAL_DIMENSION,
     LOCAL_MAX_TOKENS,
@@ -194,7 +195,7 @@ class IndexVersions:
         size = body.chunk_size or config.chunk_size
         overlap = config.chunk_overlap if body.chunk_overlap is None else body.chunk_overlap
         if body.chunk_size is not None and body.chunk_overlap is None:
-            overlap = min(overlap, size // 4)  # the default overlap may not fit a small size
+            overlap = default_overlap(overlap, size)
         if overlap >= size:
             raise UnprocessableContent("chunk_overlap must be smaller than chunk_size.")
         if size > max_tokens:

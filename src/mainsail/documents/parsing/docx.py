@@ -451,8 +451,7 @@ class _Body:
         if paragraph.size > self.limit:  # spill what is there, keep the paragraph open
             text = "".join(paragraph.parts)
             # A word the last read cut short stays open: only whole words are emitted.
-            reach = min(1_000, self.limit // 2)
-            end = (word_end(text, reach=reach) or len(text)) if not self.tables else len(text)
+            end = word_end(text, limit=self.limit) if not self.tables else len(text)
             paragraph.parts = [text[:end]]
             self._emit_text(self._take(paragraph), kind=self._kind(paragraph))
             if end < len(text):

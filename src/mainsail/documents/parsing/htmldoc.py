@@ -243,7 +243,7 @@ class _BlockParser(HTMLParser):
                 return
             # Emit what is known to be whole; a word the last read cut short stays open.
             text = "".join(self.parts)
-            end = word_end(text, reach=min(1_000, self.limit // 2)) or len(text)
+            end = word_end(text, limit=self.limit)
             self.parts = [text[:end]]
             self._flush()
             if end < len(text):

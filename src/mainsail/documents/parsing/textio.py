@@ -195,19 +195,19 @@ def best_cut(text: str, limit: int) -> int:
     return cut + 1 if cut > 0 else limit
 
 
-def word_end(text: str, *, reach: int) -> int:
-    """Where the word that ``text`` ends in begins: the end of what is known to be whole.
+def word_end(text: str, *, limit: int) -> int:
+    """Where to cut ``text``, a block over ``limit`` characters still being read, so that the
+    part before holds whole words: before the word it ends in, which the next piece read may
+    finish (a block cut inside it would hold half a word).
 
-    Text read in pieces can stop inside a word that the next piece finishes, and a block cut
-    there would hold half a word. ``len(text)`` when the text ends in whitespace; 0 when the
-    text is a single word. Looks back at most ``reach`` characters: a longer "word" is cut
-    hard anyway.
+    ``len(text)`` when the text ends in whitespace or is one word. Looks back at most
+    ``min(1000, limit // 2)`` characters: a longer "word" is cut hard anyway.
     """
     index = len(text)
-    bound = max(0, index - reach)
+    bound = max(0, index - min(1_000, limit // 2))
     while index > bound and not text[index - 1].isspace():
         index -= 1
-    return index
+    return index or len(text)
 
 
 def cut_pieces(text: str, limit: int) -> Iterator[str]:
