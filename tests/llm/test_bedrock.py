@@ -277,3 +277,41 @@ async def test_converse_stream_failure_is_mapped_not_swallowed() -> None:
     with pytest.raises(UpstreamTimeout):
         async for _ in adapter.stream(request, ENTRY):
             pass
+
+
+async def test_converse_stream_tool_without_arguments_reads_as_json() -> None:
+    """A tool with no parameters may stream an empty input (or none) before its block stops:
+    its arguments are "{}", as unstreamed, not "" (which no client can ``json.loads``)."""
+    from mainsail.llm.types import ToolCallDelta
+
+    events = [
+        {"messageStart": {"role": "assistant"}},
+        {
+            "contentBlockStart": {
+                "start": {"toolUse": {"toolUseId": "t1", "name": "now"}},
+                "contentBlockIndex": 0,
+            }
+        },
+        {"contentBlockDelta": {"delta": {"toolUse": {"input": ""}}, "contentBlockIndex": 0}},
+        {"contentBlockStop": {"contentBlockIndex": 0}},
+        {
+            "contentBlockStart": {
+                "start": {"toolUse": {"toolUseId": "t2", "name": "today"}},
+                "contentBlockIndex": 1,
+            }
+        },
+        {"contentBlockStop": {"contentBlockIndex": 1}},
+        {"messageStop": {"stopReason": "tool_use"}},
+    ]
+    adapter = BedrockAdapter(
+        name="bedrock",
+        region="us-east-1",
+        timeouts=Timeouts(),
+        max_connections=2,
+        client=StreamingClient(events),
+    )
+    request = ChatRequest(model="m", messages=(Message(role="user", content="hi"),))
+    deltas = [e async for e in adapter.stream(request, ENTRY) if isinstance(e, ToolCallDelta)]
+    for index in (0, 1):
+        arguments = "".join(d.arguments for d in deltas if d.index == index)
+        assert json.loads(arguments) == {}

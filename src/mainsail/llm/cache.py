@@ -93,8 +93,8 @@ class ResponseCache:
             return None
 
     async def put(self, key: str, response: ChatResponse) -> None:
-        if response.finish_reason not in ("stop", "length"):
-            return  # a filtered answer may not be filtered next time
+        if response.finish_reason not in ("stop", "length") or response.refusal is not None:
+            return  # a filtered or refused answer may not be so next time
         raw = json.dumps(_dump(response), separators=(",", ":")).encode()
         if len(raw) <= self.max_entry_bytes:
             await self.store.set(key, raw, self.ttl_s)

@@ -117,6 +117,7 @@ class ChatResponse:
     finish_reason: FinishReason
     usage: Usage
     cache_hit: bool = False  # served from Mainsail's response cache, no upstream call
+    refusal: str | None = None  # the model declined, saying why (OpenAI's ``message.refusal``)
 
 
 # --- streaming ------------------------------------------------------------------------------

@@ -25,6 +25,10 @@ from mainsail.llm.errors import (
     WrongModelKind,
 )
 
+# The most seconds of a provider's Retry-After passed on (a day): the header is a number a
+# client may sleep for.
+MAX_RETRY_AFTER_S = 86_400
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -63,7 +67,7 @@ def openai_error(
 def _llm_headers(exc: LLMError) -> dict[str, str]:
     """A provider's Retry-After, passed on to the caller whatever the error's shape."""
     if isinstance(exc, UpstreamRateLimited) and exc.retry_after is not None:
-        return {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return {"Retry-After": str(min(max(1, round(exc.retry_after)), MAX_RETRY_AFTER_S))}
     return {}
 
 

@@ -212,7 +212,7 @@ def completion_json(response: ChatResponse, *, created: int) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         "content": response.message.content,
-        "refusal": None,
+        "refusal": response.refusal,
     }
     if response.message.tool_calls:
         message["tool_calls"] = [

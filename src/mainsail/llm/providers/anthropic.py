@@ -142,6 +142,9 @@ class AnthropicAdapter:
         finish: FinishReason | None = None
         tool_index = -1
         block_is_tool: dict[int, bool] = {}
+        # Tool blocks that have streamed no argument text yet: a tool without parameters gets
+        # one empty ``partial_json``, which must still read as JSON ("{}", as unstreamed).
+        no_arguments: dict[int, int] = {}
         events: Any = None
         try:
             events = await self.client.messages.create(**_arguments(request, entry), stream=True)
@@ -159,18 +162,26 @@ class AnthropicAdapter:
                     block = event.content_block
                     is_tool = block.type == "tool_use"
                     block_is_tool[event.index] = is_tool
-                    if is_tool and not structured:
-                        tool_index += 1
-                        yield ToolCallDelta(index=tool_index, id=block.id, name=block.name)
+                    if is_tool:
+                        if not structured:
+                            tool_index += 1
+                            yield ToolCallDelta(index=tool_index, id=block.id, name=block.name)
+                        no_arguments[event.index] = tool_index
                 elif kind == "content_block_delta":
                     delta = event.delta
                     if delta.type == "text_delta":
                         yield TextDelta(delta.text)
                     elif delta.type == "input_json_delta" and block_is_tool.get(event.index):
+                        if not delta.partial_json:
+                            continue
+                        no_arguments.pop(event.index, None)
                         if structured:  # the forced tool's input is the answer's text
                             yield TextDelta(delta.partial_json)
                         else:
                             yield ToolCallDelta(index=tool_index, arguments=delta.partial_json)
+                elif kind == "content_block_stop" and event.index in no_arguments:
+                    index = no_arguments.pop(event.index)
+                    yield TextDelta("{}") if structured else ToolCallDelta(index, arguments="{}")
                 elif kind == "message_delta":
                     finish = _FINISH.get(event.delta.stop_reason or "end_turn", "stop")
                     output_tokens = event.usage.output_tokens or output_tokens

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -139,9 +140,13 @@ def retry_after(response: Any) -> float | None:
         if value is None:
             continue
         try:
-            return max(float(value) / scale, 0.0)
+            seconds = float(value) / scale
         except ValueError:
             pass
+        else:  # "inf" and "nan" read as floats too, and say nothing usable
+            if math.isfinite(seconds):
+                return max(seconds, 0.0)
+            continue
         with contextlib.suppress(TypeError, ValueError, IndexError):  # the HTTP-date form
             when = parsedate_to_datetime(value)
             return max((when - datetime.now(UTC)).total_seconds(), 0.0)

@@ -254,6 +254,7 @@ class BedrockAdapter:
         usage: Usage | None = None
         tool_index = -1
         tool_blocks: set[int] = set()
+        no_arguments: dict[int, int] = {}  # tool blocks with no argument text yet (as Anthropic)
         try:
             yield StreamStart(id=new_response_id(), model=entry.name, provider=self.name)
             while True:
@@ -272,6 +273,7 @@ class BedrockAdapter:
                             yield ToolCallDelta(
                                 index=tool_index, id=tool["toolUseId"], name=tool["name"]
                             )
+                        no_arguments[block.get("contentBlockIndex", 0)] = tool_index
                 elif "contentBlockDelta" in payload:
                     block = payload["contentBlockDelta"]
                     delta = block.get("delta", {})
@@ -279,10 +281,20 @@ class BedrockAdapter:
                         yield TextDelta(delta["text"])
                     elif "toolUse" in delta and block.get("contentBlockIndex", 0) in tool_blocks:
                         piece = delta["toolUse"].get("input", "")
+                        if not piece:
+                            continue
+                        no_arguments.pop(block.get("contentBlockIndex", 0), None)
                         if structured:
                             yield TextDelta(piece)
                         else:
                             yield ToolCallDelta(index=tool_index, arguments=piece)
+                elif (
+                    "contentBlockStop" in payload
+                    and (stopped := payload["contentBlockStop"].get("contentBlockIndex", 0))
+                    in no_arguments
+                ):
+                    index = no_arguments.pop(stopped)
+                    yield TextDelta("{}") if structured else ToolCallDelta(index, arguments="{}")
                 elif "messageStop" in payload:
                     finish = _FINISH.get(
                         payload["messageStop"].get("stopReason", "end_turn"), "stop"
@@ -328,7 +340,7 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
     params = request.params
-    arguments: dict[str, Any] = {"modelId": entry.model, "messages": _messages(request.messages)}
+    arguments: dict[str, Any] = {"modelId": entry.model}
     system = [{"text": m.content} for m in request.messages if m.role == "system" and m.content]
     if system:
         arguments["system"] = system
@@ -374,11 +386,24 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
         )
     if tools and not (request.tool_choice is not None and request.tool_choice.mode == "none"):
         arguments["toolConfig"] = {"tools": tools, **({"toolChoice": choice} if choice else {})}
+    # Converse refuses toolUse and toolResult blocks without a toolConfig, and has no choice
+    # that calls no tool: with none to offer ("none", or no tools), the history's tool calls
+    # and results are told as text.
+    blocks = _blocks if "toolConfig" in arguments else _text_blocks
+    arguments["messages"] = alternating_turns(request.messages, blocks)
     return arguments
 
 
-def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
-    return alternating_turns(messages, _blocks)
+def _text_blocks(message: Message) -> list[dict[str, Any]]:
+    """A message's blocks with its tool calls and results as text."""
+    if message.role == "tool":
+        text = f"Result of tool call {message.tool_call_id or ''}: {message.content or ''}"
+        return [{"text": text}]
+    lines = [message.content] if message.content else []
+    lines += [
+        f"Called tool {c.name} ({c.id}) with {c.arguments or '{}'}" for c in message.tool_calls
+    ]
+    return [{"text": "\n".join(lines)}] if lines else []
 
 
 def _blocks(message: Message) -> list[dict[str, Any]]:
@@ -412,6 +437,9 @@ def _usage(usage: dict[str, Any] | None) -> Usage:
 
 
 def map_bedrock_code(code: str, provider: str, model: str) -> LLMError:
+    # ConverseStream's exception events name their type in camelCase ("throttlingException"),
+    # which botocore reports as the code of the error it raises mid-stream.
+    code = code[:1].upper() + code[1:]
     if code in _THROTTLED:
         return UpstreamRateLimited(f"{provider} is throttling us.", provider=provider, model=model)
     if code == "ModelTimeoutException":

@@ -144,6 +144,7 @@ class OpenAIAdapter:
             content = message.get("content")
             if content is not None and not isinstance(content, str):
                 raise TypeError("content")
+            refusal = message.get("refusal")
             return ChatResponse(
                 id=completion.get("id") or new_response_id(),
                 model=entry.name,
@@ -151,6 +152,7 @@ class OpenAIAdapter:
                 message=Message(role="assistant", content=content, tool_calls=calls),
                 finish_reason=_FINISH.get(choice.get("finish_reason") or "stop", "stop"),
                 usage=_usage(completion.get("usage")),
+                refusal=refusal if isinstance(refusal, str) else None,
             )
         except (LookupError, AttributeError, TypeError):
             raise UpstreamBadResponse(
