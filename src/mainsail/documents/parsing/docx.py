@@ -31,6 +31,10 @@ from mainsail.documents.parsing.textio import clean, cut_pieces, word_end
 
 DOCUMENT_PART = "word/document.xml"
 STYLES_NAME = "styles.xml"  # beside the main part
+# Parts the main part's relationships name whose text belongs to the document, read after it.
+_NOTES = ("/footnotes", "/endnotes")
+# Notes that are no note: the rule above the notes and its continuation.
+_NOT_NOTES = frozenset({"separator", "continuationSeparator", "continuationNotice"})
 # A package names its main part in its relationships (Word sometimes writes
 # word/document2.xml), and the part's content type says it is a Word document.
 _PACKAGE_RELS = "_rels/.rels"
@@ -43,6 +47,8 @@ _W = frozenset(
     }
 )
 _MC = "http://schemas.openxmlformats.org/markup-compatibility/2006"
+# An equation's text (Office Math): read as text too, so "m=1" does not vanish from a sentence.
+_MATH_TEXT = "http://schemas.openxmlformats.org/officeDocument/2006/math t"
 # Entries smaller than this cannot be bombs, whatever their ratio (tiny parts compress well).
 _RATIO_FLOOR = 1 * MiB
 # Subtrees that are not the document's current text or properties: alternative renderings,
@@ -68,17 +74,19 @@ def parse_docx(path: Path, limits: ParseLimits) -> Iterator[Block]:
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise CorruptDocument(_BROKEN_ZIP) from exc
         with archive:
-            document, styles_part = _check_directory(archive, limits)
+            document, styles_part, notes = _check_directory(archive, limits)
             budget = _Budget(limits.max_uncompressed_bytes)
             styles = _Styles()
             if styles_part is not None:
                 for _ in _stream_xml(archive, styles_part, styles, limits, budget):
                     pass
-            body = _Body(styles, limits.max_block_chars)
-            for _ in _stream_xml(archive, document, body, limits, budget):
+            # Footnotes and endnotes come after the body, under no heading of its own.
+            for part in (document, *notes):
+                body = _Body(styles, limits.max_block_chars)
+                for _ in _stream_xml(archive, part, body, limits, budget):
+                    yield from body.drain()
+                body.finish()
                 yield from body.drain()
-            body.finish()
-            yield from body.drain()
 
 
 # --- the zip directory ------------------------------------------------------------------
@@ -113,7 +121,8 @@ def check_entry_count(file: IO[bytes], limits: ParseLimits) -> None:
 
 def _check_directory(
     archive: zipfile.ZipFile, limits: ParseLimits
-) -> tuple[zipfile.ZipInfo, zipfile.ZipInfo | None]:
+) -> tuple[zipfile.ZipInfo, zipfile.ZipInfo | None, list[zipfile.ZipInfo]]:
+    """The main part, its styles and its notes parts (footnotes, endnotes), checked."""
     entries = archive.infolist()
     if len(entries) > limits.max_zip_entries:
         raise LimitExceeded(
@@ -128,13 +137,29 @@ def _check_directory(
     document = by_name.get(name) if name is not None else None
     if name is None or document is None:
         raise CorruptDocument("The file is not a Word document (it has no main document part).")
-    styles = by_name.get(posixpath.join(posixpath.dirname(name), STYLES_NAME))
-    read = [entry for entry in (document, styles) if entry is not None]
+    folder = posixpath.dirname(name)
+    styles = by_name.get(posixpath.join(folder, STYLES_NAME))
+    relationships = posixpath.join(folder, "_rels", posixpath.basename(name) + ".rels")
+    targets = [
+        _part_name(folder, attrs.get("Target", ""))
+        for attrs in _package_elements(archive, relationships, "Relationship", limits)
+        if attrs.get("Type", "").endswith(_NOTES) and attrs.get("TargetMode") != "External"
+    ]
+    notes = [by_name[target] for target in dict.fromkeys(targets) if target in by_name]
+    read = [entry for entry in (document, styles, *notes) if entry is not None]
     if any(entry.flag_bits & 0x1 for entry in read):
         raise CorruptDocument("The DOCX file is encrypted.")
     if sum(entry.file_size for entry in read) > limits.max_uncompressed_bytes:
         raise LimitExceeded(_BOMB)
-    return document, styles
+    return document, styles, notes
+
+
+def _part_name(folder: str, target: str) -> str:
+    """The part a relationship's target names: relative to the source part's folder, or
+    absolute (from the package's root) when it starts with a slash."""
+    if target.startswith("/"):
+        return posixpath.normpath(target.lstrip("/"))
+    return posixpath.normpath(posixpath.join(folder, target))
 
 
 def main_part(archive: zipfile.ZipFile, limits: ParseLimits) -> str | None:
@@ -391,9 +416,13 @@ class _Body:
         self._end_row()
 
     def start(self, name: str, attrs: dict[str, str]) -> None:
-        if self.skipping or name in _SKIPPED:
+        if (
+            self.skipping
+            or name in _SKIPPED
+            or (name in ("footnote", "endnote") and attrs.get("type") in _NOT_NOTES)
+        ):
             self.skipping += 1
-        elif name == "t":
+        elif name == "t" or name == _MATH_TEXT:
             self.in_text += 1
         elif name == "r":
             self.runs += 1
@@ -405,7 +434,7 @@ class _Body:
     def end(self, name: str) -> None:
         if self.skipping:
             self.skipping -= 1
-        elif name == "t":
+        elif name == "t" or name == _MATH_TEXT:
             self.in_text = max(0, self.in_text - 1)
         elif name == "r":
             self.runs = max(0, self.runs - 1)

@@ -88,7 +88,11 @@ class _Builder:
         elif match := _ATX.fullmatch(line):
             self.flush()
             self._heading(len(match.group(1)), match.group(2) or "")
-        elif (match := _SETEXT.fullmatch(line)) and self.kind == "paragraph":
+        elif (
+            (match := _SETEXT.fullmatch(line))
+            and self.kind == "paragraph"
+            and not _is_table(self.lines)  # a table ends at it: a thematic break
+        ):
             text = " ".join(part.strip() for part in self.lines)
             self._reset()
             self._heading(1 if match.group(1)[0] == "=" else 2, text)

@@ -14,10 +14,19 @@ from mainsail.documents.parsing.model import CorruptDocument, ParseLimits
 
 # C0 controls except tab and newline, DEL and C1 controls are dropped; other line breaks
 # become newlines. Carriage returns are handled before, as CRLF must become one newline.
-_CLEAN: dict[int, int | None] = dict.fromkeys((*range(0x20), 0x7F, *range(0x80, 0xA0), 0xFEFF))
+_CLEAN: dict[int, int | str | None] = dict.fromkeys(
+    (*range(0x20), 0x7F, *range(0x80, 0xA0), 0xFEFF)
+)
 _CLEAN |= {ord("\t"): ord("\t"), ord("\n"): ord("\n")}
 _CLEAN |= {ord("\f"): ord("\n"), ord("\v"): ord("\n"), 0x2028: ord("\n"), 0x2029: ord("\n")}
 _CLEAN |= {0x85: ord("\n")}  # NEL, the line end of EBCDIC-born text
+# Soft hyphens (HTML's ``&shy;``) are hints for breaking a line, not text: inside a word they
+# would make it a word nobody searches for. Typographic ligatures (PDF text layers give "ﬁ")
+# are their letters, for the same reason; other compatibility forms (², full-width letters)
+# are kept as written.
+_CLEAN |= {0xAD: None}
+_CLEAN |= {0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl"}
+_CLEAN |= {0xFB05: "st", 0xFB06: "st"}
 
 # What counts against a piece of text: controls no text file uses, and undecodable bytes.
 _CONTROLS = tuple(chr(code) for code in (*range(1, 0x20), 0x7F) if chr(code) not in "\t\n\r\f\v")
