@@ -161,15 +161,17 @@ class ChatService:
             None,
             request_id=ctx.request_id,
         )
+        filters = body.filters or Filters.model_validate(conversation.filters or {})
         if turns:
-            if not await self._has_documents(owner_id):
-                # Nothing left to search (documents deleted since): no condensing call either.
-                turn.canned = NO_DOCUMENTS
+            if not await self.searcher.holds_any(owner_id, filters):
+                # Nothing to search (documents deleted since, or none the filters select): no
+                # condensing call either.
+                has_any = await self._has_documents(owner_id)
+                turn.canned = NOTHING_IN_SCOPE if has_any else NO_DOCUMENTS
                 return turn
             turn.standalone = await self._condense(
                 model, extractive, turns, body.question, ctx, turn.usage
             )
-        filters = body.filters or Filters.model_validate(conversation.filters or {})
         found = await self.searcher.search(
             owner_id,
             SearchIn(

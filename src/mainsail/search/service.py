@@ -32,7 +32,7 @@ from mainsail.core.logging import get_logger
 from mainsail.llm.gateway import CallContext
 from mainsail.search import repository
 from mainsail.search.repository import ActiveVersion, Scope
-from mainsail.search.schemas import Mode, Ranks, SearchHit, SearchIn, SearchOut
+from mainsail.search.schemas import Filters, Mode, Ranks, SearchHit, SearchIn, SearchOut
 from mainsail.settings import SearchSettings
 
 log = get_logger(__name__)
@@ -229,6 +229,16 @@ class Searcher:
             await self.cache.set(key, result.model_dump_json().encode(), self.settings.cache_ttl_s)
         return result
 
+    async def holds_any(self, owner_id: uuid.UUID, filters: Filters | None) -> bool:
+        """Whether the owner's passages in the active version include any ``filters`` select
+        (all of them without): one indexed probe, no query embedded."""
+        async with self.db.autocommit() as connection:
+            version = await repository.active_version(connection, owner_id)
+            if version is None:
+                return False
+            where = repository.scope(version.id, owner_id, filters or Filters())
+            return await repository.count_scope(connection, where, cap=0) > 0
+
     @staticmethod
     def _cache_key(version: ActiveVersion, owner_id: uuid.UUID, request: SearchIn) -> str:
         material = json.dumps(
@@ -297,8 +307,6 @@ class Searcher:
     async def _vector(
         self, version: ActiveVersion, where: Scope, query: str, ctx: CallContext | None
     ) -> Ranking:
-        vectors = await self.embed(version.embedder, [query], ctx)
-        vector = vectors[0]
         pool = self.pool
         # Counted exactly up to the cap (cap + 1 means "more"): enough to choose exact search,
         # and to know the scope (so the version) is too large for the planner to sort.
@@ -316,6 +324,9 @@ class Searcher:
         )
         in_scope = int(counted)
         scope_size = None if stale else in_scope
+        if scope_size == 0:  # nothing to rank: the query is not embedded (a provider bills it)
+            return Ranking([], "exact")
+        vector = (await self.embed(version.embedder, [query], ctx))[0]
         async with self.db.autocommit() as connection:
             if in_scope <= self.settings.exact_below:
                 return Ranking(
