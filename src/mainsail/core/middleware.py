@@ -128,6 +128,7 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self._limit(scope)
+        has_body = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -142,19 +143,35 @@ class BodySizeLimitMiddleware:
                 if declared > limit:
                     await self._refuse(PayloadTooLarge(_too_large(limit)), scope, receive, send)
                     return
+                has_body = declared > 0
                 break
+            if name == b"transfer-encoding" and b"chunked" in value.lower():
+                has_body = True
         received = 0
+        finished = not has_body
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, finished
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise HTTPException(413, _too_large(limit))
+                finished = not message.get("more_body", False)
+            else:
+                finished = True  # the client left
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def closing_send(message: Message) -> None:
+            # An answer before the whole body was read (refused at the limit, or at all): the
+            # connection closes after it, or the server would go on reading and discarding
+            # whatever the client still sends.
+            if message["type"] == "http.response.start" and not finished:
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, counting_receive, closing_send if has_body else send)
 
     async def _refuse(self, exc: AppError, scope: Scope, receive: Receive, send: Send) -> None:
         """Answers before the body is read (so the connection closes after it): in the shape

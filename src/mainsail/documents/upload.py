@@ -129,11 +129,11 @@ async def read_multipart(request: Request, store: DocumentStore, max_bytes: int)
                 "The multipart body ends before its closing boundary: the upload was cut "
                 "short; send it again."
             )
-    except Exception as exc:
-        if writer is not None:
+    except BaseException as exc:
+        if writer is not None:  # also when cancelled (a server stopping, a client gone)
             writer.discard()
-        if isinstance(exc, AppError | HTTPException):  # HTTPException: the body's size limit
-            raise
+        if isinstance(exc, AppError | HTTPException) or not isinstance(exc, Exception):
+            raise  # HTTPException: the body's size limit
         raise BadRequest("The multipart body is malformed.") from None
     if writer is None:
         raise BadRequest(f"The form has no {FILE_FIELD!r} part with the document.")
