@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from mainsail.core.errors import AppError
 from mainsail.core.principal import Principal, Scope
 from mainsail.identity.deps import authenticate, credential_kind, presented_credentials
+from mainsail.identity.service import InsufficientScope
 from mainsail.llm.gateway import CallContext, Gateway
 from mainsail.openai_compat.router import openai_chunks, stream_error
 from mainsail.openai_compat.schemas import ChatCompletionRequest
@@ -56,6 +57,8 @@ async def chat_socket(websocket: WebSocket) -> None:
             # so a revoked key or an ended session stops working here too.
             try:
                 principal = await authenticate(websocket, websocket.app.state.identity, presented)
+                if not principal.has_scope(Scope.CHAT):  # the key's scopes narrowed since
+                    raise InsufficientScope("This needs the chat scope.", scope=Scope.CHAT.value)
             except AppError as exc:
                 error = {"message": exc.detail, "type": "authentication_error", "code": exc.code}
                 await websocket.send_json({"type": "error", "id": None, "error": error})
