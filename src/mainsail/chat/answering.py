@@ -111,7 +111,9 @@ def pack(
 
     turns = list(history)
     while turns and count(build([], turns)) > budget:
-        turns = turns[1:]  # the oldest goes first
+        turns = turns[1:]  # the oldest goes first, a question with its answer
+        while turns and turns[0].role == "assistant":
+            turns = turns[1:]
     chosen: list[Source] = []
     for candidate in candidates:
         if count(build([*chosen, candidate], turns)) <= budget:

@@ -234,11 +234,15 @@ class ChatService:
         """Newest first within the history budget, then back in order. A message over what
         is left is left out, not the ones before it (a long last answer must not take the
         question it answered with it). A question left out takes its answer along: an answer
-        alone reads as one to whatever question is kept before it."""
+        alone reads as one to whatever question is kept before it. A blank answer (an empty
+        or filtered one) is left out, and the history starts with a question."""
         kept: list[tuple[Message, int]] = []
         answer_kept = False  # the message after this one (its answer) is kept
         spent = 0
         for message in reversed(messages):
+            if message.role == "assistant" and not (message.content or "").strip():
+                answer_kept = False
+                continue
             item = Message(role=message.role, content=message.content)  # type: ignore[arg-type]
             cost = count_message_tokens([item])
             if spent + cost > self.settings.history_tokens:
@@ -249,7 +253,10 @@ class ChatService:
             kept.append((item, cost))
             spent += cost
             answer_kept = item.role == "assistant"
-        return [item for item, _ in reversed(kept)]
+        history = [item for item, _ in reversed(kept)]
+        while history and history[0].role == "assistant":  # its question is not in the window
+            history.pop(0)
+        return history
 
     async def _condense(
         self,

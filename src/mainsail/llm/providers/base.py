@@ -187,13 +187,23 @@ def alternating_turns(
     """Turns for APIs without a system role in the message list (Anthropic, Bedrock): system
     messages are left out (they travel apart), a tool result rides in a user turn, and
     consecutive turns of one role are merged, as those APIs want roles to alternate.
-    ``blocks`` builds a message's content blocks in the provider's own shape."""
+    ``blocks`` builds a message's content blocks in the provider's own shape.
+
+    Those APIs also refuse blank text blocks, turns with no content, and a first turn that is
+    not the user's, all of which OpenAI takes: blank text is left out, then empty turns, then
+    any answer before the first user turn (a greeting; nothing it could be an answer to)."""
     out: list[dict[str, Any]] = []
     for message in messages:
         if message.role == "system":
             continue
         role = "user" if message.role == "tool" else message.role
-        content = blocks(message)
+        content = [
+            block
+            for block in blocks(message)
+            if not (isinstance(block.get("text"), str) and not block["text"].strip())
+        ]
+        if not content or (role == "assistant" and not out):
+            continue
         if out and out[-1]["role"] == role:
             out[-1]["content"].extend(content)
         else:
