@@ -39,6 +39,7 @@ from mainsail.identity.tokens import TokenCodec
 from mainsail.jobs import repository as jobs_repository
 from mainsail.jobs.broker import Dispatcher, make_celery
 from mainsail.jobs.service import JobRunner
+from mainsail.llm.catalogue import check_catalogue
 from mainsail.llm.errors import LLMError
 from mainsail.llm.factory import build_gateway, response_cache
 from mainsail.llm.tokens import warm_up as warm_up_tokenizer
@@ -264,5 +265,8 @@ def create_app_from_env() -> FastAPI:
     except SettingsError as exc:
         print(f"mainsail: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if (problem := check_catalogue(settings.llm.catalogue_file)) is not None:
+        print(f"mainsail: invalid setting MAINSAIL_LLM__CATALOGUE_FILE: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     configure_logging(settings.log)
     return create_app(settings)

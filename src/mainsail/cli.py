@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
+from alembic.util import CommandError
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +26,7 @@ from mainsail.core.logging import configure_logging, get_logger
 from mainsail.core.principal import Role
 from mainsail.identity.emails import normalize_email
 from mainsail.identity.schemas import UserAdminUpdate, UserOut
+from mainsail.llm.catalogue import check_catalogue
 from mainsail.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -58,6 +60,8 @@ def settings_or_exit(*, quiet: bool = True) -> Settings:
         settings = load_settings()
     except SettingsError as exc:
         fail(str(exc), code=2)
+    if (problem := check_catalogue(settings.llm.catalogue_file)) is not None:
+        fail(f"invalid setting MAINSAIL_LLM__CATALOGUE_FILE: {problem}", code=2)
     log_settings = settings.log
     if quiet and "MAINSAIL_LOG__LEVEL" not in os.environ:
         log_settings = log_settings.model_copy(update={"level": "WARNING"})
@@ -110,7 +114,9 @@ def serve(
     host: Annotated[
         str | None, typer.Option(help="Interface to bind [MAINSAIL_HTTP__HOST]")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind [MAINSAIL_HTTP__PORT]")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to bind [MAINSAIL_HTTP__PORT]")
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes")] = 1,
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development)")] = False,
     migrate: Annotated[bool, typer.Option(help="Apply pending migrations first")] = True,
@@ -159,7 +165,7 @@ def worker(
     settings = settings_or_exit(quiet=False)
     with database_url(settings) as url:
         if migrate:
-            migrations.upgrade(url)
+            _run_migration(lambda: migrations.upgrade(url))
         if settings.jobs.executor == "celery":
             run_celery_worker(settings, url)
         else:
@@ -273,6 +279,8 @@ def _run_migration(action: Callable[[], T]) -> T:
         return action()
     except _UNREACHABLE as exc:
         fail(_describe_unreachable(exc))
+    except CommandError as exc:  # a revision that does not exist, or cannot be reached
+        fail(str(exc), code=2)
 
 
 def _in_unit_of_work(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

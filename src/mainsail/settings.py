@@ -7,10 +7,12 @@ Every value comes from the environment (prefix ``MAINSAIL_``, nested sections jo
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 from limits import parse_many
 from pydantic import (
@@ -23,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -546,7 +549,8 @@ class Settings(BaseSettings):
             return None
         try:
             url = make_url(value.get_secret_value().strip())
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a port that is no number, which
+            # is how an unescaped "@" or ":" in the password reads; its message shows it.
             raise ValueError(
                 "expected a PostgreSQL URL such as postgresql://user:password@host:5432/dbname"
             ) from None
@@ -577,6 +581,30 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
+    except SourceError as exc:  # a list or table setting whose value is not JSON
+        raise SettingsError(_describe_source_error(exc)) from None
+
+
+def _describe_source_error(exc: SourceError) -> str:
+    """Names the list or table variables of the failing section whose value is not JSON."""
+    lines = []
+    match = re.search(r'field "(\w+)"', str(exc))
+    section = Settings.model_fields.get(match.group(1)) if match else None
+    if match and section is not None and isinstance(section.annotation, type):
+        fields = getattr(section.annotation, "model_fields", {})
+        prefix = ENV_PREFIX + match.group(1).upper() + NESTED_DELIMITER
+        for name, value in sorted(os.environ.items()):
+            field = fields.get(name[len(prefix) :].lower()) if name.startswith(prefix) else None
+            if field is None or get_origin(field.annotation) not in (list, tuple, set, dict):
+                continue
+            try:
+                json.loads(value)
+            except ValueError:
+                lines.append(
+                    f"invalid setting {name}: expected JSON, such as"
+                    f' ["http://localhost:5173"] for a list (got {value[:80]!r})'
+                )
+    return "\n".join(lines) or f"invalid settings: {exc}"
 
 
 def describe_validation_error(exc: ValidationError) -> str:

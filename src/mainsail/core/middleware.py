@@ -73,7 +73,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                # One X-Request-ID: a response that set its own (a /v1 error, shaped with the
+                # id in its body too) keeps the middleware's.
+                headers = [h for h in message.get("headers", ()) if h[0] != b"x-request-id"]
+                message["headers"] = [*headers, header]
             await send(message)
 
         structlog.contextvars.clear_contextvars()

@@ -121,6 +121,16 @@ class Catalogue:
         return [self.models[n] for n in seen]
 
 
+def check_catalogue(user_file: Path | None) -> str | None:
+    """Why the catalogue a setting names cannot be used (it does not parse, or an entry is
+    invalid), or None: start-up says so in one line instead of failing in the app."""
+    try:
+        load_catalogue(user_file)
+    except (ValueError, OSError) as exc:  # CatalogueError, undecodable text, unreadable
+        return str(exc)
+    return None
+
+
 def load_catalogue(user_file: Path | None = None) -> Catalogue:
     shipped = resources.files("mainsail.llm").joinpath("default_catalogue.toml").read_text()
     raw = tomllib.loads(shipped)
@@ -171,7 +181,10 @@ def _read_file(path: Path) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise CatalogueError(f"{path}: {exc}") from None
     else:
         try:
             data = tomllib.loads(text)
