@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from mainsail.embeddings.base import Embedder
+from mainsail.llm.errors import UpstreamBadResponse
 from mainsail.llm.gateway import CallContext, Gateway
 from mainsail.llm.tokens import count_tokens
 from mainsail.llm.types import EmbeddingRequest
@@ -49,8 +50,13 @@ class AsyncEmbedder(Protocol):
         ...
 
 
-class EmbeddingMismatch(Exception):
-    """The model's vectors are not the length its catalogue entry (and index) says."""
+class EmbeddingMismatch(UpstreamBadResponse):
+    """The model's vectors are not the length its catalogue entry (and index) says, or are
+    no direction at all (zero, NaN or infinite values): a bad answer of the model's (502)."""
+
+
+# pgvector's HNSW index takes vectors of at most this many dimensions.
+MAX_INDEXED_DIMENSIONS = 2000
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -90,10 +96,17 @@ class ProviderEmbedder:
         if vectors.shape != (len(texts), self.dimension):
             raise EmbeddingMismatch(
                 f"{self.name} returned vectors of shape {vectors.shape}; its catalogue entry "
-                f"says {self.dimension} dimensions."
+                f"says {self.dimension} dimensions.",
+                model=self.name,
             )
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        normalized: np.ndarray = vectors / np.maximum(norms, np.float32(1e-12))
+        if not (np.isfinite(norms).all() and (norms > 0).all()):
+            # A zero vector has no cosine distance (searches would score it null); NaN and
+            # infinite values are refused by the index.
+            raise EmbeddingMismatch(
+                f"{self.name} returned a vector that is zero or not finite.", model=self.name
+            )
+        normalized: np.ndarray = vectors / norms
         return normalized
 
 
@@ -161,6 +174,11 @@ class Embedders:
             raise LookupError(
                 f"the catalogue entry {name!r} has no dimension; add `dimension = N` (the "
                 "length of its vectors) to it"
+            )
+        if entry.dimension > MAX_INDEXED_DIMENSIONS:
+            raise LookupError(
+                f"{name!r} makes vectors of {entry.dimension} dimensions; the vector index "
+                f"takes at most {MAX_INDEXED_DIMENSIONS}"
             )
         return ProviderEmbedder(
             self.gateway, entry.name, dimension=entry.dimension, max_tokens=entry.context_window

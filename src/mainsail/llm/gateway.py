@@ -37,6 +37,7 @@ from mainsail.llm.errors import (
     ModelNotFound,
     ProviderNotConfigured,
     StreamInterrupted,
+    UpstreamBadResponse,
     WrongModelKind,
 )
 from mainsail.llm.resilience import ModelClient
@@ -424,7 +425,21 @@ class Gateway:
                 # A later batch may fail: what the earlier ones used is still paid for.
                 meter.usage = _add(meter.usage, usage)
                 meter.cost = entry.cost_usd(meter.usage)
-                vectors.append(response.vectors)
+                got = response.vectors
+                width = vectors[0].shape[1] if vectors else None
+                if (
+                    got.ndim != 2
+                    or len(got) != stop - start
+                    or (width is not None and got.shape[1] != width)
+                    or not np.isfinite(got).all()
+                ):
+                    raise UpstreamBadResponse(
+                        f"The provider's vectors were not {stop - start} rows of one length"
+                        " and finite values.",
+                        provider=entry.provider,
+                        model=entry.name,
+                    )
+                vectors.append(got)
         return EmbeddingResponse(
             model=entry.name,
             provider=entry.provider,
