@@ -32,12 +32,24 @@ _SKIPPED = frozenset(
         "template",
         "title",
         "svg",
-        "math",
+        "annotation",  # an equation's source (TeX), beside the MathML that is shown
+        "annotation-xml",
         "iframe",
         "object",
         "nav",
     }
 )
+# Elements whose end tag may be left out (closed by the next one) or that have none: a
+# ``hidden`` one of these is not skipped, as its end could not be found. (A hidden <p> is:
+# what closes a paragraph is known, see ``handle_starttag``.)
+_IMPLIED_END = frozenset(
+    {
+        "li", "dt", "dd", "option", "optgroup", "tr", "td", "th", "thead", "tbody",
+        "tfoot", "colgroup", "caption", "rb", "rt", "rp", "html", "body", "head",
+        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr",
+    }
+)  # fmt: skip
 _HEAD_CONTENT = frozenset(
     {"title", "meta", "link", "style", "script", "base", "noscript", "template"}
 )
@@ -182,14 +194,18 @@ class _BlockParser(HTMLParser):
     # --- parser events ------------------------------------------------------------------
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.skipping == ["p"] and (tag in _BLOCKS or tag == "table"):
+            self.skipping.clear()  # a block start closes the hidden paragraph
         if self.skipping:
             if self.skipping == ["head"] and tag not in _HEAD_CONTENT:
                 self.skipping.clear()  # the body started without </head>
             else:
-                if tag in _SKIPPED:
+                # A skipped element's own name is counted too, so that its inner namesakes'
+                # end tags do not end the skipping.
+                if tag in _SKIPPED or tag in self.skipping:
                     self.skipping.append(tag)
                 return
-        if tag in _SKIPPED:
+        if tag in _SKIPPED or (tag not in _IMPLIED_END and _hidden(attrs)):
             self.skipping.append(tag)
         elif tag == "br":
             self._add("\n")
@@ -202,12 +218,16 @@ class _BlockParser(HTMLParser):
             self._enter(tag, +1)
 
     def handle_endtag(self, tag: str) -> None:
+        if self.skipping == ["p"] and tag != "p" and (tag in _BLOCKS or tag == "table"):
+            self.skipping.clear()  # the hidden paragraph's parent ends, and so does it
         if self.skipping:
             if tag in self.skipping:  # closes the innermost open element of that name
                 innermost = len(self.skipping) - 1 - self.skipping[::-1].index(tag)
                 del self.skipping[innermost:]
             return
-        if tag == "table":
+        if tag == "br":  # "</br>" is read as "<br>" (HTML's parsing rules)
+            self._add("\n")
+        elif tag == "table":
             self._end_table()
         elif self.tables:
             self._table_end(tag)
@@ -289,7 +309,11 @@ class _BlockParser(HTMLParser):
 
     def _emit(self, text: str, kind: str) -> None:
         path = tuple(heading for _, heading in self.headings)
-        for piece in cut_pieces(text, self.limit):
+        # Code keeps its first line's indentation (cutting strips each piece).
+        pieces = (
+            [text] if kind == "code" and len(text) <= self.limit else cut_pieces(text, self.limit)
+        )
+        for piece in pieces:
             self.ready.append(Block(piece, heading=path, kind=kind))
 
     # --- tables: one block per row of the outermost table, cells joined by " | " ----------
@@ -347,3 +371,11 @@ class _BlockParser(HTMLParser):
         cells, self.cells = self.cells, None
         if any(cells):
             self._emit(" | ".join(cells), "table")
+
+
+def _hidden(attrs: list[tuple[str, str | None]]) -> bool:
+    """Whether an element's ``hidden`` attribute hides it (``until-found`` content is found
+    by a page search, so it is text a reader can reach)."""
+    return any(
+        name == "hidden" and (value or "").strip().lower() != "until-found" for name, value in attrs
+    )

@@ -2,7 +2,9 @@
 
 The text is kept as written (no rendering); only block boundaries and kinds are found, with
 the subset of CommonMark that matters for them: ATX and setext headings, fenced code, lists,
-block quotes, GFM tables and a YAML front matter.
+block quotes, GFM tables and a YAML front matter. What no reader sees is left out: HTML
+comments (outside code) and the payload of base64 ``data:`` URIs (an inline image would make
+chunks of base64).
 """
 
 from __future__ import annotations
@@ -28,6 +30,50 @@ _FRONT_MATTER_MAX_LINES = 200
 _YAML_KEY = re.compile(r"""\s*(?:[\w"'][^:#]*|[\w-]+):(?:\s|$)""")
 # A line whose first non-space character is none of these can only be paragraph text.
 _MARKUP_STARTS = frozenset("`~#=-*_+>|0123456789")
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]*)*;base64,")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
+_DATA_URI_PREFIX_MAX = 256  # held back at a piece's end while it may open a data: URI
+
+
+def without_data_payloads(pieces: Iterator[str]) -> Iterator[str]:
+    """The text with each base64 ``data:`` URI's payload left out (its ``data:...;base64,``
+    prefix stays), however many pieces the payload runs over."""
+    skipping = False
+    held = ""
+    for piece in pieces:
+        text, held = held + piece, ""
+        out: list[str] = []
+        position = 0
+        if skipping:
+            end = _NOT_BASE64.search(text)
+            if end is None:
+                continue
+            position, skipping = end.start(), False
+        while (found := _DATA_URI.search(text, position)) is not None:
+            out.append(text[position : found.end()])
+            end = _NOT_BASE64.search(text, found.end())
+            if end is None:
+                skipping, position = True, len(text)
+                break
+            position = end.start()
+        rest = text[position:]
+        opening = rest.rfind("data:")
+        if (
+            opening < 0
+            or len(rest) - opening > _DATA_URI_PREFIX_MAX
+            or not rest[opening:].isascii()
+        ):
+            # The piece may end inside "data:" itself.
+            cut = next((k for k in range(4, 0, -1) if rest.endswith("data:"[:k])), 0)
+            opening = len(rest) - cut if cut else -1
+        if opening >= 0:
+            rest, held = rest[:opening], rest[opening:]
+        out.append(rest)
+        if joined := "".join(out):
+            yield joined
+    if held:
+        yield held
 
 
 def iter_lines(pieces: Iterator[str], limit: int) -> Iterator[str]:
@@ -47,7 +93,7 @@ def iter_lines(pieces: Iterator[str], limit: int) -> Iterator[str]:
 
 def parse_markdown(path: Path, limits: ParseLimits) -> Iterator[Block]:
     builder = _Builder(limits.max_block_chars)
-    lines = iter_lines(open_text(path, limits), limits.max_block_chars)
+    lines = iter_lines(without_data_payloads(open_text(path, limits)), limits.max_block_chars)
     for line in lines:
         builder.feed(line)
         if builder.ready:
@@ -69,12 +115,18 @@ class _Builder:
         self.headings: list[tuple[int, str]] = []
         # YAML front matter is held until it closes; None once the first line has gone by.
         self.front_matter: list[str] | None = []
+        self.in_comment = False  # inside an HTML comment that opened on an earlier line
 
     def drain(self) -> Iterator[Block]:
         ready, self.ready = self.ready, []
         yield from ready
 
     def feed(self, line: str) -> None:
+        if self.front_matter is None and self.fence is None:
+            shown = self._uncommented(line)
+            if shown is None:
+                return
+            line = shown
         if (held := self.front_matter) is not None:
             self._front_matter_line(held, line)
         elif self.fence is None and line.lstrip()[:1] not in _MARKUP_STARTS and line.strip():
@@ -100,6 +152,26 @@ class _Builder:
             self.flush()
         else:
             self._content_line(line)
+
+    def _uncommented(self, line: str) -> str | None:
+        """``line`` without the HTML comments in it (a line that was only comment reads as a
+        blank one, ending the block), or None while a comment spans whole lines."""
+        if self.in_comment:
+            end = line.find("-->")
+            if end < 0:
+                return None
+            self.in_comment = False
+            line = line[end + 3 :]
+            if not line.strip():
+                return ""
+        if "<!--" not in line:
+            return line
+        shown = _COMMENT.sub("", line)
+        opening = shown.find("<!--")
+        if opening >= 0:  # runs on over the next lines
+            self.in_comment = True
+            shown = shown[:opening]
+        return shown if shown.strip() else ""
 
     def flush(self) -> None:
         if self.lines:
