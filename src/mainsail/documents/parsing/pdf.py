@@ -6,13 +6,18 @@ streams and XObjects from its cache: memory then follows the largest page, not t
 
 Paragraphs are not marked in a PDF; they are guessed per page from the lines' positions (a
 gap larger than the usual line spacing) and lengths (a line well short of the page's longest
-one ends its paragraph).
+one ends its paragraph). Lines pypdf reports on one baseline (words drawn one by one, a table
+row's cells) are one line. A word hyphenated at a line end is joined: always for a soft
+hyphen (the standard's mark of a hyphen added by hyphenation), and for a hard hyphen when the
+document so far spells the joined word and not the hyphenated one ("ef-/ficient" becomes
+"efficient", "dual-/encoder" stays).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import statistics
 import struct
 import zlib
@@ -51,6 +56,12 @@ _BROKEN_REASON = "The PDF is damaged and cannot be read."
 _ENCRYPTED_REASON = "The PDF is encrypted; remove its password and upload it again."
 _GAP_FACTOR = 1.5  # a gap this many times the usual line spacing ends a paragraph
 _SHORT_LINE = 0.7  # a line shorter than this share of a full line ends a paragraph
+_SAME_BASELINE = 1.0  # points: lines this close in height are one line
+# A soft hyphen survives cleaning as this private-use mark until lines are joined at it.
+_SOFT = "\ue000"
+_HYPHENATED = re.compile(r"(\w+)-\n(\w+)")
+_WORD = re.compile(r"\w+(?:-\w+)*")
+_VOCABULARY_MAX = 200_000  # words remembered per document to judge hyphenated line ends
 
 
 @dataclass(slots=True)
@@ -70,12 +81,18 @@ def parse_pdf(path: Path, limits: ParseLimits) -> Iterator[Block]:
                 " are accepted."
             )
         unreadable = 0
+        words: set[str] = set()  # the document's words so far, lower case, hyphens kept
         for number in range(1, count + 1):
             lines = _page_lines(reader, number)
             if lines is None:
                 unreadable += 1
                 continue
-            for paragraph in _paragraphs(lines):
+            paragraphs = list(_paragraphs(lines))
+            if len(words) < _VOCABULARY_MAX:
+                for paragraph in paragraphs:
+                    words.update(word.lower() for word in _WORD.findall(paragraph))
+            for paragraph in paragraphs:
+                paragraph = _join_hyphenated(paragraph, words)
                 for piece in cut_pieces(paragraph, limits.max_block_chars):
                     yield Block(piece, page=number)
         if count and unreadable == count:
@@ -122,8 +139,64 @@ def _page_lines(reader: PdfReader, number: int) -> list[_Line] | None:
     finally:
         _forget_page(reader, number)
     if "".join(fragment for fragment, _ in fragments) != text:
-        return [_Line(line, None) for line in clean(text).split("\n")]
-    return _lines_from(fragments)
+        return _soft_joined([_Line(line, None) for line in _clean(text).split("\n")])
+    return _soft_joined(_one_per_baseline(_lines_from(fragments)))
+
+
+def _clean(text: str) -> str:
+    """``clean`` keeping soft hyphens, as ``_SOFT``, for ``_soft_joined``."""
+    return clean(text.replace("\xad", _SOFT))
+
+
+def _soft_joined(lines: list[_Line]) -> list[_Line]:
+    """Lines ending in a soft hyphen joined to the next; other soft hyphens dropped."""
+    out: list[_Line] = []
+    joining = False
+    for line in lines:
+        text = line.text
+        if joining and out:
+            out[-1].text += text.lstrip()
+        else:
+            out.append(_Line(text, line.y))
+        joining = out[-1].text.rstrip().endswith(_SOFT)
+        if joining:
+            out[-1].text = out[-1].text.rstrip()[: -len(_SOFT)]
+    for line in out:
+        line.text = line.text.replace(_SOFT, "")
+    return out
+
+
+def _one_per_baseline(lines: list[_Line]) -> list[_Line]:
+    """Consecutive lines on one baseline made one (pypdf breaks between words drawn apart)."""
+    out: list[_Line] = []
+    for line in lines:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.y is not None
+            and line.y is not None
+            and abs(last.y - line.y) < _SAME_BASELINE
+            and last.text.strip()
+            and line.text.strip()
+        ):
+            last.text = f"{last.text.rstrip()} {line.text.lstrip()}"
+        else:
+            out.append(line)
+    return out
+
+
+def _join_hyphenated(paragraph: str, words: set[str]) -> str:
+    """A word hyphenated across a line end joined, when the document spells it whole and not
+    with the hyphen."""
+
+    def join(match: re.Match[str]) -> str:
+        head, tail = match.group(1), match.group(2)
+        whole = (head + tail).lower()
+        if whole in words and f"{head}-{tail}".lower() not in words:
+            return head + tail
+        return match.group(0)
+
+    return _HYPHENATED.sub(join, paragraph) if "-\n" in paragraph else paragraph
 
 
 def _lines_from(fragments: list[tuple[str, float]]) -> list[_Line]:
@@ -131,7 +204,7 @@ def _lines_from(fragments: list[tuple[str, float]]) -> list[_Line]:
     current: list[str] = []
     y: float | None = None
     for text, fragment_y in fragments:
-        for index, part in enumerate(clean(text).split("\n")):
+        for index, part in enumerate(_clean(text).split("\n")):
             if index:
                 lines.append(_Line("".join(current), y))
                 current, y = [], None
