@@ -23,6 +23,7 @@ from xml.parsers import expat
 from mainsail.documents.parsing.model import (
     Block,
     CorruptDocument,
+    DocumentError,
     LimitExceeded,
     MiB,
     ParseLimits,
@@ -140,9 +141,20 @@ def _check_directory(
     folder = posixpath.dirname(name)
     styles = by_name.get(posixpath.join(folder, STYLES_NAME))
     relationships = posixpath.join(folder, "_rels", posixpath.basename(name) + ".rels")
+    try:  # every hyperlink is a relationship too: larger than the package's own parts
+        related = _package_elements(
+            archive,
+            relationships,
+            "Relationship",
+            limits,
+            cap=limits.max_uncompressed_bytes,
+            keep=lambda attrs: attrs.get("Type", "").endswith(_NOTES),
+        )
+    except DocumentError:  # unreadable: the notes are left out, the body is still read
+        related = []
     targets = [
         _part_name(folder, attrs.get("Target", ""))
-        for attrs in _package_elements(archive, relationships, "Relationship", limits)
+        for attrs in related
         if attrs.get("Type", "").endswith(_NOTES) and attrs.get("TargetMode") != "External"
     ]
     notes = [by_name[target] for target in dict.fromkeys(targets) if target in by_name]
@@ -187,28 +199,36 @@ def main_part(archive: zipfile.ZipFile, limits: ParseLimits) -> str | None:
 
 
 def _package_elements(
-    archive: zipfile.ZipFile, name: str, element: str, limits: ParseLimits
+    archive: zipfile.ZipFile,
+    name: str,
+    element: str,
+    limits: ParseLimits,
+    *,
+    cap: int = _MAX_PACKAGE_PART,
+    keep: Callable[[dict[str, str]], bool] | None = None,
 ) -> list[dict[str, str]]:
-    """The attributes of each ``element`` in a small package part (none when it is absent)."""
+    """The attributes of each ``element`` (that ``keep`` keeps) in a package part of at most
+    ``cap`` bytes (none when it is absent)."""
     try:
         entry = archive.getinfo(name)
     except KeyError:
         return []
-    if entry.file_size > _MAX_PACKAGE_PART:
+    if entry.file_size > cap:
         raise LimitExceeded(_BOMB)
-    handler = _Collect(element)
-    for _ in _stream_xml(archive, entry, handler, limits, _Budget(_MAX_PACKAGE_PART)):
+    handler = _Collect(element, keep)
+    for _ in _stream_xml(archive, entry, handler, limits, _Budget(cap)):
         pass
     return handler.found
 
 
 class _Collect:
-    def __init__(self, element: str) -> None:
+    def __init__(self, element: str, keep: Callable[[dict[str, str]], bool] | None) -> None:
         self.element = element
+        self.keep = keep
         self.found: list[dict[str, str]] = []
 
     def start(self, name: str, attrs: dict[str, str]) -> None:
-        if name.rpartition(" ")[2] == self.element:
+        if name.rpartition(" ")[2] == self.element and (self.keep is None or self.keep(attrs)):
             self.found.append(attrs)
 
     def end(self, name: str) -> None:

@@ -50,6 +50,19 @@ _IMPLIED_END = frozenset(
         "track", "wbr",
     }
 )  # fmt: skip
+_VOID = frozenset(
+    {
+        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr",
+    }
+)  # fmt: skip
+# A start tag of one of these closes an open element of its group (and what is inside it).
+_SIBLINGS = (
+    frozenset({"td", "th", "tr", "tbody", "thead", "tfoot"}),
+    frozenset({"li"}),
+    frozenset({"dt", "dd"}),
+)
+_OPEN_KEPT = 256  # open elements remembered (unclosed ones pile up in sloppy pages)
 _HEAD_CONTENT = frozenset(
     {"title", "meta", "link", "style", "script", "base", "noscript", "template"}
 )
@@ -150,6 +163,10 @@ class _BlockParser(HTMLParser):
         self.parts: list[str] = []
         self.size = 0
         self.skipping: list[str] = []
+        # Elements open outside skipped content, innermost last, and those open when a
+        # hidden element began (its end may be implied by theirs).
+        self.open: list[str] = []
+        self.hidden_under: list[str] | None = None
         self.headings: list[tuple[int, str]] = []
         self.heading_level: int | None = None
         self.pre = 0
@@ -194,8 +211,8 @@ class _BlockParser(HTMLParser):
     # --- parser events ------------------------------------------------------------------
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self.skipping == ["p"] and (tag in _BLOCKS or tag == "table"):
-            self.skipping.clear()  # a block start closes the hidden paragraph
+        if self.hidden_under is not None and self._ends_hidden(tag, start=True):
+            self._unhide()
         if self.skipping:
             if self.skipping == ["head"] and tag not in _HEAD_CONTENT:
                 self.skipping.clear()  # the body started without </head>
@@ -205,9 +222,18 @@ class _BlockParser(HTMLParser):
                 if tag in _SKIPPED or tag in self.skipping:
                     self.skipping.append(tag)
                 return
-        if tag in _SKIPPED or (tag not in _IMPLIED_END and _hidden(attrs)):
+        if tag in _SKIPPED:
             self.skipping.append(tag)
-        elif tag == "br":
+            return
+        if tag not in _IMPLIED_END and _hidden(attrs):
+            self.skipping.append(tag)
+            self.hidden_under = list(self.open)
+            return
+        if tag not in _VOID:
+            self.open.append(tag)
+            if len(self.open) > _OPEN_KEPT:
+                del self.open[0]
+        if tag == "br":
             self._add("\n")
         elif tag == "table":
             self._start_table()
@@ -218,13 +244,17 @@ class _BlockParser(HTMLParser):
             self._enter(tag, +1)
 
     def handle_endtag(self, tag: str) -> None:
-        if self.skipping == ["p"] and tag != "p" and (tag in _BLOCKS or tag == "table"):
-            self.skipping.clear()  # the hidden paragraph's parent ends, and so does it
+        if self.hidden_under is not None and self._ends_hidden(tag, start=False):
+            self._unhide()
         if self.skipping:
             if tag in self.skipping:  # closes the innermost open element of that name
                 innermost = len(self.skipping) - 1 - self.skipping[::-1].index(tag)
                 del self.skipping[innermost:]
+                if not self.skipping:
+                    self.hidden_under = None
             return
+        if tag in self.open:  # closes the innermost open element of that name
+            del self.open[len(self.open) - 1 - self.open[::-1].index(tag) :]
         if tag == "br":  # "</br>" is read as "<br>" (HTML's parsing rules)
             self._add("\n")
         elif tag == "table":
@@ -234,6 +264,21 @@ class _BlockParser(HTMLParser):
         elif tag in _BLOCKS:
             self._flush()
             self._enter(tag, -1)
+
+    def _ends_hidden(self, tag: str, *, start: bool) -> bool:
+        """Whether ``tag`` ends a hidden element whose end tag was left out, as browsers
+        read it: an end tag of an element it is inside, a start tag that closes one of those
+        (the next cell, row or list item), or a block start after a hidden paragraph."""
+        under = self.hidden_under or []
+        if not start:
+            return tag in under and tag not in self.skipping
+        if self.skipping == ["p"] and (tag in _BLOCKS or tag == "table"):
+            return True
+        return any(tag in group and not group.isdisjoint(under) for group in _SIBLINGS)
+
+    def _unhide(self) -> None:
+        self.skipping.clear()
+        self.hidden_under = None
 
     def handle_data(self, data: str) -> None:
         if self.skipping:

@@ -31,6 +31,8 @@ _YAML_KEY = re.compile(r"""\s*(?:[\w"'][^:#]*|[\w-]+):(?:\s|$)""")
 # A line whose first non-space character is none of these can only be paragraph text.
 _MARKUP_STARTS = frozenset("`~#=-*_+>|0123456789")
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
+_COMMENT_BLOCK = re.compile(r" {0,3}<!--")
+_CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)")
 _DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]*)*;base64,")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _DATA_URI_PREFIX_MAX = 256  # held back at a piece's end while it may open a data: URI
@@ -154,24 +156,25 @@ class _Builder:
             self._content_line(line)
 
     def _uncommented(self, line: str) -> str | None:
-        """``line`` without the HTML comments in it (a line that was only comment reads as a
-        blank one, ending the block), or None while a comment spans whole lines."""
+        """``line`` without the HTML comments in it, or None for a line of a comment block.
+
+        As CommonMark reads them: a line starting with ``<!--`` (indented 3 spaces at most)
+        opens a block that runs to the line holding ``-->``, all of it left out; elsewhere a
+        whole ``<!-- ... -->`` on one line is left out, but not inside a code span. A line
+        that was only a comment reads as a blank one, ending the block before it.
+        """
         if self.in_comment:
-            end = line.find("-->")
-            if end < 0:
-                return None
-            self.in_comment = False
-            line = line[end + 3 :]
-            if not line.strip():
-                return ""
+            if "-->" in line:
+                self.in_comment = False
+            return None
         if "<!--" not in line:
             return line
-        shown = _COMMENT.sub("", line)
-        opening = shown.find("<!--")
-        if opening >= 0:  # runs on over the next lines
-            self.in_comment = True
-            shown = shown[:opening]
-        return shown if shown.strip() else ""
+        if _COMMENT_BLOCK.match(line):
+            if "-->" not in line[line.index("<!--") + 4 :]:
+                self.in_comment = True
+                return None
+            return "" if not _COMMENT.sub("", line).strip() else _without_comments(line)
+        return _without_comments(line)
 
     def flush(self) -> None:
         if self.lines:
@@ -278,3 +281,15 @@ class _Builder:
 
 def _is_table(lines: list[str]) -> bool:
     return len(lines) >= 2 and "|" in lines[0] and bool(_TABLE_DELIMITER.fullmatch(lines[1]))
+
+
+def _without_comments(line: str) -> str:
+    """``line`` without its one-line HTML comments, code spans left as they are."""
+    out: list[str] = []
+    position = 0
+    for span in _CODE_SPAN.finditer(line):
+        out.append(_COMMENT.sub("", line[position : span.start()]))
+        out.append(span.group(0))
+        position = span.end()
+    out.append(_COMMENT.sub("", line[position:]))
+    return "".join(out)
