@@ -166,10 +166,14 @@ class BodySizeLimitMiddleware:
             return message
 
         async def closing_send(message: Message) -> None:
-            # An answer before the whole body was read (refused at the limit, or at all): the
-            # connection closes after it, or the server would go on reading and discarding
-            # whatever the client still sends.
-            if message["type"] == "http.response.start" and not finished:
+            # A refusal before the whole body was read (at the size limit, or of the request
+            # at all): the connection closes after it, or the server would go on reading and
+            # discarding whatever the client still sends. A success keeps its connection.
+            if (
+                message["type"] == "http.response.start"
+                and not finished
+                and message["status"] >= 400
+            ):
                 headers = [(k, v) for k, v in message.get("headers", ()) if k != b"connection"]
                 message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
