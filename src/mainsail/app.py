@@ -253,7 +253,11 @@ def build_identity_kit(settings: Settings) -> IdentityKit:
         settings=settings.auth,
         passwords=Passwords(settings.auth),
         codec=TokenCodec(settings),
-        throttle=LoginThrottle(RateLimiter(settings.rate_limit.storage_url), settings.auth),
+        throttle=LoginThrottle(
+            RateLimiter(settings.rate_limit.storage_url),
+            settings.auth,
+            prefix=settings.rate_limit.key_prefix,
+        ),
         principals=identity_cache.PrincipalCache(ttl_s=settings.auth.principal_cache_ttl_s),
     )
 

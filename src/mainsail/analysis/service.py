@@ -135,6 +135,7 @@ async def analyze(
                 attempts=attempts,
                 cache_hit=all_cached,
             )
+        await gateway.forget(request, ctx)  # a later identical request must not get it again
         if response.finish_reason == "length":
             problems.append("the answer was cut off at the output limit; answer more briefly")
         log.info("analysis_repair", task=task, attempt=attempts, problems=len(problems))

@@ -22,6 +22,9 @@ class ByteCache(Protocol):
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         """Store for ``ttl_s`` seconds (best effort)."""
 
+    async def delete(self, key: str) -> None:
+        """Forget the entry, if there is one (best effort)."""
+
     async def aclose(self) -> None:
         """Release connections."""
 
@@ -66,6 +69,10 @@ class MemoryCache:
         while len(self._entries) > self.max_entries or self.size > self.max_bytes:
             self._drop(next(iter(self._entries)))
 
+    async def delete(self, key: str) -> None:
+        if key in self._entries:
+            self._drop(key)
+
     def _drop(self, key: str) -> None:
         _, value = self._entries.pop(key)
         self.size -= len(value)
@@ -102,6 +109,12 @@ class RedisCache:
             await self.client.set(self.prefix + key, value, px=max(int(ttl_s * 1000), 1))
         except Exception as exc:
             log.warning("cache_unavailable", op="set", error=type(exc).__name__)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.client.delete(self.prefix + key)
+        except Exception as exc:
+            log.warning("cache_unavailable", op="delete", error=type(exc).__name__)
 
     async def aclose(self) -> None:
         await self.client.aclose()

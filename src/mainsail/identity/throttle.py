@@ -28,17 +28,19 @@ _OUTAGE_LOG_INTERVAL_S = 10.0
 
 
 class LoginThrottle:
-    def __init__(self, limiter: RateLimiter, settings: AuthSettings) -> None:
+    def __init__(self, limiter: RateLimiter, settings: AuthSettings, *, prefix: str) -> None:
+        """``prefix``: the deployment's namespace of counters (``RATE_LIMIT__KEY_PREFIX``),
+        so deployments sharing one Redis count their sign-ins apart."""
         self.limiter = limiter
+        self.prefix = prefix
         window = settings.login_failure_window_s
         self.per_account = Window(settings.login_max_failures_per_account, window)
         self.per_ip = Window(settings.login_max_attempts_per_ip, window)
         self._outage_logged_at = -math.inf
 
-    @staticmethod
-    def _account_key(email: str) -> str:
+    def _account_key(self, email: str) -> str:
         # Hashed: the counter store (Redis, in the scaled shape) never holds addresses.
-        return f"login:account:{sha256_hex(email)[:32]}"
+        return f"{self.prefix}:login:account:{sha256_hex(email)[:32]}"
 
     async def attempt(self, *, email: str, ip: str | None) -> None:
         """Count one attempt for the account (and the address, if given); 429 past a limit.
@@ -47,7 +49,7 @@ class LoginThrottle:
         """
         counters = [(self.per_account, self._account_key(email))]
         if ip is not None:
-            counters.append((self.per_ip, f"login:ip:{ip}"))
+            counters.append((self.per_ip, f"{self.prefix}:login:ip:{ip}"))
         waits = []
         try:
             for window, key in counters:

@@ -313,6 +313,14 @@ class Gateway:
             )
         return response
 
+    async def forget(self, request: ChatRequest, ctx: CallContext) -> None:
+        """Drops the cached answer to ``request``, one its caller could not use (an answer
+        that failed validation), so that asking again asks the model again."""
+        entry = self.catalogue.get(request.model)
+        key = None if entry is None else self._cache_key(request, ctx, entry)
+        if key is not None and self.cache is not None:
+            await self.cache.store.delete(key)
+
     async def _keep(self, key: str | None, entry: ModelEntry, response: ChatResponse) -> None:
         """Store an answer the requested model gave (a fallback's answer is not kept)."""
         if key is not None and self.cache is not None and response.model == entry.name:
@@ -540,7 +548,14 @@ class Gateway:
                 error=error,
                 ttft_ms=ttft,
             )
-        if key is not None and start is not None and finish is not None and not tool_calls:
+        # An empty answer is not kept: a refusal streamed as ``delta.refusal`` leaves one.
+        if (
+            key is not None
+            and start is not None
+            and finish is not None
+            and not tool_calls
+            and any(written)
+        ):
             answer = ChatResponse(
                 id=start.id,
                 model=start.model,
