@@ -16,6 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.documents.conftest import wait_for_status
 from tests.fixtures.identity import Account, create_api_key
 
 MakeResource = Callable[[httpx.AsyncClient, Account], Awaitable[str]]
@@ -194,3 +195,50 @@ def test_every_id_route_is_in_the_table(app: FastAPI) -> None:
     listed = {(route.method, route.path) for route in ISOLATED_ROUTES}
     missing = _id_routes(app) - listed - SHARED_ROUTES
     assert not missing, f"add these routes to ISOLATED_ROUTES: {sorted(missing)}"
+
+
+# Ids in request bodies: another user's id finds what a random one finds (nothing), and
+# the owner's own request shows the id is real.
+
+
+async def test_another_users_conversation_id_in_a_chat_body_is_a_plain_404(
+    client: httpx.AsyncClient, alice: Account, bob: Account
+) -> None:
+    conversation = await conversation_of(client, alice)
+    for path in ("/chat", "/chat/stream"):
+        answers = [
+            await client.post(
+                path,
+                json={"question": "And then?", "conversation_id": target},
+                headers=bob.headers,
+            )
+            for target in (conversation, str(uuid.uuid4()))
+        ]
+        assert [a.status_code for a in answers] == [404, 404], path
+        assert answers[0].json()["detail"] == answers[1].json()["detail"]
+    own = await client.post(
+        "/chat",
+        json={"question": "And then?", "conversation_id": conversation},
+        headers=alice.headers,
+    )
+    assert own.status_code == 200, own.text
+
+
+async def test_another_users_document_id_in_search_filters_finds_nothing(
+    client: httpx.AsyncClient, alice: Account, bob: Account
+) -> None:
+    document = await document_of(client, alice)
+    await wait_for_status(client, alice, document, "ready")
+
+    async def search(who: Account, ident: str) -> list[Any]:
+        found = await client.post(
+            "/search",
+            json={"query": "private notes", "filters": {"document_ids": [ident]}},
+            headers=who.headers,
+        )
+        assert found.status_code == 200, found.text
+        return list(found.json()["results"])
+
+    assert await search(alice, document)  # the id is real and searchable
+    assert await search(bob, document) == []
+    assert await search(bob, str(uuid.uuid4())) == []
