@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from mainsail.chat.answering import Source, pack
+from mainsail.chat.service import NO_DOCUMENTS
 from mainsail.llm.catalogue import ModelEntry
 from mainsail.llm.providers import bedrock
 from mainsail.llm.tokens import count_message_tokens
@@ -106,6 +107,33 @@ async def test_an_empty_answer_in_the_history_is_not_sent_as_an_empty_assistant_
     assert follow.status_code == 200, follow.text
     call = answer_calls(fake_provider)[-1]
     assert anthropic_problems(call) == [], call.body["messages"]
+
+
+async def test_the_services_own_fixed_answers_are_not_shown_to_the_model(
+    client: httpx.AsyncClient,
+    alice: Account,
+    ingest: Ingest,
+    fake_provider: FakeProviderServer,
+) -> None:
+    """Asked before any document was ready, the answer was the service's "no documents";
+    a follow-up once there are documents does not show the model that as its own answer."""
+    first = await ask(client, alice.headers, question="How much anchor chain?")
+    assert first.json()["answer"] == NO_DOCUMENTS
+    await ingest(alice, SAILING, "sailing.md")
+    fake_provider.script(
+        Reply("How much anchor chain should I pay out?"), Reply("Five to seven times [1].")
+    )
+    follow = await ask(
+        client,
+        alice.headers,
+        question="And on coral?",
+        conversation_id=first.json()["conversation_id"],
+    )
+    assert follow.status_code == 200, follow.text
+    sent = [call.body for call in fake_provider.calls if call.path.endswith("/v1/messages")]
+    assert sent
+    assert all("no documents to answer from" not in str(body) for body in sent)
+    assert anthropic_problems(answer_calls(fake_provider)[-1]) == []
 
 
 # --- a history that starts with an answer ---------------------------------------------------

@@ -62,6 +62,8 @@ NOTHING_FITS = (
     "beside the question and the conversation, so there is nothing to answer from. Ask a "
     "shorter question, start a new conversation, or use a model with a larger context."
 )
+# Answers the service gave itself, not the model: the model is not shown them as its own.
+CANNED = frozenset({NO_DOCUMENTS, NOTHING_IN_SCOPE, NOTHING_FITS})
 CONDENSED_MAX_CHARS = 1000
 CONDENSED_MAX_TOKENS = 200  # what the rewritten question may take
 
@@ -235,12 +237,15 @@ class ChatService:
         is left is left out, not the ones before it (a long last answer must not take the
         question it answered with it). A question left out takes its answer along: an answer
         alone reads as one to whatever question is kept before it. A blank answer (an empty
-        or filtered one) is left out, and the history starts with a question."""
+        or filtered one) and the service's own fixed answers are left out, and the history
+        starts with a question."""
         kept: list[tuple[Message, int]] = []
         answer_kept = False  # the message after this one (its answer) is kept
         spent = 0
         for message in reversed(messages):
-            if message.role == "assistant" and not (message.content or "").strip():
+            if message.role == "assistant" and (
+                not (message.content or "").strip() or message.content in CANNED
+            ):
                 answer_kept = False
                 continue
             item = Message(role=message.role, content=message.content)  # type: ignore[arg-type]
