@@ -23,8 +23,17 @@ def test_defaults_describe_the_embedded_shape() -> None:
     settings = load_settings()
     assert settings.database_url is None
     assert settings.async_database_url() is None
-    assert settings.database.embedded_dir == Path(".mainsail/pg")
+    assert settings.embedded_dir() == Path(".mainsail/pg")
     assert (settings.http.host, settings.http.port) == ("127.0.0.1", 8000)
+
+
+def test_the_embedded_database_follows_the_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATA_DIR is where local state lives, the embedded database included (it stayed in
+    ./.mainsail/pg whatever DATA_DIR said); EMBEDDED_DIR still names another place."""
+    monkeypatch.setenv("MAINSAIL_DATA_DIR", "/srv/mainsail")
+    assert load_settings().embedded_dir() == Path("/srv/mainsail/pg")
+    monkeypatch.setenv("MAINSAIL_DATABASE__EMBEDDED_DIR", "/var/lib/pg")
+    assert load_settings().embedded_dir() == Path("/var/lib/pg")
 
 
 def test_nested_sections_read_double_underscore_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
             url = settings.async_database_url()
             if url is None:
                 embedded = await asyncio.to_thread(
-                    embedded_pg.attach, settings.database.embedded_dir, settings.database
+                    embedded_pg.attach, settings.embedded_dir(), settings.database
                 )
                 stack.callback(embedded.release)
                 url = embedded.url

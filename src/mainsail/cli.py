@@ -77,7 +77,7 @@ def database_url(settings: Settings) -> Iterator[URL]:
         yield url
         return
     try:
-        server = embedded_pg.attach(settings.database.embedded_dir, settings.database)
+        server = embedded_pg.attach(settings.embedded_dir(), settings.database)
     except embedded_pg.EmbeddedDatabaseError as exc:
         fail(str(exc))
     with server:
@@ -229,7 +229,8 @@ def migrate_upgrade(
     typer.echo(f"database upgraded to {revision}")
 
 
-@migrate_app.command("downgrade")
+# "-1" is a revision (one step back), not an option.
+@migrate_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def migrate_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base")],
 ) -> None:

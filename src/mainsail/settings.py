@@ -39,7 +39,7 @@ _MEMORY_SIZE = re.compile(r"(\d+)\s*(kB|MB|GB|TB)")
 class DatabaseSettings(BaseModel):
     """Connection pool and embedded-server options (the URL itself is ``database_url``)."""
 
-    embedded_dir: Path = Path(".mainsail/pg")
+    embedded_dir: Path | None = None  # the embedded server's data; default <data_dir>/pg
     pool_size: int = Field(default=10, ge=1, le=500)
     max_overflow: int = Field(default=10, ge=0, le=500)
     pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -560,6 +560,11 @@ class Settings(BaseSettings):
                 f"the scheme {url.drivername!r} is not supported"
             )
         return SecretStr(url.set(drivername="postgresql+asyncpg").render_as_string(False))
+
+    def embedded_dir(self) -> Path:
+        """Where the embedded server keeps its data: ``database.embedded_dir``, by default
+        ``<data_dir>/pg``."""
+        return self.database.embedded_dir or self.data_dir / "pg"
 
     def async_database_url(self) -> URL | None:
         """The external database URL with the asyncpg driver, or None for the embedded server."""
