@@ -56,11 +56,15 @@ _VOID = frozenset(
         "track", "wbr",
     }
 )  # fmt: skip
-# A start tag of one of these closes an open element of its group (and what is inside it).
+# A start tag of one of these closes an open element of its group (and what is inside it),
+# unless it comes inside one of the group's containers (a list's own items, a table's rows).
 _SIBLINGS = (
-    frozenset({"td", "th", "tr", "tbody", "thead", "tfoot"}),
-    frozenset({"li"}),
-    frozenset({"dt", "dd"}),
+    (
+        frozenset({"td", "th", "tr", "tbody", "thead", "tfoot"}),
+        frozenset({"table", "tbody", "thead", "tfoot", "tr"}),
+    ),
+    (frozenset({"li"}), frozenset({"ul", "ol", "menu"})),
+    (frozenset({"dt", "dd"}), frozenset({"dl"})),
 )
 _OPEN_KEPT = 256  # open elements remembered (unclosed ones pile up in sloppy pages)
 _HEAD_CONTENT = frozenset(
@@ -218,8 +222,13 @@ class _BlockParser(HTMLParser):
                 self.skipping.clear()  # the body started without </head>
             else:
                 # A skipped element's own name is counted too, so that its inner namesakes'
-                # end tags do not end the skipping.
-                if tag in _SKIPPED or tag in self.skipping:
+                # end tags do not end the skipping; inside a hidden element every element is,
+                # so that only an end tag matching nothing opened inside can end it early.
+                if (
+                    tag in _SKIPPED
+                    or tag in self.skipping
+                    or (self.hidden_under is not None and tag not in _VOID)
+                ):
                     self.skipping.append(tag)
                 return
         if tag in _SKIPPED:
@@ -229,6 +238,8 @@ class _BlockParser(HTMLParser):
             self.skipping.append(tag)
             self.hidden_under = list(self.open)
             return
+        if (tag in _BLOCKS or tag == "table") and self.open[-1:] == ["p"]:
+            self.open.pop()  # a block start closes an open paragraph
         if tag not in _VOID:
             self.open.append(tag)
             if len(self.open) > _OPEN_KEPT:
@@ -272,9 +283,14 @@ class _BlockParser(HTMLParser):
         under = self.hidden_under or []
         if not start:
             return tag in under and tag not in self.skipping
+        if len(self.skipping) != 1:  # something opened inside is still open
+            return False
         if self.skipping == ["p"] and (tag in _BLOCKS or tag == "table"):
             return True
-        return any(tag in group and not group.isdisjoint(under) for group in _SIBLINGS)
+        return any(
+            tag in group and not group.isdisjoint(under) and self.skipping[0] not in containers
+            for group, containers in _SIBLINGS
+        )
 
     def _unhide(self) -> None:
         self.skipping.clear()

@@ -30,9 +30,8 @@ _FRONT_MATTER_MAX_LINES = 200
 _YAML_KEY = re.compile(r"""\s*(?:[\w"'][^:#]*|[\w-]+):(?:\s|$)""")
 # A line whose first non-space character is none of these can only be paragraph text.
 _MARKUP_STARTS = frozenset("`~#=-*_+>|0123456789")
-_COMMENT = re.compile(r"<!--.*?-->", re.S)
-_COMMENT_BLOCK = re.compile(r" {0,3}<!--")
-_CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)")
+_COMMENT_OR_CODE = re.compile(r"<!--|`+")
+_TICKS = re.compile(r"`+")
 _DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]*)*;base64,")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _DATA_URI_PREFIX_MAX = 256  # held back at a piece's end while it may open a data: URI
@@ -156,25 +155,25 @@ class _Builder:
             self._content_line(line)
 
     def _uncommented(self, line: str) -> str | None:
-        """``line`` without the HTML comments in it, or None for a line of a comment block.
+        """``line`` without the HTML comments in it, or None for a line wholly inside one.
 
-        As CommonMark reads them: a line starting with ``<!--`` (indented 3 spaces at most)
-        opens a block that runs to the line holding ``-->``, all of it left out; elsewhere a
-        whole ``<!-- ... -->`` on one line is left out, but not inside a code span. A line
-        that was only a comment reads as a blank one, ending the block before it.
+        A comment runs from ``<!--`` to ``-->``, over lines if need be; a ``<!--`` inside a
+        code span is text. A line that held only comment reads as a blank one, ending the
+        block before it; what follows a comment's end on its line is kept.
         """
         if self.in_comment:
-            if "-->" in line:
-                self.in_comment = False
-            return None
+            end = line.find("-->")
+            if end < 0:
+                return None
+            self.in_comment = False
+            rest = line[end + 3 :]
+            if not rest.strip():
+                return ""
+            line = rest
         if "<!--" not in line:
             return line
-        if _COMMENT_BLOCK.match(line):
-            if "-->" not in line[line.index("<!--") + 4 :]:
-                self.in_comment = True
-                return None
-            return "" if not _COMMENT.sub("", line).strip() else _without_comments(line)
-        return _without_comments(line)
+        shown, self.in_comment = _without_comments(line)
+        return shown if shown.strip() else ""
 
     def flush(self) -> None:
         if self.lines:
@@ -283,13 +282,31 @@ def _is_table(lines: list[str]) -> bool:
     return len(lines) >= 2 and "|" in lines[0] and bool(_TABLE_DELIMITER.fullmatch(lines[1]))
 
 
-def _without_comments(line: str) -> str:
-    """``line`` without its one-line HTML comments, code spans left as they are."""
+def _without_comments(line: str) -> tuple[str, bool]:
+    """``line`` without its HTML comments, read left to right (a code span that starts
+    first is text, ``<!--`` in it included), and whether a comment runs on past its end."""
     out: list[str] = []
     position = 0
-    for span in _CODE_SPAN.finditer(line):
-        out.append(_COMMENT.sub("", line[position : span.start()]))
-        out.append(span.group(0))
-        position = span.end()
-    out.append(_COMMENT.sub("", line[position:]))
-    return "".join(out)
+    while (found := _COMMENT_OR_CODE.search(line, position)) is not None:
+        if found.group(0) == "<!--":
+            out.append(line[position : found.start()])
+            end = line.find("-->", found.end())
+            if end < 0:
+                return "".join(out), True
+            position = end + 3
+            continue
+        ticks = found.group(0)
+        closing = _closing_ticks(line, found.end(), len(ticks))
+        stop = found.end() if closing < 0 else closing + len(ticks)
+        out.append(line[position:stop])
+        position = stop
+    out.append(line[position:])
+    return "".join(out), False
+
+
+def _closing_ticks(line: str, start: int, count: int) -> int:
+    """Where a run of exactly ``count`` backticks starts at or after ``start``, or -1."""
+    for run in _TICKS.finditer(line, start):
+        if len(run.group(0)) == count:
+            return run.start()
+    return -1

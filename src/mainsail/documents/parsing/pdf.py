@@ -57,8 +57,9 @@ _ENCRYPTED_REASON = "The PDF is encrypted; remove its password and upload it aga
 _GAP_FACTOR = 1.5  # a gap this many times the usual line spacing ends a paragraph
 _SHORT_LINE = 0.7  # a line shorter than this share of a full line ends a paragraph
 _SAME_BASELINE = 1.0  # points: lines this close in height are one line
-# A soft hyphen survives cleaning as this private-use mark until lines are joined at it.
-_SOFT = "\ue000"
+# A soft hyphen survives cleaning as a private-use mark (one the page does not hold) until
+# its paragraph's lines are joined at it.
+_MARKS = tuple(chr(code) for code in range(0xE000, 0xE100))
 _HYPHENATED = re.compile(r"(\w+)-\n(\w+)")
 _WORD = re.compile(r"\w+(?:-\w+)*")
 _VOCABULARY_MAX = 200_000  # words remembered per document to judge hyphenated line ends
@@ -83,11 +84,12 @@ def parse_pdf(path: Path, limits: ParseLimits) -> Iterator[Block]:
         unreadable = 0
         words: set[str] = set()  # the document's words so far, lower case, hyphens kept
         for number in range(1, count + 1):
-            lines = _page_lines(reader, number)
-            if lines is None:
+            read = _page_lines(reader, number)
+            if read is None:
                 unreadable += 1
                 continue
-            paragraphs = list(_paragraphs(lines))
+            lines, mark = read
+            paragraphs = [_soft_joined(paragraph, mark) for paragraph in _paragraphs(lines)]
             if len(words) < _VOCABULARY_MAX:
                 for paragraph in paragraphs:
                     words.update(word.lower() for word in _WORD.findall(paragraph))
@@ -118,9 +120,9 @@ def _open(file: IO[bytes]) -> PdfReader:
     return reader
 
 
-def _page_lines(reader: PdfReader, number: int) -> list[_Line] | None:
-    """The page's text lines, with their height on the page when pypdf reports it; None when
-    the page cannot be read."""
+def _page_lines(reader: PdfReader, number: int) -> tuple[list[_Line], str] | None:
+    """The page's text lines, with their height on the page when pypdf reports it, and the
+    mark standing for its soft hyphens; None when the page cannot be read."""
     fragments: list[tuple[str, float]] = []
 
     def visit(text: str, cm: Any, tm: Any, _font: Any, _size: Any) -> None:
@@ -138,32 +140,23 @@ def _page_lines(reader: PdfReader, number: int) -> list[_Line] | None:
         return None
     finally:
         _forget_page(reader, number)
+    mark = next((mark for mark in _MARKS if mark not in text), "")
     if "".join(fragment for fragment, _ in fragments) != text:
-        return _soft_joined([_Line(line, None) for line in _clean(text).split("\n")])
-    return _soft_joined(_one_per_baseline(_lines_from(fragments)))
+        return [_Line(line, None) for line in _clean(text, mark).split("\n")], mark
+    return _one_per_baseline(_lines_from(fragments, mark)), mark
 
 
-def _clean(text: str) -> str:
-    """``clean`` keeping soft hyphens, as ``_SOFT``, for ``_soft_joined``."""
-    return clean(text.replace("\xad", _SOFT))
+def _clean(text: str, mark: str) -> str:
+    """``clean`` keeping soft hyphens, as ``mark``, for ``_soft_joined``."""
+    return clean(text.replace("\xad", mark) if mark else text)
 
 
-def _soft_joined(lines: list[_Line]) -> list[_Line]:
-    """Lines ending in a soft hyphen joined to the next; other soft hyphens dropped."""
-    out: list[_Line] = []
-    joining = False
-    for line in lines:
-        text = line.text
-        if joining and out:
-            out[-1].text += text.lstrip()
-        else:
-            out.append(_Line(text, line.y))
-        joining = out[-1].text.rstrip().endswith(_SOFT)
-        if joining:
-            out[-1].text = out[-1].text.rstrip()[: -len(_SOFT)]
-    for line in out:
-        line.text = line.text.replace(_SOFT, "")
-    return out
+def _soft_joined(paragraph: str, mark: str) -> str:
+    """A paragraph's lines joined where one ends in a soft hyphen (``mark``); other soft
+    hyphens dropped."""
+    if not mark or mark not in paragraph:
+        return paragraph
+    return re.sub(f"{mark}[ \t]*\n[ \t]*", "", paragraph).replace(mark, "")
 
 
 def _one_per_baseline(lines: list[_Line]) -> list[_Line]:
@@ -199,12 +192,12 @@ def _join_hyphenated(paragraph: str, words: set[str]) -> str:
     return _HYPHENATED.sub(join, paragraph) if "-\n" in paragraph else paragraph
 
 
-def _lines_from(fragments: list[tuple[str, float]]) -> list[_Line]:
+def _lines_from(fragments: list[tuple[str, float]], mark: str) -> list[_Line]:
     lines: list[_Line] = []
     current: list[str] = []
     y: float | None = None
     for text, fragment_y in fragments:
-        for index, part in enumerate(_clean(text).split("\n")):
+        for index, part in enumerate(_clean(text, mark).split("\n")):
             if index:
                 lines.append(_Line("".join(current), y))
                 current, y = [], None
