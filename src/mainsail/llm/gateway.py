@@ -317,8 +317,11 @@ class Gateway:
         """Drops the cached answer to ``request``, one its caller could not use (an answer
         that failed validation), so that asking again asks the model again."""
         entry = self.catalogue.get(request.model)
-        key = None if entry is None else self._cache_key(request, ctx, entry)
-        if key is not None and self.cache is not None:
+        if entry is None or self.cache is None:
+            return
+        checked, _ = self.check(request, entry)  # the request as it was keyed when answered
+        key = self._cache_key(checked, ctx, entry)
+        if key is not None:
             await self.cache.store.delete(key)
 
     async def _keep(self, key: str | None, entry: ModelEntry, response: ChatResponse) -> None:
