@@ -179,7 +179,13 @@ async def test_stream_errors_before_the_first_event_are_plain_http_errors(
 
 
 async def test_bad_input(client: httpx.AsyncClient, alice: Account) -> None:
-    for body in ({"question": ""}, {"question": "  "}, {"question": "x" * 8001}, {"q": "hi"}):
+    for body in (
+        {"question": ""},
+        {"question": "  "},
+        {"question": "\u200b\u200d\ufeff"},
+        {"question": "x" * 8001},
+        {"q": "hi"},
+    ):
         response = await client.post("/chat", json=body, headers=alice.headers)
         assert response.status_code == 422, body
         assert response.headers["content-type"].startswith("application/problem+json")

@@ -239,6 +239,7 @@ async def test_a_user_with_no_index_yet_gets_an_empty_answer(
     [
         ({"query": ""}, "query"),
         ({"query": "   \n"}, "query"),
+        ({"query": "\u200b\ufeff \u2060"}, "query"),  # invisible: nothing to search for
         ({"query": "x" * 2001}, "query"),
         ({"query": "sail", "top_k": 101}, "top_k"),
         ({"query": "sail", "top_k": 0}, "top_k"),

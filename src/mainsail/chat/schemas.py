@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 
-from mainsail.core.schemas import OutModel, StrictModel
+from mainsail.core.schemas import OutModel, StrictModel, is_blank
 from mainsail.search.schemas import Filters
 
 
@@ -25,7 +25,7 @@ class ChatIn(StrictModel):
     @field_validator("question")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if is_blank(value):
             raise ValueError("the question is blank")
         if "\x00" in value:  # PostgreSQL's text cannot hold it
             raise ValueError("the question holds a NUL character (U+0000)")

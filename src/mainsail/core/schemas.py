@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -25,3 +27,9 @@ def is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def is_blank(value: str) -> bool:
+    """True when ``value`` shows nothing: only whitespace and invisible format or control
+    characters (zero-width spaces and joiners, BOMs, bidi marks), which ``str.strip`` keeps."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc") for ch in value)

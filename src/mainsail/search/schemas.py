@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from mainsail.core.schemas import OutModel, StrictModel, is_text
+from mainsail.core.schemas import OutModel, StrictModel, is_blank, is_text
 from mainsail.search.query import ParsedQuery, parse, plain
 
 # The fraction of a second in an ISO time: its first six digits, and any more.
@@ -121,7 +121,7 @@ class SearchIn(StrictModel):
     @field_validator("query")
     @classmethod
     def _not_blank(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip():
+        if is_blank(value):
             raise ValueError("the query is blank")
         if "\x00" in value:  # PostgreSQL's text cannot hold it, in any mode
             raise ValueError("the query holds a NUL character (U+0000)")
