@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from mainsail.core.db import Database
@@ -88,6 +89,25 @@ class TestAProviderEmbedderServesSearch:
         response = await vector_search(raw_client, alice, "anchor chain scope")
         assert response.status_code == 502, (response.status_code, response.text)
         assert response.headers["content-type"].startswith("application/problem+json")
+
+    async def test_a_version_built_with_another_dimension_is_a_clear_503_not_a_500(
+        self, app: FastAPI, raw_client: httpx.AsyncClient, alice: Account, ingest: Ingest
+    ) -> None:
+        """The catalogue entry's dimension changed after the version was built (here: the
+        version and its vectors made 64-dimensional, zeros appended, while the catalogue and
+        the provider say 48): pgvector refused to compare the query with them, a 500."""
+        await ingest(alice, SAILING, "sailing.md")
+        async with app.state.db.engine.begin() as connection:  # built at 64 dimensions
+            await connection.execute(text("UPDATE index_versions SET dimension = 64"))
+            await connection.execute(
+                text(
+                    "UPDATE chunks SET embedding ="
+                    " CAST(CAST(embedding AS real[]) || array_fill(0::real, ARRAY[16]) AS vector)"
+                )
+            )
+        response = await vector_search(raw_client, alice, "anchor chain scope")
+        assert response.status_code == 503, (response.status_code, response.text)
+        assert "64 dimensions" in response.json()["detail"]
 
     @pytest.mark.parametrize("value", [math.nan, 1e39], ids=["nan", "inf"])
     async def test_a_non_finite_query_vector_is_a_model_error_not_a_500(

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mainsail.core.cache import ByteCache
 from mainsail.core.db import Database
-from mainsail.core.errors import NotFound
+from mainsail.core.errors import NotFound, ServiceUnavailable
 from mainsail.core.logging import get_logger
 from mainsail.llm.gateway import CallContext
 from mainsail.search import repository
@@ -327,6 +327,12 @@ class Searcher:
         if scope_size == 0:  # nothing to rank: the query is not embedded (a provider bills it)
             return Ranking([], "exact")
         vector = (await self.embed(version.embedder, [query], ctx))[0]
+        if len(vector) != version.dimension:  # the catalogue entry changed since the build
+            raise ServiceUnavailable(
+                f"Index version {version.id} holds vectors of {version.dimension} dimensions, "
+                f"but its embedder {version.embedder} now makes {len(vector)}: build a new "
+                "index version with it, or restore its catalogue entry."
+            )
         async with self.db.autocommit() as connection:
             if in_scope <= self.settings.exact_below:
                 return Ranking(
