@@ -204,7 +204,8 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
         if not valid:
             return gone(match)  # the spaces around it are settled once every marker is read
         for n in valid:
-            first_claim.setdefault(n, without_markers(claim_at(match.start())))
+            if n not in first_claim:  # the claim is worked out once per passage, not per marker
+                first_claim[n] = without_markers(claim_at(match.start()))
         return match.group(1) + "".join(f"[{n}]" for n in valid) + match.group(3)
 
     cleaned = close_gaps(MARKER.sub(keep, answer.replace(GONE, "")))

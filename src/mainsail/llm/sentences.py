@@ -27,7 +27,8 @@ RANGE = re.compile(r"(\d{1,3})(?:\s*[-\u2013]\s*(\d{1,3}))?")
 
 # Where a removed marker was, until the spaces around it are settled (``close_gaps``).
 GONE = "\x00"  # no text here holds NUL: it is cleaned out before
-_GONE_RUN = re.compile(r"([ \t]*)\x00(?:[ \t]*\x00)*([ \t]*)")
+# (Not tried from inside a run of spaces: quadratic over a long one.)
+_GONE_RUN = re.compile(r"(?<![ \t])([ \t]*)\x00(?:[ \t]*\x00)*([ \t]*)")
 # Characters no space goes before (closing punctuation, ASCII and CJK).
 _CLOSING = frozenset(".,;:!?)]}\u00bb\u201d\u2019\u2026\u3001\u3002\uff01\uff0c\uff1a\uff1b\uff1f")
 

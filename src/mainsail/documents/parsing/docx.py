@@ -94,7 +94,9 @@ def parse_docx(path: Path, limits: ParseLimits) -> Iterator[Block]:
 
 
 def check_entry_count(file: IO[bytes], limits: ParseLimits) -> None:
-    """Read the entry count from the end record before zipfile lists every entry in memory."""
+    """Count the central directory's entries, up to one past the limit, before zipfile lists
+    every entry in memory. The end record's own count is not trusted: zipfile reads the
+    whole directory whatever it says."""
     size = file.seek(0, 2)
     tail_size = min(size, 22 + 65535)
     file.seek(size - tail_size)
@@ -102,8 +104,10 @@ def check_entry_count(file: IO[bytes], limits: ParseLimits) -> None:
     end = tail.rfind(b"PK\x05\x06")
     if end < 0 or len(tail) - end < 22:
         raise CorruptDocument(_BROKEN_ZIP)
-    count = struct.unpack_from("<H", tail, end + 10)[0]
-    if count == 0xFFFF:  # Zip64: the real count is in the Zip64 end record
+    count, directory_size = struct.unpack_from("<HI", tail, end + 10)
+    # Where the directory really starts (as zipfile finds it: data may precede the archive).
+    directory = size - tail_size + end - directory_size
+    if count == 0xFFFF or directory_size == 0xFFFFFFFF:  # Zip64: the real figures are there
         locator = end - 20
         if locator < 0 or tail[locator : locator + 4] != b"PK\x06\x07":
             raise CorruptDocument(_BROKEN_ZIP)
@@ -112,12 +116,30 @@ def check_entry_count(file: IO[bytes], limits: ParseLimits) -> None:
         record = file.read(56)
         if len(record) < 56 or record[:4] != b"PK\x06\x06":
             raise CorruptDocument(_BROKEN_ZIP)
-        count = struct.unpack_from("<Q", record, 32)[0]
+        count, directory_size = struct.unpack_from("<QQ", record, 32)
+        directory = size - tail_size + locator - 56 - directory_size
+    count = max(count, _walk_directory(file, directory, limits.max_zip_entries))
     file.seek(0)
     if count > limits.max_zip_entries:
         raise LimitExceeded(
             f"The DOCX file has {count} zip entries; at most {limits.max_zip_entries} are accepted."
         )
+
+
+def _walk_directory(file: IO[bytes], start: int, limit: int) -> int:
+    """Central directory headers from ``start``, counted up to ``limit + 1``."""
+    if start < 0:
+        return 0
+    file.seek(start)
+    count = 0
+    while count <= limit:
+        head = file.read(46)
+        if len(head) < 46 or head[:4] != b"PK\x01\x02":
+            break
+        name, extra, comment = struct.unpack_from("<HHH", head, 28)
+        file.seek(name + extra + comment, 1)
+        count += 1
+    return count
 
 
 def _check_directory(

@@ -193,6 +193,8 @@ class _BlockParser(HTMLParser):
         if rawdata[i : i + 9].lower() != "<!doctype":
             return super().parse_html_declaration(i)
         end = rawdata.find(">", i + 9)
+        if end < 0:  # not all read yet: wait for more, without scanning it again each time
+            return -1
         subset = _outside_quotes(rawdata, "[", i + 9, end)
         if subset >= 0 and (end < 0 or subset < end):
             close = rawdata.find("]", subset)
@@ -224,7 +226,7 @@ class _BlockParser(HTMLParser):
                 # A skipped element's own name is counted too, so that its inner namesakes'
                 # end tags do not end the skipping; inside a hidden element every element is,
                 # so that only an end tag matching nothing opened inside can end it early.
-                if (
+                if len(self.skipping) < _OPEN_KEPT and (  # bounded, as ``open`` is
                     tag in _SKIPPED
                     or tag in self.skipping
                     or (self.hidden_under is not None and tag not in _VOID)

@@ -16,14 +16,18 @@ from pathlib import Path
 from mainsail.documents.parsing.model import Block, ParseLimits
 from mainsail.documents.parsing.textio import best_cut, cut_pieces, open_text
 
-_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*")
+# The closing "#"s are taken off in code (``_atx_text``): as part of the pattern, a lazy
+# text before optional spaces made a long run of spaces quadratic.
+_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?")
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}(?!.*`)|~{3,}).*")
 _FENCE_CLOSE = re.compile(r" {0,3}(`{3,}|~{3,})[ \t]*")
 _SETEXT = re.compile(r" {0,3}(=+|-+)[ \t]*")
 _THEMATIC = re.compile(r" {0,3}(?:(?:\*[ \t]*){3,}|(?:-[ \t]*){3,}|(?:_[ \t]*){3,})")
 _LIST_ITEM = re.compile(r"[ \t]*(?:[-+*]|\d{1,9}[.)])(?:[ \t]|$)")
 _QUOTE = re.compile(r" {0,3}>")
-_TABLE_DELIMITER = re.compile(r"[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)+\|?[ \t]*")
+_TABLE_DELIMITER = re.compile(  # no two space runs side by side: linear on long indents
+    r"[ \t]*(?:\|[ \t]*)?:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)+(?:\|[ \t]*)?"
+)
 _FRONT_MATTER_MAX_LINES = 200
 # Front matter opens with a mapping key ("title: ..."): a document that starts with a
 # thematic break ("---") and has another later is not YAML.
@@ -140,7 +144,7 @@ class _Builder:
             self._append(line, "code")
         elif match := _ATX.fullmatch(line):
             self.flush()
-            self._heading(len(match.group(1)), match.group(2) or "")
+            self._heading(len(match.group(1)), _atx_text(match.group(2) or ""))
         elif (
             (match := _SETEXT.fullmatch(line))
             and self.kind == "paragraph"
@@ -310,3 +314,13 @@ def _closing_ticks(line: str, start: int, count: int) -> int:
         if len(run.group(0)) == count:
             return run.start()
     return -1
+
+
+def _atx_text(text: str) -> str:
+    """An ATX heading's text without its optional closing sequence of "#"s (which must stand
+    after a space, or alone)."""
+    text = text.rstrip(" \t")
+    bare = text.rstrip("#")
+    if bare != text and (not bare or bare.endswith((" ", "\t"))):
+        return bare.rstrip(" \t")
+    return text

@@ -60,7 +60,7 @@ _SAME_BASELINE = 1.0  # points: lines this close in height are one line
 # A soft hyphen survives cleaning as a private-use mark (one the page does not hold) until
 # its paragraph's lines are joined at it.
 _MARKS = tuple(chr(code) for code in range(0xE000, 0xE100))
-_HYPHENATED = re.compile(r"(\w+)-\n(\w+)")
+_HYPHENATED = re.compile(r"\b(\w+)-\n(\w+)")  # \b: not tried from inside every long word
 _WORD = re.compile(r"\w+(?:-\w+)*")
 _VOCABULARY_MAX = 200_000  # words remembered per document to judge hyphenated line ends
 

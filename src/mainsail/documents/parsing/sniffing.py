@@ -69,7 +69,8 @@ _MARKDOWN_SIGNS = (
     re.compile(r"\[[^\]\n]+\]\([^)\s]+\)"),  # [link](target)
     re.compile(r"^ {0,3}[-*+][ \t]+\S", re.MULTILINE),  # bullet list
     re.compile(r"\*\*\S[^*\n]*\*\*|__\S[^_\n]*__"),  # strong emphasis
-    re.compile(r"^\s*\|?\s*:?-{3,}:?\s*\|", re.MULTILINE),  # table delimiter row
+    # table delimiter row (spaces and tabs only: "\s" crossed lines, cubic on blank lines)
+    re.compile(r"^[ \t]*(?:\|[ \t]*)?:?-{3,}:?[ \t]*\|", re.MULTILINE),
 )
 # Entries that tell other zip-based formats apart (ODF and EPUB name their type in "mimetype").
 _ZIP_FORMATS = (
