@@ -66,6 +66,14 @@ _SIBLINGS = (
     (frozenset({"li"}), frozenset({"ul", "ol", "menu"})),
     (frozenset({"dt", "dd"}), frozenset({"dl"})),
 )
+# Phrasing elements: a block start closes a paragraph whatever of these is open inside it.
+_INLINE = frozenset(
+    {
+        "a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "data", "dfn", "em", "font", "i",
+        "kbd", "mark", "nobr", "q", "s", "samp", "small", "span", "strike", "strong", "sub",
+        "sup", "time", "tt", "u", "var",
+    }
+)  # fmt: skip
 _OPEN_KEPT = 256  # open elements remembered (unclosed ones pile up in sloppy pages)
 _HEAD_CONTENT = frozenset(
     {"title", "meta", "link", "style", "script", "base", "noscript", "template"}
@@ -236,12 +244,12 @@ class _BlockParser(HTMLParser):
         if tag in _SKIPPED:
             self.skipping.append(tag)
             return
+        if (tag in _BLOCKS or tag == "table") and self.open[-1:] == ["p"]:
+            self.open.pop()  # a block start closes an open paragraph
         if tag not in _IMPLIED_END and _hidden(attrs):
             self.skipping.append(tag)
             self.hidden_under = list(self.open)
             return
-        if (tag in _BLOCKS or tag == "table") and self.open[-1:] == ["p"]:
-            self.open.pop()  # a block start closes an open paragraph
         if tag not in _VOID:
             self.open.append(tag)
             if len(self.open) > _OPEN_KEPT:
@@ -255,6 +263,12 @@ class _BlockParser(HTMLParser):
         elif tag in _BLOCKS:
             self._flush()
             self._enter(tag, +1)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """``<br/>`` is one start tag (the base class adds an end tag, which "</br>" is)."""
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID:
+            self.handle_endtag(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if self.hidden_under is not None and self._ends_hidden(tag, start=False):
@@ -285,10 +299,16 @@ class _BlockParser(HTMLParser):
         under = self.hidden_under or []
         if not start:
             return tag in under and tag not in self.skipping
+        if (
+            (tag in _BLOCKS or tag == "table")
+            and (
+                "p" in under  # it closes the paragraph the hidden element is in
+                or (self.skipping[0] == "p" and all(t in _INLINE for t in self.skipping[1:]))
+            )
+        ):
+            return True
         if len(self.skipping) != 1:  # something opened inside is still open
             return False
-        if self.skipping == ["p"] and (tag in _BLOCKS or tag == "table"):
-            return True
         return any(
             tag in group and not group.isdisjoint(under) and self.skipping[0] not in containers
             for group, containers in _SIBLINGS

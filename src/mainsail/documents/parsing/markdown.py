@@ -35,6 +35,8 @@ _YAML_KEY = re.compile(r"""\s*(?:[\w"'][^:#]*|[\w-]+):(?:\s|$)""")
 # A line whose first non-space character is none of these can only be paragraph text.
 _MARKUP_STARTS = frozenset("`~#=-*_+>|0123456789")
 _COMMENT_OR_CODE = re.compile(r"<!--|`+")
+_COMMENT_BLOCK = re.compile(r" {0,3}<!--")
+_INLINE_COMMENT_MAX_LINES = 200  # held while an inline comment may still close
 _TICKS = re.compile(r"`+")
 _DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]*)*;base64,")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
@@ -120,7 +122,9 @@ class _Builder:
         self.headings: list[tuple[int, str]] = []
         # YAML front matter is held until it closes; None once the first line has gone by.
         self.front_matter: list[str] | None = []
-        self.in_comment = False  # inside an HTML comment that opened on an earlier line
+        self.in_comment = False  # inside an HTML comment block that opened on an earlier line
+        # An inline comment not closed on its line: the text before it and the lines held.
+        self.inline_comment: tuple[str, list[str]] | None = None
 
     def drain(self) -> Iterator[Block]:
         ready, self.ready = self.ready, []
@@ -132,6 +136,9 @@ class _Builder:
             if shown is None:
                 return
             line = shown
+        self._feed_markdown(line)
+
+    def _feed_markdown(self, line: str) -> None:
         if (held := self.front_matter) is not None:
             self._front_matter_line(held, line)
         elif self.fence is None and line.lstrip()[:1] not in _MARKUP_STARTS and line.strip():
@@ -159,12 +166,27 @@ class _Builder:
             self._content_line(line)
 
     def _uncommented(self, line: str) -> str | None:
-        """``line`` without the HTML comments in it, or None for a line wholly inside one.
+        """``line`` without the HTML comments in it, or None for a line wholly inside one
+        (or held while it may be).
 
-        A comment runs from ``<!--`` to ``-->``, over lines if need be; a ``<!--`` inside a
-        code span is text. A line that held only comment reads as a blank one, ending the
-        block before it; what follows a comment's end on its line is kept.
+        As CommonMark reads them: a line starting with ``<!--`` opens a comment block that
+        runs to the line holding ``-->``; a comment opened later in a line is inline and must
+        close within its paragraph: its lines are held until ``-->`` (and left out), or, at a
+        blank line first, given back as text. A ``<!--`` inside a code span is text. A line
+        that held only comment reads as a blank one; what follows a comment's end is kept.
         """
+        if self.inline_comment is not None:
+            prefix, lines = self.inline_comment
+            end = line.find("-->")
+            if end >= 0:
+                self.inline_comment = None
+                line = prefix + line[end + 3 :]
+            elif not line.strip() or len(lines) >= _INLINE_COMMENT_MAX_LINES:
+                self._unhold_comment()
+                return line
+            else:
+                lines.append(line)
+                return None
         if self.in_comment:
             end = line.find("-->")
             if end < 0:
@@ -176,8 +198,24 @@ class _Builder:
             line = rest
         if "<!--" not in line:
             return line
-        shown, self.in_comment = _without_comments(line)
+        shown, opened = _without_comments(line)
+        if opened >= 0:
+            if shown.strip() or not _COMMENT_BLOCK.match(line):
+                self.inline_comment = (shown, [line[opened:]])
+                return None
+            self.in_comment = True
         return shown if shown.strip() else ""
+
+    def _unhold_comment(self) -> None:
+        """A ``<!--`` that did not close within its paragraph was text: its lines go on as
+        they were written."""
+        if self.inline_comment is None:
+            return
+        prefix, lines = self.inline_comment
+        self.inline_comment = None
+        self._feed_markdown(prefix + lines[0])
+        for line in lines[1:]:
+            self._feed_markdown(line)
 
     def flush(self) -> None:
         if self.lines:
@@ -210,6 +248,8 @@ class _Builder:
             self.flush()
 
     def close(self) -> None:
+        if self.inline_comment is not None:
+            self._unhold_comment()
         if self.front_matter:
             self._replay_front_matter()
         self.flush()
@@ -286,9 +326,19 @@ def _is_table(lines: list[str]) -> bool:
     return len(lines) >= 2 and "|" in lines[0] and bool(_TABLE_DELIMITER.fullmatch(lines[1]))
 
 
-def _without_comments(line: str) -> tuple[str, bool]:
+def _without_comments(line: str) -> tuple[str, int]:
     """``line`` without its HTML comments, read left to right (a code span that starts
-    first is text, ``<!--`` in it included), and whether a comment runs on past its end."""
+    first is text, ``<!--`` in it included), and where a comment that runs on past the line's
+    end opens (-1 if none does)."""
+    # Each run of backticks, and the next run of the same length (its closer), found once.
+    runs = [(run.start(), run.end()) for run in _TICKS.finditer(line)] if "`" in line else []
+    closer: dict[int, int] = {}
+    after: dict[int, int] = {}
+    for start, end in reversed(runs):
+        length = end - start
+        if length in after:
+            closer[start] = after[length]
+        after[length] = start
     out: list[str] = []
     position = 0
     while (found := _COMMENT_OR_CODE.search(line, position)) is not None:
@@ -296,24 +346,15 @@ def _without_comments(line: str) -> tuple[str, bool]:
             out.append(line[position : found.start()])
             end = line.find("-->", found.end())
             if end < 0:
-                return "".join(out), True
+                return "".join(out), found.start()
             position = end + 3
             continue
-        ticks = found.group(0)
-        closing = _closing_ticks(line, found.end(), len(ticks))
-        stop = found.end() if closing < 0 else closing + len(ticks)
+        closing = closer.get(found.start(), -1)
+        stop = found.end() if closing < 0 else closing + len(found.group(0))
         out.append(line[position:stop])
         position = stop
     out.append(line[position:])
-    return "".join(out), False
-
-
-def _closing_ticks(line: str, start: int, count: int) -> int:
-    """Where a run of exactly ``count`` backticks starts at or after ``start``, or -1."""
-    for run in _TICKS.finditer(line, start):
-        if len(run.group(0)) == count:
-            return run.start()
-    return -1
+    return "".join(out), -1
 
 
 def _atx_text(text: str) -> str:
