@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg
 from sqlalchemy.engine import URL
 
 from mainsail.documents.parsing import Block, parse
@@ -19,7 +18,7 @@ from tests.documents.fixtures.make_fixtures import (
     pdf_bytes,
     styles_xml,
 )
-from tests.fixtures.database import asyncpg_dsn
+from tests.fixtures.database import keyword_match
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
@@ -28,21 +27,6 @@ def _parse(tmp_path: Path, name: str, data: bytes, content_type: str) -> list[Bl
     path = tmp_path / name
     path.write_bytes(data)
     return list(parse(path, content_type))
-
-
-async def _keyword_match(database_url: URL, passage: str, query: str) -> bool:
-    """What keyword search asks of a stored chunk (chunks.tsv is to_tsvector('english', text))."""
-    connection = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        return bool(
-            await connection.fetchval(
-                "SELECT to_tsvector('english', $1) @@ websearch_to_tsquery('english', $2)",
-                passage,
-                query,
-            )
-        )
-    finally:
-        await connection.close()
 
 
 # --- PDF: typographic ligatures --------------------------------------------------------
@@ -61,8 +45,8 @@ async def test_pdf_ligatures_are_extracted_as_letters_so_keyword_search_finds_th
         block.text for block in _parse(tmp_path, "paper.pdf", data, "application/pdf")
     )
 
-    assert await _keyword_match(database_url, text, "efficient"), text
-    assert await _keyword_match(database_url, text, "flexible"), text
+    assert await keyword_match(database_url, text, "efficient"), text
+    assert await keyword_match(database_url, text, "flexible"), text
     assert "efficient and flexible for the office" in text
 
 
@@ -85,7 +69,7 @@ async def test_html_soft_hyphens_do_not_hide_words_from_keyword_search(
         block.text for block in _parse(tmp_path, "seite.html", page.encode(), "text/html")
     )
 
-    assert await _keyword_match(database_url, text, "Donaudampfschifffahrt"), repr(text)
+    assert await keyword_match(database_url, text, "Donaudampfschifffahrt"), repr(text)
     assert "Donaudampfschifffahrt" in text
 
 

@@ -9,14 +9,13 @@ from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
 
-import asyncpg
 from pypdf import PdfReader, PdfWriter
 from pypdf.generic import BooleanObject, DecodedStreamObject, DictionaryObject, NameObject
 from sqlalchemy.engine import URL
 
 from mainsail.documents.parsing import Block, parse
 from tests.documents.fixtures.make_fixtures import pdf_bytes
-from tests.fixtures.database import asyncpg_dsn
+from tests.fixtures.database import keyword_match
 
 Show = Callable[[str], bytes]
 
@@ -53,21 +52,6 @@ def _pdf_with_ops(
     return out.getvalue()
 
 
-async def _keyword_match(database_url: URL, passage: str, query: str) -> bool:
-    """What keyword search asks of a stored chunk (chunks.tsv is to_tsvector('english', text))."""
-    connection = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        return bool(
-            await connection.fetchval(
-                "SELECT to_tsvector('english', $1) @@ websearch_to_tsquery('english', $2)",
-                passage,
-                query,
-            )
-        )
-    finally:
-        await connection.close()
-
-
 # --- Hyphenation at line ends -----------------------------------------------------------------
 
 
@@ -90,7 +74,7 @@ async def test_pdf_soft_hyphen_at_a_line_end_does_not_leave_the_word_split(
     )
     text = "\n\n".join(block.text for block in _parse(tmp_path, data))
 
-    assert await _keyword_match(database_url, text, "efficient"), repr(text)
+    assert await keyword_match(database_url, text, "efficient"), repr(text)
     assert "efficient passage retrieval" in text.replace("\n", " "), repr(text)
 
 
@@ -119,7 +103,7 @@ async def test_pdf_hyphenated_line_break_of_a_word_the_page_also_spells_whole_is
     blocks = _parse(tmp_path, data)
     broken = next(block.text for block in blocks if "passage retrieval" in block.text)
 
-    assert await _keyword_match(database_url, broken, "efficient"), repr(broken)
+    assert await keyword_match(database_url, broken, "efficient"), repr(broken)
     assert "efficient passage retrieval" in broken.replace("\n", " "), repr(broken)
     assert "dualencoder" not in broken, repr(broken)  # the compound keeps its hyphen
 

@@ -3,7 +3,6 @@ PostgreSQL and one Redis, for idempotency keys, the response cache and request l
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import uuid
@@ -24,6 +23,7 @@ from mainsail.llm.factory import build_gateway
 from mainsail.llm.gateway import CallContext
 from mainsail.llm.types import ChatRequest, Message, SamplingParams, StreamStart
 from mainsail.settings import LLMSettings, Settings
+from tests.fakes.canned import Canned
 from tests.fakes.provider_server import FakeProviderServer, Reply
 from tests.fixtures.app import make_settings
 from tests.fixtures.gateway import FAST_RESILIENCE, gateway_settings
@@ -99,43 +99,6 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 # --- the response cache: a streamed refusal ----------------------------------------------------
 
 
-class CountingCanned:
-    """Answers every request on loopback with one fixed HTTP response; counts requests."""
-
-    def __init__(self, body: bytes, content_type: str) -> None:
-        self.body, self.content_type = body, content_type
-        self.requests = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await reader.readexactly(length)
-            self.requests += 1
-            writer.write(
-                b"HTTP/1.1 200 OK\r\n"
-                + f"Content-Type: {self.content_type}\r\n".encode()
-                + f"Content-Length: {len(self.body)}\r\n".encode()
-                + b"Connection: close\r\n\r\n"
-                + self.body
-            )
-            await writer.drain()
-            writer.close()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> str:
     choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
     body = {
@@ -164,7 +127,7 @@ async def test_a_streamed_refusal_is_not_cached_for_the_other_replica(
     cache through Redis, answered the same request from it for an hour, without asking the
     provider)."""
     prefix = f"scaled-{uuid.uuid4().hex[:8]}:"
-    upstream = CountingCanned(REFUSED_STREAM, "text/event-stream")
+    upstream = Canned(REFUSED_STREAM, "text/event-stream")
     async with upstream as url:
         catalogue = tmp_path / "catalogue.toml"
         catalogue.write_text(

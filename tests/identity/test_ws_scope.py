@@ -16,8 +16,8 @@ from tests.openai_compat.test_websocket import ASK, answer, receive, ws_url
 
 
 async def test_a_key_narrowed_to_no_chat_scope_stops_chatting_on_an_open_socket(
-    live: LiveMainsail,
-    fake_provider: FakeProviderServer,  # noqa: F811
+    live: LiveMainsail,  # noqa: F811
+    fake_provider: FakeProviderServer,
 ) -> None:
     """HTTP re-computes a key's scopes on every request (docs/security.md), and the socket
     re-authenticates before every answer; but it only checks the chat scope once, at the

@@ -4,7 +4,6 @@ OpenAI's refusals, and Retry-After values that are no number of seconds."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 import zlib
@@ -38,6 +37,7 @@ from mainsail.llm.types import (
 )
 from mainsail.openai_compat.schemas import completion_json
 from mainsail.settings import LLMSettings, Settings
+from tests.fakes.canned import Canned
 from tests.fakes.provider_server import FakeProviderServer, Fault
 from tests.fixtures.gateway import FAST_RESILIENCE, gateway_settings
 from tests.openai_compat.conftest import LiveMainsail, live  # noqa: F401  (fixture)
@@ -61,41 +61,6 @@ def settings(database_url: URL, catalogue_file: Path) -> Settings:
 
 
 # --- a one-answer HTTP server, for upstream answers the shared fake cannot give -----------
-
-
-class Canned:
-    """Answers every request on loopback with one fixed HTTP response."""
-
-    def __init__(self, body: bytes, content_type: str) -> None:
-        self.body, self.content_type = body, content_type
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await reader.readexactly(length)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\n"
-                + f"Content-Type: {self.content_type}\r\n".encode()
-                + f"Content-Length: {len(self.body)}\r\n".encode()
-                + b"Connection: close\r\n\r\n"
-                + self.body
-            )
-            await writer.drain()
-            writer.close()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
 
 
 def _anthropic_event(kind: str, **data: Any) -> str:
