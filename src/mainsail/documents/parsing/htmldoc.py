@@ -244,8 +244,9 @@ class _BlockParser(HTMLParser):
         if tag in _SKIPPED:
             self.skipping.append(tag)
             return
-        if (tag in _BLOCKS or tag == "table") and self.open[-1:] == ["p"]:
-            self.open.pop()  # a block start closes an open paragraph
+        if (tag in _BLOCKS or tag == "table") and "p" in self.open:
+            # A block start closes an open paragraph, and what is open inside it.
+            del self.open[len(self.open) - 1 - self.open[::-1].index("p") :]
         if tag not in _IMPLIED_END and _hidden(attrs):
             self.skipping.append(tag)
             self.hidden_under = list(self.open)
