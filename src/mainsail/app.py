@@ -266,11 +266,9 @@ def create_app_from_env() -> FastAPI:
     """Factory for uvicorn workers: settings from the environment, one-line error if invalid."""
     try:
         settings = load_settings()
+        check_catalogue(settings.llm)
     except SettingsError as exc:
         print(f"mainsail: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if (problem := check_catalogue(settings.llm.catalogue_file)) is not None:
-        print(f"mainsail: invalid setting MAINSAIL_LLM__CATALOGUE_FILE: {problem}", file=sys.stderr)
-        raise SystemExit(2)
     configure_logging(settings.log)
     return create_app(settings)

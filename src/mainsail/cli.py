@@ -58,10 +58,9 @@ def settings_or_exit(*, quiet: bool = True) -> Settings:
     warnings and errors only, unless MAINSAIL_LOG__LEVEL asks for more."""
     try:
         settings = load_settings()
+        check_catalogue(settings.llm)
     except SettingsError as exc:
         fail(str(exc), code=2)
-    if (problem := check_catalogue(settings.llm.catalogue_file)) is not None:
-        fail(f"invalid setting MAINSAIL_LLM__CATALOGUE_FILE: {problem}", code=2)
     log_settings = settings.log
     if quiet and "MAINSAIL_LOG__LEVEL" not in os.environ:
         log_settings = log_settings.model_copy(update={"level": "WARNING"})

@@ -168,8 +168,7 @@ class ChatService:
             if not await self.searcher.holds_any(owner_id, filters):
                 # Nothing to search (documents deleted since, or none the filters select): no
                 # condensing call either.
-                has_any = await self._has_documents(owner_id)
-                turn.canned = NOTHING_IN_SCOPE if has_any else NO_DOCUMENTS
+                turn.canned = await self._nothing_to_answer_from(owner_id)
                 return turn
             turn.standalone = await self._condense(
                 model, extractive, turns, body.question, ctx, turn.usage
@@ -185,8 +184,7 @@ class ChatService:
             ctx=replace(ctx, kind="search"),
         )
         if not found.results:
-            has_any = await self._has_documents(owner_id)
-            turn.canned = NOTHING_IN_SCOPE if has_any else NO_DOCUMENTS
+            turn.canned = await self._nothing_to_answer_from(owner_id)
             return turn
         candidates = [
             Source(
@@ -323,9 +321,11 @@ class ChatService:
             budget = min(budget, self.settings.max_prompt_tokens)
         return answer_tokens, budget
 
-    async def _has_documents(self, owner_id: uuid.UUID) -> bool:
+    async def _nothing_to_answer_from(self, owner_id: uuid.UUID) -> str:
+        """The fixed answer when a search finds nothing: none in the filters, or none at all."""
         async with self.db.autocommit() as connection:
-            return await repository.has_searchable_documents(connection, owner_id)
+            any_at_all = await repository.has_searchable_documents(connection, owner_id)
+        return NOTHING_IN_SCOPE if any_at_all else NO_DOCUMENTS
 
     async def ask(self, owner_id: uuid.UUID, body: ChatIn, ctx: CallContext) -> Answer:
         turn = await self.prepare(owner_id, body, ctx)

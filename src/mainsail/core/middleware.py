@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -75,8 +76,7 @@ class RequestContextMiddleware:
                 status = message["status"]
                 # One X-Request-ID: a response that set its own (a /v1 error, shaped with the
                 # id in its body too) keeps the middleware's.
-                headers = [h for h in message.get("headers", ()) if h[0] != b"x-request-id"]
-                message["headers"] = [*headers, header]
+                message["headers"] = _with_header(message.get("headers", ()), *header)
             await send(message)
 
         structlog.contextvars.clear_contextvars()
@@ -174,8 +174,8 @@ class BodySizeLimitMiddleware:
                 and not finished
                 and message["status"] >= 400
             ):
-                headers = [(k, v) for k, v in message.get("headers", ()) if k != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                headers = _with_header(message.get("headers", ()), b"connection", b"close")
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, counting_receive, closing_send if has_body else send)
@@ -190,6 +190,13 @@ class BodySizeLimitMiddleware:
             await shaped(scope, receive, send)
             return
         await _send_problem(send, scope, exc)
+
+
+def _with_header(
+    headers: Iterable[tuple[bytes, bytes]], name: bytes, value: bytes
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` with ``name`` (lower case) set to ``value`` alone."""
+    return [*(header for header in headers if header[0] != name), (name, value)]
 
 
 def _too_large(limit: int) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from mainsail.llm.types import Usage
+from mainsail.settings import LLMSettings, SettingsError
 
 ProviderKind = Literal["openai", "anthropic", "bedrock", "scripted", "extractive"]
 ModelKind = Literal["chat", "embedding"]
@@ -121,14 +122,14 @@ class Catalogue:
         return [self.models[n] for n in seen]
 
 
-def check_catalogue(user_file: Path | None) -> str | None:
-    """Why the catalogue a setting names cannot be used (it does not parse, or an entry is
-    invalid), or None: start-up says so in one line instead of failing in the app."""
+def check_catalogue(settings: LLMSettings) -> None:
+    """Reads the catalogue the settings name: one that does not parse, or holds an invalid
+    entry, is a ``SettingsError`` naming the variable, so start-up stops in one line
+    instead of failing in the app."""
     try:
-        load_catalogue(user_file)
+        load_catalogue(settings.catalogue_file)
     except (ValueError, OSError) as exc:  # CatalogueError, undecodable text, unreadable
-        return str(exc)
-    return None
+        raise SettingsError(f"invalid setting MAINSAIL_LLM__CATALOGUE_FILE: {exc}") from None
 
 
 def load_catalogue(user_file: Path | None = None) -> Catalogue:

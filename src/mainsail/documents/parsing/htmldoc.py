@@ -39,23 +39,19 @@ _SKIPPED = frozenset(
         "nav",
     }
 )
-# Elements whose end tag may be left out (closed by the next one) or that have none: a
-# ``hidden`` one of these is not skipped, as its end could not be found. (A hidden <p> is:
-# what closes a paragraph is known, see ``handle_starttag``.)
-_IMPLIED_END = frozenset(
-    {
-        "li", "dt", "dd", "option", "optgroup", "tr", "td", "th", "thead", "tbody",
-        "tfoot", "colgroup", "caption", "rb", "rt", "rp", "html", "body", "head",
-        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-        "track", "wbr",
-    }
-)  # fmt: skip
 _VOID = frozenset(
     {
         "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
         "track", "wbr",
     }
 )  # fmt: skip
+# Elements whose end tag may be left out (closed by the next one) or that have none: a
+# ``hidden`` one of these is not skipped, as its end could not be found. (A hidden <p> is:
+# what closes a paragraph is known, see ``handle_starttag``.)
+_IMPLIED_END = _VOID | {
+    "li", "dt", "dd", "option", "optgroup", "tr", "td", "th", "thead", "tbody", "tfoot",
+    "colgroup", "caption", "rb", "rt", "rp", "html", "body", "head",
+}  # fmt: skip
 # A start tag of one of these closes an open element of its group (and what is inside it),
 # unless it comes inside one of the group's containers (a list's own items, a table's rows).
 _SIBLINGS = (
