@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from mainsail.documents import pipeline
 from mainsail.documents.chunking import Chunker, ChunkText
 from mainsail.documents.parsing import Block
 from mainsail.documents.pipeline import EmbedPool, run_pipeline
@@ -30,6 +32,10 @@ class CountingEmbedder(LocalEmbedder):
     texts_calls = 0
     calls: list[list[np.ndarray]]  # the word pieces of each call
     rows: dict[int, np.ndarray]  # id(input) -> its vector
+    called_in: set[int]  # the threads the calls ran in
+    fail_on_call: int | None = None  # raise on this call (1 = the first)
+    busy = False  # a call is under way
+    on_call: Callable[[], object] | None = None  # run at the start of each call
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.texts_calls += 1
@@ -37,7 +43,16 @@ class CountingEmbedder(LocalEmbedder):
 
     def embed_token_ids(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
         self.calls.append(list(pieces))
-        return self._record(pieces, super().embed_token_ids(pieces))
+        self.called_in.add(threading.get_ident())
+        if len(self.calls) == self.fail_on_call:
+            raise RuntimeError("the model failed")
+        self.busy = True
+        try:
+            if self.on_call is not None:
+                self.on_call()
+            return self._record(pieces, super().embed_token_ids(pieces))
+        finally:
+            self.busy = False
 
     def _record(self, inputs: Sequence[object], vectors: np.ndarray) -> np.ndarray:
         self.rows.update((id(item), row) for item, row in zip(inputs, vectors, strict=True))
@@ -57,8 +72,29 @@ def model() -> LocalEmbedder:
 def counting(model: LocalEmbedder) -> CountingEmbedder:
     copy = CountingEmbedder.__new__(CountingEmbedder)
     copy.__dict__.update(model.__dict__)
-    copy.calls, copy.rows = [], {}
+    copy.calls, copy.rows, copy.called_in = [], {}, set()
     return copy
+
+
+class WatchedChunker(Chunker):
+    """The chunker, noting how many chunks it cut, in which threads, and how many while
+    ``model`` was in a call; ``ahead`` is set once it has cut ``ahead_at`` chunks."""
+
+    model: CountingEmbedder | None = None
+    cut = 0
+    cut_while_busy = 0
+    ahead_at = 12  # within what the queue to the model holds (8 groups of 2 at batch 16)
+
+    def chunks(self, blocks: Iterable[Block]) -> Iterator[ChunkText]:
+        self.cut_in: set[int] = set()
+        self.ahead = threading.Event()
+        for chunk in super().chunks(blocks):
+            self.cut_in.add(threading.get_ident())
+            self.cut += 1
+            self.cut_while_busy += bool(self.model and self.model.busy)
+            if self.cut >= self.ahead_at:
+                self.ahead.set()
+            yield chunk
 
 
 def padded(calls: list[list[int]], batch: int) -> int:
@@ -87,11 +123,14 @@ async def ingest(
     *,
     skip_through: int = -1,
     batch_size: int = 32,
+    fail_on_store: int | None = None,
 ) -> tuple[list[list[ChunkText]], np.ndarray]:
     batches: list[list[ChunkText]] = []
     vectors: list[np.ndarray] = []
 
     async def sink(chunks: list[ChunkText], rows: np.ndarray) -> None:
+        if len(batches) + 1 == fail_on_store:
+            raise RuntimeError("the store failed")
         batches.append(chunks)
         vectors.append(rows)
 
@@ -133,6 +172,81 @@ async def test_the_longest_chunks_are_embedded_together_and_stored_in_order(
     for pieces in embedder.calls[:3]:
         returned = np.stack([embedder.rows[id(p)] for p in pieces])
         assert np.array_equal(returned, model.embed([text_of[id(p)] for p in pieces]))
+
+
+@pytest.fixture
+def four_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine as the pipeline sees it: four cores."""
+    monkeypatch.setattr(pipeline, "default_threads", lambda: 4)
+
+
+@pytest.mark.usefixtures("four_cores")
+@pytest.mark.parametrize("threads", [4, 2])
+async def test_the_chunker_runs_beside_the_model_only_where_the_model_leaves_cores_free(
+    tmp_path: Path, model: LocalEmbedder, threads: int
+) -> None:
+    path = tmp_path / "voyage.txt"
+    path.write_text("\n\n".join(essay(1 + i % 5, seed=i) for i in range(60)), encoding="utf-8")
+    embedder = counting(model)
+    embedder.threads = threads
+    chunker = WatchedChunker(model.tokenizer, chunk_size=24, chunk_overlap=4)
+    chunker.model = embedder
+    waits: list[bool] = []
+    if threads < 4:  # each call waits (up to 10 s) for the chunker to be 12 chunks in
+        embedder.on_call = lambda: waits.append(chunker.ahead.wait(10))
+
+    batches, vectors = await ingest(path, chunker, embedder, batch_size=16)
+
+    chunks = [chunk for batch in batches for chunk in batch]
+    assert len(chunks) == chunker.cut > 4 * 16
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+    assert stored_as_returned(chunks, vectors, embedder, by_ids=True)
+    assert len(embedder.calls[0]) < 16  # the first call starts on the first chunks cut
+    if threads == 4:  # every core: the two take turns, in one thread
+        assert chunker.cut_while_busy == 0
+        assert len(chunker.cut_in) == 1
+        assert chunker.cut_in == embedder.called_in
+    else:  # cores to spare: the chunker cut ahead while the model's first call ran
+        assert waits[0] is True
+        assert chunker.cut_while_busy >= chunker.ahead_at - len(embedder.calls[0])
+
+
+@pytest.mark.usefixtures("four_cores")
+@pytest.mark.parametrize("threads", [4, 2])
+@pytest.mark.parametrize("failing", ["model", "store"])
+async def test_a_failing_stage_stops_the_others_and_its_error_is_raised(
+    tmp_path: Path, model: LocalEmbedder, threads: int, failing: str
+) -> None:
+    path = tmp_path / "voyage.txt"
+    path.write_text("\n\n".join(essay(1 + i % 5, seed=i) for i in range(300)), encoding="utf-8")
+    whole = len(
+        list(
+            Chunker(model.tokenizer, chunk_size=24, chunk_overlap=4).chunks(
+                iter([Block(text=path.read_text(encoding="utf-8"), kind="paragraph")])
+            )
+        )
+    )
+    embedder = counting(model)
+    embedder.threads = threads
+    embedder.fail_on_call = 3 if failing == "model" else None
+    chunker = WatchedChunker(model.tokenizer, chunk_size=24, chunk_overlap=4)
+
+    with pytest.raises(RuntimeError, match=f"the {failing} failed"):
+        await asyncio.wait_for(
+            ingest(
+                path,
+                chunker,
+                embedder,
+                batch_size=8,
+                fail_on_store=2 if failing == "store" else None,
+            ),
+            timeout=60,
+        )
+
+    # Neither the chunker nor the model went on to the end of the document.
+    assert whole > 1000
+    assert chunker.cut < whole / 4
+    assert sum(map(len, embedder.calls)) < whole / 4
 
 
 def test_calls_from_the_pool_pad_less_than_calls_in_document_order(tokenizer: Tokenizer) -> None:

@@ -1,12 +1,14 @@
 """The ingestion job: read -> clean -> chunk -> embed -> store, as stages joined by bounded
-queues, so memory depends on the batch size and never on the file's size, and parsing
-overlaps embedding.
+queues, so memory depends on the batch size and never on the file's size.
 
     parse + chunk   (a worker thread: pure Python, hands over groups of chunk texts)
-        -> queue (one call's worth) -> pool -> embed (ONNX Runtime in a thread, releasing the
-                              GIL; or a provider model awaited through the gateway, billed
-                              to the owner)
+        -> queue (one call's worth) -> pool -> embed (a provider model awaited through the
+                              gateway, billed to the owner; or the local model, in a thread)
         -> queue(2) -> store (one multi-row INSERT per run of consecutive chunks)
+
+With the local model on every core (its default), parse + chunk and embed take turns in one
+worker thread instead (``_takes_every_core``): cutting beside it only slows the model down.
+Storing overlaps both either way.
 
 Each embedder call takes the ``batch_size`` longest chunks of a pool of a few calls' worth
 (``EmbedPool``): its batches pad little, about as if the whole document were sorted by length,
@@ -24,9 +26,10 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,6 +59,7 @@ from mainsail.documents.models import (
 from mainsail.documents.parsing import DocumentError, ParseLimits, parse
 from mainsail.documents.storage import DocumentStore
 from mainsail.embeddings.base import Embedder, TokenIdEmbedder
+from mainsail.embeddings.local import default_threads
 from mainsail.identity import service as identity
 from mainsail.jobs.service import JobContext, PermanentError, enqueue, pending
 from mainsail.llm.errors import LLMError, UpstreamRejected
@@ -210,9 +214,16 @@ async def run_pipeline(
     to_store: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
     stop = threading.Event()
     stats = PipelineStats()
+    # The local model reads the word pieces the chunker counted with its own tokenizer.
+    reads_ids = (
+        isinstance(embedder, TokenIdEmbedder)
+        and chunker.source is not None
+        and chunker.source is getattr(embedder, "tokenizer", None)
+    )
 
-    def put(item: object) -> bool:
-        future = asyncio.run_coroutine_threadsafe(to_embed.put(item), loop)
+    def put(queue: asyncio.Queue[Any], item: object) -> bool:
+        """From a worker thread: ``item`` onto ``queue``, unless the pipeline is stopped."""
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
         while True:
             try:
                 future.result(timeout=0.25)
@@ -222,30 +233,27 @@ async def run_pipeline(
                     future.cancel()
                     return False
 
-    def produce() -> None:
+    def groups() -> Generator[list[ChunkText]]:
+        """The document's chunks, cut ``pool.group`` at a time."""
         blocks = parse(path, content_type, limits or ParseLimits())
         try:
-            chunks: list[ChunkText] = []
-            for chunk in chunker.chunks(blocks):
-                if stop.is_set():
-                    return
-                chunks.append(chunk)
-                if len(chunks) >= pool.group:
-                    if not put(chunks):
-                        return
-                    chunks = []
-            if chunks:
-                put(chunks)
+            chunks = chunker.chunks(blocks)
+            while not stop.is_set() and (group := list(islice(chunks, pool.group))):
+                yield group
         finally:
             blocks.close()
-            put(_DONE)
 
-    # The local model reads the word pieces the chunker counted with its own tokenizer.
-    reads_ids = (
-        isinstance(embedder, TokenIdEmbedder)
-        and chunker.source is not None
-        and chunker.source is getattr(embedder, "tokenizer", None)
-    )
+    def take_in(group: list[ChunkText]) -> None:
+        stats.chunks += len(group)
+        pool.add([chunk for chunk in group if chunk.ordinal > skip_through])
+
+    def produce() -> None:
+        try:
+            for group in groups():
+                if not put(to_embed, group):
+                    return
+        finally:
+            put(to_embed, _DONE)
 
     async def embed() -> None:
         produced = False
@@ -260,8 +268,7 @@ async def run_pipeline(
                 if item is _DONE:
                     produced = True
                     break
-                stats.chunks += len(item)
-                pool.add([chunk for chunk in item if chunk.ordinal > skip_through])
+                take_in(item)
             if not len(pool):
                 break
             chunks = pool.take(batch_size)
@@ -269,9 +276,33 @@ async def run_pipeline(
             ready = pool.embedded(chunks, vectors)
             if ready is not None:
                 await to_store.put(ready)
-        if pool.done:  # an ordinal was skipped: never store past a gap (it is the resume point)
-            raise RuntimeError(f"{len(pool.done)} embedded chunks follow a missing ordinal")
+        _no_gap(pool)
         await to_store.put(_DONE)
+
+    def cut_and_embed() -> None:
+        """Both stages in turn, in one thread: the first call on the first group cut, each
+        later one from a full pool (``EmbedPool.schedule``)."""
+        model = cast(Embedder, embedder)  # not a provider's (``_takes_every_core``)
+        cut = groups()
+        try:
+            first = True
+            while True:
+                while len(pool) < pool.capacity and not (first and len(pool)):
+                    if (group := next(cut, None)) is None:
+                        break
+                    take_in(group)
+                first = False
+                if stop.is_set() or not len(pool):
+                    break
+                chunks = pool.take(batch_size)
+                ready = pool.embedded(chunks, _embed_here(model, chunks, reads_ids=reads_ids))
+                if ready is not None and not put(to_store, ready):
+                    return
+            if not stop.is_set():
+                _no_gap(pool)
+        finally:
+            cut.close()
+            put(to_store, _DONE)
 
     async def store() -> None:
         while (item := await to_store.get()) is not _DONE:
@@ -281,31 +312,56 @@ async def run_pipeline(
             if on_batch is not None:
                 await on_batch(stats)
 
-    producer = asyncio.ensure_future(asyncio.to_thread(produce))
-    stages = [asyncio.ensure_future(embed()), asyncio.ensure_future(store())]
+    if _takes_every_core(embedder):
+        workers = [asyncio.ensure_future(asyncio.to_thread(cut_and_embed))]
+        stages = [asyncio.ensure_future(store())]
+    else:
+        workers = [asyncio.ensure_future(asyncio.to_thread(produce))]
+        stages = [asyncio.ensure_future(embed()), asyncio.ensure_future(store())]
     try:
-        await asyncio.gather(producer, *stages)
+        await asyncio.gather(*workers, *stages)
     except BaseException:
         stop.set()
         for task in stages:
             task.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.gather(producer, *stages, return_exceptions=True)
+            await asyncio.gather(*workers, *stages, return_exceptions=True)
         raise
     return stats
+
+
+def _takes_every_core(embedder: Embedder | AsyncEmbedder) -> bool:
+    """Whether each of the embedder's calls keeps every core busy (the local model, by
+    default). Then cutting the next chunks while it runs gains nothing and costs: a third
+    runnable thread on two cores stalls ONNX Runtime's parallel sections, and the pipeline
+    ran at 87-91% of the model alone against 95% with the two stages taking turns. A provider
+    model, or a local one left cores to spare, has the chunker run beside it."""
+    if isinstance(embedder, AsyncEmbedder):
+        return False
+    threads = getattr(embedder, "threads", None)
+    return not isinstance(threads, int) or threads >= default_threads()
+
+
+def _no_gap(pool: EmbedPool) -> None:
+    if pool.done:  # an ordinal was skipped: never store past a gap (it is the resume point)
+        raise RuntimeError(f"{len(pool.done)} embedded chunks follow a missing ordinal")
+
+
+def _embed_here(embedder: Embedder, chunks: list[ChunkText], *, reads_ids: bool) -> np.ndarray:
+    """The local model, in this thread, on the chunks' word pieces where it reads them."""
+    ids = [c.token_ids for c in chunks]
+    if reads_ids and isinstance(embedder, TokenIdEmbedder) and not any(i is None for i in ids):
+        return embedder.embed_token_ids(cast(list[np.ndarray], ids))
+    return embedder.embed([c.text for c in chunks])
 
 
 async def _embed(
     embedder: Embedder | AsyncEmbedder, chunks: list[ChunkText], *, reads_ids: bool
 ) -> np.ndarray:
-    """A provider embedder is awaited; the local one runs in a thread (CPU bound), on the
-    chunks' word pieces where it reads them."""
+    """A provider embedder is awaited; the local one runs in a thread (CPU bound)."""
     if isinstance(embedder, AsyncEmbedder):
         return await embedder.embed_async([c.text for c in chunks])
-    ids = [c.token_ids for c in chunks]
-    if reads_ids and isinstance(embedder, TokenIdEmbedder) and not any(i is None for i in ids):
-        return await asyncio.to_thread(embedder.embed_token_ids, cast(list[np.ndarray], ids))
-    return await asyncio.to_thread(embedder.embed, [c.text for c in chunks])
+    return await asyncio.to_thread(_embed_here, embedder, chunks, reads_ids=reads_ids)
 
 
 _INSERT = text(

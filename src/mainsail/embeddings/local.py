@@ -76,6 +76,7 @@ class LocalEmbedder:
         dimension: int,
         max_tokens: int,
         batch_size: int = 32,
+        threads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -83,6 +84,7 @@ class LocalEmbedder:
         self.dimension = dimension
         self.max_tokens = max_tokens
         self.batch_size = batch_size
+        self.threads = threads or default_threads()  # the session's intra-op threads
         self._session = session
         self._plain = tokenizer
         self._truncating = Tokenizer.from_str(tokenizer.to_str())
@@ -136,6 +138,7 @@ class LocalEmbedder:
             dimension=config.hidden_size,
             max_tokens=_max_seq_length(source),
             batch_size=batch_size,
+            threads=threads,
         )
 
     @property
