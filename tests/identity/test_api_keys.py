@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from mainsail.core.principal import Principal, Role, Scope
 from mainsail.identity.deps import require_scope
+from mainsail.identity.service import MAX_ACTIVE_API_KEYS
 from tests.fixtures.identity import Account, MakeAccount, create_api_key
 
 probe = APIRouter(prefix="/_probe")
@@ -100,6 +101,32 @@ async def test_expired_key_is_refused(
         await asyncio.sleep(0.01)
     assert refused.status_code == 401
     assert "expired" in refused.json()["detail"]
+
+
+async def test_keys_per_user_are_capped_and_expired_or_revoked_ones_free_their_place(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account
+) -> None:
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    short = [await create_api_key(client, alice, name="short", expires_at=soon) for _ in range(5)]
+    for _ in range(MAX_ACTIVE_API_KEYS - len(short)):
+        last = await create_api_key(client, alice)
+
+    refused = await client.post("/me/api-keys", json={"name": "one more"}, headers=alice.headers)
+    assert refused.status_code == 409
+    assert f"At most {MAX_ACTIVE_API_KEYS}" in refused.json()["detail"]
+
+    # Expired keys authenticate nothing any more: they no longer hold a place.
+    async with app.state.db.engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE api_keys SET expires_at = now() - interval '1s' WHERE name = 'short'")
+        )
+    for _ in range(len(short)):
+        await create_api_key(client, alice, name="after expiry")
+    full = await client.post("/me/api-keys", json={"name": "one more"}, headers=alice.headers)
+    assert full.status_code == 409
+    # Nor do revoked ones.
+    assert (await client.delete(f"/me/api-keys/{last['id']}", headers=alice.headers)).is_success
+    await create_api_key(client, alice, name="after revoking")
 
 
 async def test_expiry_in_the_past_is_refused_at_creation(

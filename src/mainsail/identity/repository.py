@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -159,8 +159,13 @@ async def add_api_key(session: AsyncSession, key: ApiKey) -> ApiKey:
     return key
 
 
-async def count_active_api_keys(session: AsyncSession, owner_id: uuid.UUID) -> int:
-    statement = select(func.count()).where(ApiKey.owner_id == owner_id, ApiKey.revoked_at.is_(None))
+async def count_active_api_keys(session: AsyncSession, owner_id: uuid.UUID, now: datetime) -> int:
+    """Keys that still authenticate: neither revoked nor expired at ``now``."""
+    statement = select(func.count()).where(
+        ApiKey.owner_id == owner_id,
+        ApiKey.revoked_at.is_(None),
+        or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+    )
     return await session.scalar(statement) or 0
 
 

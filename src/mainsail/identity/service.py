@@ -422,7 +422,7 @@ async def create_api_key(
     now = kit.clock()
     if request.expires_at is not None and request.expires_at <= now:
         raise InvalidField("expires_at", "must be in the future")
-    if await repo.count_active_api_keys(session, principal.user_id) >= MAX_ACTIVE_API_KEYS:
+    if await repo.count_active_api_keys(session, principal.user_id, now) >= MAX_ACTIVE_API_KEYS:
         raise Conflict(f"At most {MAX_ACTIVE_API_KEYS} active API keys per user.")
     minted = new_api_key()
     key = await repo.add_api_key(
