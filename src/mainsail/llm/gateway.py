@@ -49,6 +49,7 @@ from mainsail.llm.types import (
     EmbeddingResponse,
     EventStream,
     Message,
+    RefusalDelta,
     StreamEnd,
     StreamStart,
     TextDelta,
@@ -494,6 +495,7 @@ class Gateway:
         first_token: float | None = None
         served = entry
         written: list[str] = []
+        refused: list[str] = []  # a refusal is paid for, but no answer to keep
         tool_calls = False
         usage: Usage | None = None
         status: str = "cancelled"
@@ -503,15 +505,20 @@ class Gateway:
                 if isinstance(event, StreamStart):
                     start = event
                     served = self.catalogue.models.get(event.model, entry)
-                elif isinstance(event, TextDelta | ToolCallDelta):
+                elif isinstance(event, TextDelta | ToolCallDelta | RefusalDelta):
                     if first_token is None:
                         first_token = self.clock()
                     tool_calls = tool_calls or isinstance(event, ToolCallDelta)
-                    written.append(event.text if isinstance(event, TextDelta) else event.arguments)
+                    if isinstance(event, RefusalDelta):
+                        refused.append(event.text)
+                    else:
+                        written.append(
+                            event.text if isinstance(event, TextDelta) else event.arguments
+                        )
                 elif isinstance(event, StreamEnd):
                     usage = event.usage
                     if usage.estimated:
-                        usage = _estimate(prompt, "".join(written), usage)
+                        usage = _estimate(prompt, "".join(written + refused), usage)
                         event = replace(event, usage=usage)
                     status, finish = "ok", event
                 yield event
@@ -534,7 +541,7 @@ class Gateway:
         finally:
             if usage is None and first_token is not None:
                 # Cut short (by the provider or the caller): the tokens sent were still paid for.
-                usage = _estimate(prompt, "".join(written), Usage(estimated=True))
+                usage = _estimate(prompt, "".join(written + refused), Usage(estimated=True))
             cost = served.cost_usd(usage) if usage else Decimal(0)
             await self.quota.settle(
                 reservation, tokens=usage.total_tokens if usage else 0, cost=cost
@@ -557,6 +564,7 @@ class Gateway:
             and start is not None
             and finish is not None
             and not tool_calls
+            and not refused
             and any(written)
         ):
             answer = ChatResponse(

@@ -129,6 +129,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusalDelta:
+    """A piece of the model's refusal, in place of an answer (OpenAI's ``delta.refusal``)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallDelta:
     index: int
     arguments: str = ""
@@ -152,7 +159,7 @@ class StreamEnd:
     usage: Usage
 
 
-StreamEvent = StreamStart | TextDelta | ToolCallDelta | StreamEnd
+StreamEvent = StreamStart | TextDelta | RefusalDelta | ToolCallDelta | StreamEnd
 # What every stream method returns: an async generator, so callers can close it early.
 EventStream = AsyncGenerator[StreamEvent, None]
 

@@ -26,7 +26,14 @@ from mainsail.llm.errors import (
     StreamInterrupted,
 )
 from mainsail.llm.gateway import Gateway
-from mainsail.llm.types import StreamEnd, StreamEvent, StreamStart, TextDelta, ToolCallDelta
+from mainsail.llm.types import (
+    RefusalDelta,
+    StreamEnd,
+    StreamEvent,
+    StreamStart,
+    TextDelta,
+    ToolCallDelta,
+)
 from mainsail.openai_compat.deps import GatewayDep, V1Caller, call_context, v1_caller
 from mainsail.openai_compat.errors import llm_error_status, to_openai_error
 from mainsail.openai_compat.schemas import (
@@ -261,6 +268,8 @@ async def openai_chunks(
     async for event in _chain(pending, events):
         if isinstance(event, TextDelta):
             yield chunk_json(chunk_id, model, created, delta={"content": event.text})
+        elif isinstance(event, RefusalDelta):
+            yield chunk_json(chunk_id, model, created, delta={"refusal": event.text})
         elif isinstance(event, ToolCallDelta):
             call: dict[str, Any] = {
                 "index": event.index,

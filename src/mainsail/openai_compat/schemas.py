@@ -121,7 +121,7 @@ class ChatCompletionRequest(_Lenient):
     seed: int | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    stream: bool = False
+    stream: bool | None = False  # null: the default, as OpenAI's schema allows
     stream_options: StreamOptions | None = None
     tools: Annotated[list[ToolIn], Field(max_length=128)] | None = None
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceFunction | None = None

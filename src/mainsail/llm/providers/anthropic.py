@@ -120,10 +120,13 @@ class AnthropicAdapter:
                     ToolCall(id=block.id, name=block.name, arguments=json.dumps(block.input))
                 )
         finish = _FINISH.get(message.stop_reason or "end_turn", "stop")
-        if structured and calls and calls[0].name == STRUCTURED_TOOL:
-            texts, calls = [calls[0].arguments], []
-            # The forced tool's answer is the text; cut at the token limit, it says so.
-            finish = "stop" if finish == "tool_calls" else finish
+        if structured:
+            answers = [c for c in calls if c.name == STRUCTURED_TOOL]
+            calls = [c for c in calls if c.name != STRUCTURED_TOOL]
+            if answers and not calls:
+                texts = [answers[0].arguments]
+                # The answer tool's input is the text; cut at the token limit, it says so.
+                finish = "stop" if finish == "tool_calls" else finish
         return ChatResponse(
             id=message.id or new_response_id("msg"),
             model=entry.name,
@@ -142,6 +145,8 @@ class AnthropicAdapter:
         finish: FinishReason | None = None
         tool_index = -1
         block_is_tool: dict[int, bool] = {}
+        answer_blocks: set[int] = set()  # blocks of the structured-answer tool: the text
+        called = False  # a tool of the caller's was called
         # Tool blocks that have streamed no argument text yet: a tool without parameters gets
         # one empty ``partial_json``, which must still read as JSON ("{}", as unstreamed).
         no_arguments: dict[int, int] = {}
@@ -163,7 +168,10 @@ class AnthropicAdapter:
                     is_tool = block.type == "tool_use"
                     block_is_tool[event.index] = is_tool
                     if is_tool:
-                        if not structured:
+                        if structured and block.name == STRUCTURED_TOOL:
+                            answer_blocks.add(event.index)
+                        else:
+                            called = True
                             tool_index += 1
                             yield ToolCallDelta(index=tool_index, id=block.id, name=block.name)
                         no_arguments[event.index] = tool_index
@@ -175,13 +183,16 @@ class AnthropicAdapter:
                         if not delta.partial_json:
                             continue
                         no_arguments.pop(event.index, None)
-                        if structured:  # the forced tool's input is the answer's text
+                        if event.index in answer_blocks:  # the answer tool's input: the text
                             yield TextDelta(delta.partial_json)
                         else:
                             yield ToolCallDelta(index=tool_index, arguments=delta.partial_json)
                 elif kind == "content_block_stop" and event.index in no_arguments:
                     index = no_arguments.pop(event.index)
-                    yield TextDelta("{}") if structured else ToolCallDelta(index, arguments="{}")
+                    if event.index in answer_blocks:
+                        yield TextDelta("{}")
+                    else:
+                        yield ToolCallDelta(index, arguments="{}")
                 elif kind == "message_delta":
                     finish = _FINISH.get(event.delta.stop_reason or "end_turn", "stop")
                     output_tokens = event.usage.output_tokens or output_tokens
@@ -199,7 +210,7 @@ class AnthropicAdapter:
                 provider=self.name,
                 model=entry.name,
             )
-        if structured and finish == "tool_calls":
+        if answer_blocks and not called and finish == "tool_calls":
             finish = "stop"
         usage = _usage(input_usage, output_tokens=output_tokens)
         yield StreamEnd(finish_reason=finish, usage=usage)
@@ -231,16 +242,13 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
     ]
     choice = request.tool_choice
     structured = wants_structured(request)
-    if structured:
-        fmt = request.response_format
-        schema = fmt.schema if fmt is not None and fmt.schema is not None else {}
-        tools = [
-            {
-                "name": STRUCTURED_TOOL,
-                "description": "Give the answer as this tool's input.",
-                "input_schema": schema,
-            }
-        ]
+    if structured and tools and (choice is None or choice.mode == "auto"):
+        # As OpenAI takes tools beside a JSON-schema answer: the model calls the caller's
+        # tools, or gives its answer through the answer tool (one of them, always).
+        tools = [*tools, _answer_tool(request)]
+        arguments["tool_choice"] = {"type": "any"}
+    elif structured:
+        tools = [_answer_tool(request)]
         arguments["tool_choice"] = {"type": "tool", "name": STRUCTURED_TOOL}
     elif choice is not None:
         arguments["tool_choice"] = (
@@ -250,12 +258,24 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
         )
     if tools:
         arguments["tools"] = tools
-    if request.parallel_tool_calls is False and request.tools and not structured:
+    forced_answer = arguments.get("tool_choice", {}).get("name") == STRUCTURED_TOOL
+    if request.parallel_tool_calls is False and request.tools and not forced_answer:
         # Anthropic says it on tool_choice (the default choice is auto); "none" calls no tool.
         tool_choice = arguments.setdefault("tool_choice", {"type": "auto"})
         if tool_choice["type"] != "none":
             tool_choice["disable_parallel_tool_use"] = True
     return arguments
+
+
+def _answer_tool(request: ChatRequest) -> dict[str, Any]:
+    """The tool whose input is a JSON-schema answer."""
+    fmt = request.response_format
+    schema = fmt.schema if fmt is not None and fmt.schema is not None else {}
+    return {
+        "name": STRUCTURED_TOOL,
+        "description": "Give the answer as this tool's input.",
+        "input_schema": schema,
+    }
 
 
 def _messages(messages: tuple[Message, ...]) -> list[dict[str, Any]]:

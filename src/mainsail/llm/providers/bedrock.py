@@ -146,10 +146,13 @@ class BedrockAdapter:
             if "toolUse" in block
         ]
         finish = _FINISH.get(response.get("stopReason", "end_turn"), "stop")
-        if structured and calls and calls[0].name == STRUCTURED_TOOL:
-            texts, calls = [calls[0].arguments], []
-            # The forced tool's answer is the text; cut at the token limit, it says so.
-            finish = "stop" if finish == "tool_calls" else finish
+        if structured:
+            answers = [c for c in calls if c.name == STRUCTURED_TOOL]
+            calls = [c for c in calls if c.name != STRUCTURED_TOOL]
+            if answers and not calls:
+                texts = [answers[0].arguments]
+                # The answer tool's input is the text; cut at the token limit, it says so.
+                finish = "stop" if finish == "tool_calls" else finish
         return ChatResponse(
             id=response.get("ResponseMetadata", {}).get("RequestId") or new_response_id(),
             model=entry.name,
@@ -254,6 +257,8 @@ class BedrockAdapter:
         usage: Usage | None = None
         tool_index = -1
         tool_blocks: set[int] = set()
+        answer_blocks: set[int] = set()  # blocks of the structured-answer tool: the text
+        called = False  # a tool of the caller's was called
         no_arguments: dict[int, int] = {}  # tool blocks with no argument text yet (as Anthropic)
         try:
             yield StreamStart(id=new_response_id(), model=entry.name, provider=self.name)
@@ -268,7 +273,10 @@ class BedrockAdapter:
                     tool = block.get("start", {}).get("toolUse")
                     if tool is not None:
                         tool_blocks.add(block.get("contentBlockIndex", 0))
-                        if not structured:
+                        if structured and tool.get("name") == STRUCTURED_TOOL:
+                            answer_blocks.add(block.get("contentBlockIndex", 0))
+                        else:
+                            called = True
                             tool_index += 1
                             yield ToolCallDelta(
                                 index=tool_index, id=tool["toolUseId"], name=tool["name"]
@@ -284,7 +292,7 @@ class BedrockAdapter:
                         if not piece:
                             continue
                         no_arguments.pop(block.get("contentBlockIndex", 0), None)
-                        if structured:
+                        if block.get("contentBlockIndex", 0) in answer_blocks:
                             yield TextDelta(piece)
                         else:
                             yield ToolCallDelta(index=tool_index, arguments=piece)
@@ -294,7 +302,10 @@ class BedrockAdapter:
                     in no_arguments
                 ):
                     index = no_arguments.pop(stopped)
-                    yield TextDelta("{}") if structured else ToolCallDelta(index, arguments="{}")
+                    if stopped in answer_blocks:
+                        yield TextDelta("{}")
+                    else:
+                        yield ToolCallDelta(index, arguments="{}")
                 elif "messageStop" in payload:
                     finish = _FINISH.get(
                         payload["messageStop"].get("stopReason", "end_turn"), "stop"
@@ -328,7 +339,7 @@ class BedrockAdapter:
                 provider=self.name,
                 model=entry.name,
             )
-        if structured and finish == "tool_calls":
+        if answer_blocks and not called and finish == "tool_calls":
             finish = "stop"
         yield StreamEnd(finish_reason=finish, usage=usage or Usage(estimated=True))
 
@@ -367,16 +378,19 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
     choice: dict[str, Any] | None = None
     fmt = request.response_format
     if wants_structured(request) and fmt is not None:
-        tools = [
-            {
-                "toolSpec": {
-                    "name": STRUCTURED_TOOL,
-                    "description": "Give the answer as this tool's input.",
-                    "inputSchema": {"json": fmt.schema},
-                }
+        answer = {
+            "toolSpec": {
+                "name": STRUCTURED_TOOL,
+                "description": "Give the answer as this tool's input.",
+                "inputSchema": {"json": fmt.schema},
             }
-        ]
-        choice = {"tool": {"name": STRUCTURED_TOOL}}
+        }
+        if tools and (request.tool_choice is None or request.tool_choice.mode == "auto"):
+            # As OpenAI takes tools beside a JSON-schema answer: the model calls the caller's
+            # tools, or gives its answer through the answer tool (one of them, always).
+            tools, choice = [*tools, answer], {"any": {}}
+        else:
+            tools, choice = [answer], {"tool": {"name": STRUCTURED_TOOL}}
     elif request.tool_choice is not None and request.tool_choice.mode != "none":
         mode = request.tool_choice
         choice = (

@@ -30,6 +30,7 @@ from mainsail.llm.types import (
     EventStream,
     FinishReason,
     Message,
+    RefusalDelta,
     StreamEnd,
     StreamStart,
     TextDelta,
@@ -231,6 +232,8 @@ class OpenAIAdapter:
                         delta = choice.get("delta") or {}
                         if delta.get("content"):
                             yield TextDelta(delta["content"])
+                        if delta.get("refusal"):
+                            yield RefusalDelta(delta["refusal"])
                         for call in delta.get("tool_calls") or ():
                             function = call.get("function") or {}
                             yield ToolCallDelta(
