@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -280,3 +281,34 @@ async def test_a_slow_complete_answer_gets_the_total_time_not_the_per_byte_limit
     finally:
         await adapter.aclose()
     assert response.message.content == "worth the wait"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "key"),
+    [
+        (None, "max_completion_tokens"),
+        ("https://api.openai.com/v1", "max_completion_tokens"),
+        ("http://127.0.0.1:11434/v1", "max_tokens"),
+        ("https://api.openai.com.example.net/v1", "max_tokens"),
+    ],
+)
+async def test_openais_own_api_is_sent_max_completion_tokens_also_when_named_by_url(
+    base_url: str | None, key: str
+) -> None:
+    """OpenAI's reasoning models refuse ``max_tokens``; compatible servers know only it."""
+    adapter = OpenAIAdapter(
+        name="p",
+        api_key="k",
+        base_url=base_url,
+        timeouts=Timeouts(connect_s=1, read_s=1, total_s=1),
+        max_connections=1,
+    )
+    request = question()
+    request = replace(request, params=replace(request.params, max_tokens=50))
+    try:
+        arguments = adapter._arguments(request, ENTRY, stream=False)
+    finally:
+        await adapter.aclose()
+    assert arguments[key] == 50
+    (other,) = {"max_tokens", "max_completion_tokens"} - {key}
+    assert other not in arguments

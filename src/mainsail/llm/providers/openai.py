@@ -7,6 +7,7 @@ import binascii
 import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import openai
@@ -40,6 +41,8 @@ from mainsail.llm.types import (
 )
 
 log = get_logger("mainsail.llm")
+# OpenAI's own API, also when named by its URL instead of left as the SDK's default.
+OFFICIAL_HOST = "api.openai.com"
 # How chat requests travel: straight over HTTP (see ``openai_http``) or through the SDK.
 Transport = OpenAITransport
 _FINISH: dict[str, FinishReason] = {
@@ -68,8 +71,9 @@ class OpenAIAdapter:
     ) -> None:
         self.name = name
         self.timeouts = timeouts
-        # The official API wants max_completion_tokens; compatible servers know max_tokens.
-        self._official = base_url is None
+        # The official API wants max_completion_tokens (its reasoning models refuse
+        # max_tokens); compatible servers know max_tokens.
+        self._official = base_url is None or urlsplit(base_url).hostname == OFFICIAL_HOST
         # aiohttp under the SDK: about half the client CPU of the default transport per call,
         # and its pool does not slow down as connections grow (measured in bench/).
         http_client = openai.DefaultAioHttpClient(
