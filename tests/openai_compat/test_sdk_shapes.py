@@ -289,3 +289,51 @@ async def test_bedrock_keeps_the_callers_tools_beside_a_json_schema_answer() -> 
     assert "get_weather" in offered
     assert [call.name for call in response.message.tool_calls] == ["get_weather"]
     assert response.finish_reason == "tool_calls"
+
+
+def _call(call_id: str | None, name: str | None, arguments: str) -> dict[str, Any]:
+    """A streamed tool call piece as some compatible servers send it: no ``index``."""
+    function = {"arguments": arguments} | ({"name": name} if name else {})
+    return (
+        {"id": call_id, "type": "function", "function": function}
+        if call_id
+        else {"function": function}
+    )
+
+
+UNINDEXED_CALLS = (
+    _chunk({"role": "assistant", "content": None})
+    + _chunk({"tool_calls": [_call("call_a", "get_weather", '{"city": ')]})
+    + _chunk({"tool_calls": [_call(None, None, '"Oslo"}')]})
+    + _chunk({"tool_calls": [_call("call_b", "get_weather", '{"city": "Bergen"}')]})
+    + _chunk({}, "tool_calls")
+    + "data: [DONE]\n\n"
+).encode()
+
+
+async def test_parallel_tool_calls_streamed_without_an_index_stay_apart(
+    live: LiveMainsail, canned: tuple[Canned, str]
+) -> None:
+    """A compatible server that leaves ``index`` out of its tool call pieces: each new call id
+    is the next call, and a piece without an id continues the last (they used to merge into
+    one call at index 0 with both argument strings run together)."""
+    upstream, _ = canned
+    upstream.body, upstream.content_type = UNINDEXED_CALLS, "text/event-stream"
+    stream = await client(live).chat.completions.create(
+        model="canned-gpt",
+        messages=[{"role": "user", "content": "Weather in Oslo and Bergen?"}],
+        tools=[WEATHER_TOOL],
+        stream=True,
+    )
+    calls: dict[int, dict[str, str]] = {}
+    async for chunk in stream:
+        for piece in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] += piece.id or ""
+            if piece.function is not None:
+                call["name"] += piece.function.name or ""
+                call["arguments"] += piece.function.arguments or ""
+    assert calls == {
+        0: {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        1: {"id": "call_b", "name": "get_weather", "arguments": '{"city": "Bergen"}'},
+    }

@@ -54,6 +54,18 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 
+def _call_index(call: dict[str, Any], unindexed: dict[str, int]) -> int:
+    """A streamed tool call piece's index. Some compatible servers send none: then a piece
+    with a new id starts the next call, and one without an id continues the last."""
+    index = call.get("index")
+    if index is not None:
+        return int(index)
+    call_id = call.get("id")
+    if call_id is None:
+        return max(len(unindexed) - 1, 0)
+    return unindexed.setdefault(call_id, len(unindexed))
+
+
 class OpenAIAdapter:
     """Chat goes through ``ChatWire`` (``transport="direct"``, the default) or through the
     SDK's client (``"sdk"``); embeddings always through the SDK's client. Both chat paths send
@@ -218,6 +230,7 @@ class OpenAIAdapter:
         finish: FinishReason | None = None
         usage: Usage | None = None
         started = False
+        unindexed: dict[str, int] = {}  # tool call ids -> indexes, where the server sends none
         # Closed also when the caller stops early: the connection goes back to the pool.
         async with contextlib.aclosing(chunks):
             try:
@@ -241,7 +254,7 @@ class OpenAIAdapter:
                         for call in delta.get("tool_calls") or ():
                             function = call.get("function") or {}
                             yield ToolCallDelta(
-                                index=call.get("index", 0),
+                                index=_call_index(call, unindexed),
                                 id=call.get("id"),
                                 name=function.get("name"),
                                 arguments=function.get("arguments") or "",
