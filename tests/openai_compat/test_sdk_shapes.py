@@ -337,3 +337,37 @@ async def test_parallel_tool_calls_streamed_without_an_index_stay_apart(
         0: {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
         1: {"id": "call_b", "name": "get_weather", "arguments": '{"city": "Bergen"}'},
     }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_json_object_mode_reaches_claude_as_a_forced_json_answer(
+    live: LiveMainsail, fake_provider: FakeProviderServer, stream: bool
+) -> None:
+    """``response_format: {"type": "json_object"}`` (LangChain's json mode) was dropped on the
+    way to Claude, so nothing held its answer to JSON: it is now asked for through the answer
+    tool with an object schema, and the tool's input is the answer."""
+    fake_provider.script(
+        Reply(tool_calls=(ToolCall("structured_answer", {"city": "Oslo", "celsius": 3}),))
+    )
+    arguments: dict[str, Any] = {
+        "model": "fake-claude",
+        "messages": [{"role": "user", "content": "Oslo's weather as JSON"}],
+        "response_format": {"type": "json_object"},
+    }
+    if stream:
+        chunks = [
+            c async for c in await client(live).chat.completions.create(**arguments, stream=True)
+        ]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+    else:
+        completion = await client(live).chat.completions.create(**arguments)
+        text, finish = (
+            completion.choices[0].message.content or "",
+            completion.choices[0].finish_reason,
+        )
+    body = fake_provider.calls[-1].body
+    assert body["tool_choice"] == {"type": "tool", "name": "structured_answer"}
+    assert [tool["input_schema"] for tool in body["tools"]] == [{"type": "object"}]
+    assert json.loads(text) == {"city": "Oslo", "celsius": 3}
+    assert finish == "stop"

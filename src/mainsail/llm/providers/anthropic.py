@@ -19,6 +19,7 @@ from mainsail.llm.errors import (
 from mainsail.llm.providers.base import (
     Timeouts,
     alternating_turns,
+    answer_schema,
     new_response_id,
     no_embeddings,
     parse_arguments,
@@ -268,13 +269,11 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
 
 
 def _answer_tool(request: ChatRequest) -> dict[str, Any]:
-    """The tool whose input is a JSON-schema answer."""
-    fmt = request.response_format
-    schema = fmt.schema if fmt is not None and fmt.schema is not None else {}
+    """The tool whose input is a JSON answer."""
     return {
         "name": STRUCTURED_TOOL,
         "description": "Give the answer as this tool's input.",
-        "input_schema": schema,
+        "input_schema": answer_schema(request),
     }
 
 

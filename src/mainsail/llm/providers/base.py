@@ -125,9 +125,20 @@ async def replay_as_stream(response: ChatResponse) -> EventStream:
 
 
 def wants_structured(request: ChatRequest) -> bool:
-    """A JSON-schema answer, which Anthropic and Bedrock get through a forced tool call."""
+    """A JSON answer (to a schema, or any JSON object), which Anthropic and Bedrock get
+    through a forced tool call: nothing else makes them keep to JSON."""
     fmt = request.response_format
-    return fmt is not None and fmt.type == "json_schema" and fmt.schema is not None
+    return fmt is not None and (
+        (fmt.type == "json_schema" and fmt.schema is not None) or fmt.type == "json_object"
+    )
+
+
+def answer_schema(request: ChatRequest) -> dict[str, Any]:
+    """The JSON schema of a structured answer (any object for ``json_object``)."""
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.schema is not None:
+        return dict(fmt.schema)
+    return {"type": "object"}
 
 
 def retry_after(response: Any) -> float | None:

@@ -32,6 +32,7 @@ from mainsail.llm.errors import (
 from mainsail.llm.providers.base import (
     Timeouts,
     alternating_turns,
+    answer_schema,
     new_response_id,
     parse_arguments,
     wants_structured,
@@ -382,7 +383,7 @@ def _arguments(request: ChatRequest, entry: ModelEntry) -> dict[str, Any]:
             "toolSpec": {
                 "name": STRUCTURED_TOOL,
                 "description": "Give the answer as this tool's input.",
-                "inputSchema": {"json": fmt.schema},
+                "inputSchema": {"json": answer_schema(request)},
             }
         }
         if tools and (request.tool_choice is None or request.tool_choice.mode == "auto"):
