@@ -557,3 +557,23 @@ async def test_input_the_database_cannot_hold_is_a_422_not_a_500(
     assert nan.status_code == 422
     fine = await search(alice, "anchor", filters={"metadata": {"year": 2024}})
     assert [hit["filename"] for hit in fine.json()["results"]] == ["a.md"]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "vector", "keyword"])
+@pytest.mark.parametrize(
+    "query", ["-anchor \u200b", '"\u200b" -anchor', "-anchor \u2060\ufeff", "\u200b -bread"]
+)
+async def test_a_query_whose_words_are_only_invisible_besides_exclusions_is_a_422(
+    client: httpx.AsyncClient, alice: Account, ingest: Ingest, mode: str, query: str
+) -> None:
+    """A query of invisible characters alone is blank (a 422), and so is one that only
+    excludes: one that only excludes and adds invisible characters has nothing to look for
+    either. It was searched for a zero-width space: arbitrary passages (every one in scope
+    that lacks the excluded word) came back as 'results'."""
+    await ingest(alice, "Anchors hold boats in the bay.", "a.md")
+    await ingest(alice, "Bread rises in the oven.", "b.md")
+    response = await client.post(
+        "/search", json={"query": query, "mode": mode}, headers=alice.headers
+    )
+    assert response.status_code == 422, response.text
+    assert [error["field"] for error in response.json()["errors"]] == ["body.query"]

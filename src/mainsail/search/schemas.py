@@ -125,7 +125,7 @@ class SearchIn(StrictModel):
             raise ValueError("the query is blank")
         if "\x00" in value:  # PostgreSQL's text cannot hold it, in any mode
             raise ValueError("the query holds a NUL character (U+0000)")
-        if info.data.get("query_syntax") == "websearch" and not parse(value).text.strip():
+        if info.data.get("query_syntax") == "websearch" and is_blank(parse(value).text):
             raise ValueError("the query has no words to search for, only excluded ones")
         return value
 
