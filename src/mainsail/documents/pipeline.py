@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import threading
 import uuid
@@ -313,10 +314,10 @@ async def run_pipeline(
                 await on_batch(stats)
 
     if _takes_every_core(embedder):
-        workers = [asyncio.ensure_future(asyncio.to_thread(cut_and_embed))]
+        workers = [asyncio.ensure_future(_in_own_thread(cut_and_embed))]
         stages = [asyncio.ensure_future(store())]
     else:
-        workers = [asyncio.ensure_future(asyncio.to_thread(produce))]
+        workers = [asyncio.ensure_future(_in_own_thread(produce))]
         stages = [asyncio.ensure_future(embed()), asyncio.ensure_future(store())]
     try:
         await asyncio.gather(*workers, *stages)
@@ -328,6 +329,36 @@ async def run_pipeline(
             await asyncio.gather(*workers, *stages, return_exceptions=True)
         raise
     return stats
+
+
+async def _in_own_thread(work: Callable[[], None]) -> None:
+    """``work`` in a thread of its own. A stage's thread lives as long as its document, mostly
+    waiting on a queue: in the loop's default executor (a few threads more than cores) enough
+    ingestions at once would hold all of its threads, and the embed stage's calls
+    (``asyncio.to_thread``) would wait for one for ever."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():  # cancelled meanwhile
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            context.run(work)
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="ingest-stage", daemon=True).start()
+    await done
 
 
 def _takes_every_core(embedder: Embedder | AsyncEmbedder) -> bool:
