@@ -357,7 +357,8 @@ async def keyword_bm25(
 ) -> list[tuple[int, float]]:
     """(chunk id, BM25 score), best first. Any query term may match (OR): a question's words
     rarely all occur in one passage. Document frequencies are counted in the caller's scope,
-    so another tenant's documents never shape the scores. A ``constraint`` (phrases,
+    so another tenant's documents do not shape the scores, except through ``common`` (below:
+    table-wide statistics, in large scopes only). A ``constraint`` (phrases,
     exclusions) removes passages from the result, not from the frequencies: a passage scores
     the same with or without it. Each match's ``tsvector`` is cut down to the query's lexemes
     in C (``setweight`` marks them, ``ts_filter`` keeps them; the stored vectors carry the
