@@ -3,7 +3,9 @@ the model's citation markers into verified citations."""
 
 from __future__ import annotations
 
+import bisect
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -127,6 +129,52 @@ def pack(
 # A range naming more passages than this is not read as one (nor are its passages kept).
 MAX_RANGE = 20
 
+# Code in an answer: a fenced block (up to its closing fence, or the end) and an inline span.
+# In a block a bracketed number is code ("x = [1, 2]"), not a marker; in an inline span, one
+# glued to what it indexes ("items[0]", "m[1][2]") is, while one after a space is a marker.
+_CODE = re.compile(
+    r"^[ \t]*(?P<fence>`{3,}|~{3,})[^\n]*"
+    r"(?s:\n.*?(?:\n[ \t]*(?P=fence)[ \t]*(?=\n|\Z)|\Z)|\Z)"
+    r"|(?<!`)(?P<ticks>`+)(?!`)[^\n]+?(?<!`)(?P=ticks)(?!`)",
+    re.MULTILINE,
+)
+# A Markdown footnote marker ("[^2]"), read as the marker "[2]".
+_FOOTNOTE = re.compile(r"\[\^(\d{1,3})\]")
+
+
+@dataclass(frozen=True, slots=True)
+class _Code:
+    blocks: list[tuple[int, int]]  # in order, not overlapping
+    spans: list[tuple[int, int]]
+
+    @classmethod
+    def of(cls, text: str) -> _Code:
+        blocks: list[tuple[int, int]] = []
+        spans: list[tuple[int, int]] = []
+        for match in _CODE.finditer(text):
+            (blocks if match.group("fence") else spans).append(match.span())
+        return cls(blocks, spans)
+
+    def holds(self, text: str, position: int) -> bool:
+        """Whether a bracket at ``position`` of ``text`` is code."""
+        if _within(self.blocks, position):
+            return True
+        before = text[position - 1 : position]
+        glued = bool(before) and not before.isspace() and before != "`"
+        return glued and _within(self.spans, position)
+
+
+def _within(spans: list[tuple[int, int]], position: int) -> bool:
+    i = bisect.bisect_right(spans, (position, sys.maxsize)) - 1
+    return i >= 0 and spans[i][0] <= position < spans[i][1]
+
+
+def _footnotes_as_markers(text: str) -> str:
+    code = _Code.of(text)
+    return _FOOTNOTE.sub(
+        lambda m: m.group(0) if code.holds(text, m.start()) else f"[{m.group(1)}]", text
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class Cited:
@@ -178,6 +226,8 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
     quote from the passage that backs the sentence citing it."""
     removed = 0
     first_claim: dict[int, str] = {}
+    answer = _footnotes_as_markers(answer.replace(GONE, ""))
+    code = _Code.of(answer)
     sentences = {m.start(): m.group(0) for m in SENTENCE.finditer(answer)}
     starts = sorted(sentences)
 
@@ -198,6 +248,8 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
 
     def keep(match: re.Match[str]) -> str:
         nonlocal removed
+        if code.holds(answer, match.start(2)):
+            return match.group(0)  # code, not a marker
         numbers = [n for item in RANGE.finditer(match.group(2)) for n in _expand(item)]
         valid = list(dict.fromkeys(n for n in numbers if 1 <= n <= len(sources)))
         removed += sum(1 for n in numbers if not 1 <= n <= len(sources))
@@ -208,7 +260,7 @@ def cite(answer: str, sources: Sequence[Source]) -> Cited:
                 first_claim[n] = without_markers(claim_at(match.start()))
         return match.group(1) + "".join(f"[{n}]" for n in valid) + match.group(3)
 
-    cleaned = close_gaps(MARKER.sub(keep, answer.replace(GONE, "")))
+    cleaned = close_gaps(MARKER.sub(keep, answer))
     citations: list[dict[str, Any]] = []
     for n, claim in first_claim.items():
         source = sources[n - 1]

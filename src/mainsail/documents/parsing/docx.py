@@ -50,6 +50,11 @@ _W = frozenset(
 _MC = "http://schemas.openxmlformats.org/markup-compatibility/2006"
 # An equation's text (Office Math): read as text too, so "m=1" does not vanish from a sentence.
 _MATH_TEXT = "http://schemas.openxmlformats.org/officeDocument/2006/math t"
+# Its structure, written out in line as a reader would type it: a fraction "(a+b)/c", a
+# superscript "10^(-6)", a subscript "x_i", a delimiter's characters "(...)" (Word draws
+# them, they are not text). Read as bare text, "10^-6 mm" was "10-6 mm" and "mλ/a" "mλa".
+_MATH = "http://schemas.openxmlformats.org/officeDocument/2006/math "
+_MATH_GROUPS = {"num": "", "den": "/", "sup": "^", "sub": "_"}
 # Entries smaller than this cannot be bombs, whatever their ratio (tiny parts compress well).
 _RATIO_FLOOR = 1 * MiB
 # Subtrees that are not the document's current text or properties: alternative renderings,
@@ -438,6 +443,9 @@ class _Body:
         self.tables = 0
         self.cells: list[str] | None = None  # the outermost table's row in progress
         self.cell: list[str] = []
+        self.math: list[str] = []  # the Office Math elements open, innermost last
+        self.groups: list[int] = []  # where each open fraction part or script began
+        self.delimiters: list[list[str]] = []  # begin, separator, end, items so far
         self.events: dict[str, Callable[[dict[str, str]], None]] = {
             "p": self._start_paragraph,
             "pStyle": self._style,
@@ -470,6 +478,8 @@ class _Body:
             self.runs += 1
         elif self.runs and name in ("tab", "br", "cr", "noBreakHyphen"):
             self._add({"tab": "\t", "noBreakHyphen": "-"}.get(name, "\n"))
+        elif name.startswith(_MATH):
+            self._start_math(name[len(_MATH) :], attrs)
         elif event := self.events.get(name):
             event(attrs)
 
@@ -480,6 +490,8 @@ class _Body:
             self.in_text = max(0, self.in_text - 1)
         elif name == "r":
             self.runs = max(0, self.runs - 1)
+        elif name.startswith(_MATH):
+            self._end_math(name[len(_MATH) :])
         elif name == "p":
             self._end_paragraph()
         elif name == "tc":
@@ -573,6 +585,38 @@ class _Body:
         path = tuple(title for _, title in self.headings)
         for piece in cut_pieces(text, self.limit):
             self.ready.append(Block(piece, heading=path, kind=kind))
+
+    # --- equations (Office Math) ---------------------------------------------------------
+
+    def _start_math(self, name: str, attrs: dict[str, str]) -> None:
+        parent = self.math[-1] if self.math else ""
+        self.math.append(name)
+        if name in _MATH_GROUPS:
+            self._add(_MATH_GROUPS[name])
+            self.groups.append(len(self.paragraphs[-1].parts) if self.paragraphs else 0)
+        elif name == "d":
+            self.delimiters.append(["(", "|", ")", ""])
+        elif name in ("begChr", "sepChr", "endChr") and self.delimiters and parent == "dPr":
+            slot = ("begChr", "sepChr", "endChr").index(name)
+            self.delimiters[-1][slot] = attrs.get(_MATH + "val") or ""
+        elif name == "e" and parent == "d" and self.delimiters:
+            begin, separator, _end, items = self.delimiters[-1]
+            self._add(separator if items else begin)
+            self.delimiters[-1][3] = "e"
+
+    def _end_math(self, name: str) -> None:
+        if self.math:
+            self.math.pop()
+        if name in _MATH_GROUPS and self.groups:
+            start = self.groups.pop()
+            parts = self.paragraphs[-1].parts if self.paragraphs else []
+            if start <= len(parts) and len("".join(parts[start:]).strip()) > 1:
+                parts.insert(start, "(")  # more than one symbol: "(a+b)/c", not "a+b/c"
+                self.paragraphs[-1].size += 1
+                self._add(")")
+        elif name == "d" and self.delimiters:
+            begin, _separator, end, items = self.delimiters.pop()
+            self._add(end if items else begin + end)
 
     # --- tables -------------------------------------------------------------------------
 

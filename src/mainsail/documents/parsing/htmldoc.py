@@ -86,6 +86,7 @@ _BLOCKS = frozenset(
 _LISTS = frozenset({"ul", "ol", "dl", "menu"})
 _CELLS = frozenset({"td", "th"})
 _SPACES = re.compile(r"\s+")
+_DISPLAY_NONE = re.compile(r"(?:^|;)\s*display\s*:\s*none\s*(?:!\s*important\s*)?(?:;|$)", re.I)
 _SPACES_AROUND_NEWLINE = re.compile(r" *\n *")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 # What browsers decode for these labels (WHATWG Encoding): supersets of what they name.
@@ -455,7 +456,11 @@ class _BlockParser(HTMLParser):
 
 def _hidden(attrs: list[tuple[str, str | None]]) -> bool:
     """Whether an element's ``hidden`` attribute hides it (``until-found`` content is found
-    by a page search, so it is text a reader can reach)."""
+    by a page search, so it is text a reader can reach), or its inline style says
+    ``display: none`` (a machine-readable copy beside the shown text, as Wikipedia's
+    coordinates and dates: read, it would repeat the text or add what no reader sees)."""
     return any(
-        name == "hidden" and (value or "").strip().lower() != "until-found" for name, value in attrs
+        (name == "hidden" and (value or "").strip().lower() != "until-found")
+        or (name == "style" and _DISPLAY_NONE.search(value or "") is not None)
+        for name, value in attrs
     )
