@@ -17,6 +17,7 @@ from mainsail.llm.errors import (
     UpstreamUnavailable,
 )
 from mainsail.llm.providers.base import (
+    STRUCTURED_TOOL,
     Timeouts,
     alternating_turns,
     answer_schema,
@@ -24,6 +25,7 @@ from mainsail.llm.providers.base import (
     no_embeddings,
     parse_arguments,
     status_error,
+    tool_answer,
     transport_error,
     wants_structured,
 )
@@ -51,8 +53,6 @@ _FINISH: dict[str, FinishReason] = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-# A JSON-schema answer is asked for as a forced call of this tool; its input is the answer.
-STRUCTURED_TOOL = "structured_answer"
 
 
 class AnthropicAdapter:
@@ -122,12 +122,7 @@ class AnthropicAdapter:
                 )
         finish = _FINISH.get(message.stop_reason or "end_turn", "stop")
         if structured:
-            answers = [c for c in calls if c.name == STRUCTURED_TOOL]
-            calls = [c for c in calls if c.name != STRUCTURED_TOOL]
-            if answers and not calls:
-                texts = [answers[0].arguments]
-                # The answer tool's input is the text; cut at the token limit, it says so.
-                finish = "stop" if finish == "tool_calls" else finish
+            texts, calls, finish = tool_answer(texts, calls, finish)
         return ChatResponse(
             id=message.id or new_response_id("msg"),
             model=entry.name,

@@ -30,10 +30,12 @@ from mainsail.llm.types import (
     EmbeddingRequest,
     EmbeddingResponse,
     EventStream,
+    FinishReason,
     Message,
     StreamEnd,
     StreamStart,
     TextDelta,
+    ToolCall,
     ToolCallDelta,
 )
 
@@ -131,6 +133,24 @@ def wants_structured(request: ChatRequest) -> bool:
     return fmt is not None and (
         (fmt.type == "json_schema" and fmt.schema is not None) or fmt.type == "json_object"
     )
+
+
+# Anthropic and Bedrock are asked for a JSON answer as a call of this tool; its input is the
+# answer.
+STRUCTURED_TOOL = "structured_answer"
+
+
+def tool_answer(
+    texts: list[str], calls: list[ToolCall], finish: FinishReason
+) -> tuple[list[str], list[ToolCall], FinishReason]:
+    """A structured answer's parts as the caller sees them: the answer tool's input is the
+    text when no tool of the caller's was called; the answer tool is never a tool call."""
+    answers = [c for c in calls if c.name == STRUCTURED_TOOL]
+    calls = [c for c in calls if c.name != STRUCTURED_TOOL]
+    if answers and not calls:
+        # Cut at the token limit, it says so.
+        return [answers[0].arguments], calls, "stop" if finish == "tool_calls" else finish
+    return texts, calls, finish
 
 
 def answer_schema(request: ChatRequest) -> dict[str, Any]:

@@ -30,11 +30,13 @@ from mainsail.llm.errors import (
     UpstreamUnavailable,
 )
 from mainsail.llm.providers.base import (
+    STRUCTURED_TOOL,
     Timeouts,
     alternating_turns,
     answer_schema,
     new_response_id,
     parse_arguments,
+    tool_answer,
     wants_structured,
 )
 from mainsail.llm.types import (
@@ -61,7 +63,6 @@ _FINISH: dict[str, FinishReason] = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
-STRUCTURED_TOOL = "structured_answer"
 TITAN_EMBED_PREFIX = "amazon.titan-embed-text"
 _THROTTLED = {"ThrottlingException", "TooManyRequestsException"}
 _UNAVAILABLE = {
@@ -148,12 +149,7 @@ class BedrockAdapter:
         ]
         finish = _FINISH.get(response.get("stopReason", "end_turn"), "stop")
         if structured:
-            answers = [c for c in calls if c.name == STRUCTURED_TOOL]
-            calls = [c for c in calls if c.name != STRUCTURED_TOOL]
-            if answers and not calls:
-                texts = [answers[0].arguments]
-                # The answer tool's input is the text; cut at the token limit, it says so.
-                finish = "stop" if finish == "tool_calls" else finish
+            texts, calls, finish = tool_answer(texts, calls, finish)
         return ChatResponse(
             id=response.get("ResponseMetadata", {}).get("RequestId") or new_response_id(),
             model=entry.name,
