@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 
 class Canned:
@@ -40,3 +42,16 @@ class Canned:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+
+
+def chat_chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+    """One server-sent event of an OpenAI chat completion stream, as ``Canned`` serves it."""
+    choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    body = {
+        "id": "chatcmpl-r",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "upstream-model",
+        "choices": [choice],
+    }
+    return f"data: {json.dumps(body)}\n\n"

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +22,7 @@ from mainsail.llm.factory import build_gateway
 from mainsail.llm.gateway import CallContext
 from mainsail.llm.types import ChatRequest, Message, SamplingParams, StreamStart
 from mainsail.settings import LLMSettings, Settings
-from tests.fakes.canned import Canned
+from tests.fakes.canned import Canned, chat_chunk
 from tests.fakes.provider_server import FakeProviderServer, Reply
 from tests.fixtures.app import make_settings
 from tests.fixtures.gateway import FAST_RESILIENCE, gateway_settings
@@ -99,22 +98,10 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 # --- the response cache: a streamed refusal ----------------------------------------------------
 
 
-def _chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-    choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-    body = {
-        "id": "chatcmpl-r",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": "upstream-model",
-        "choices": [choice],
-    }
-    return f"data: {json.dumps(body)}\n\n"
-
-
 REFUSED_STREAM = (
-    _chunk({"role": "assistant", "content": None, "refusal": ""})
-    + _chunk({"refusal": "I'm sorry, I can't help with that."})
-    + _chunk({}, "stop")
+    chat_chunk({"role": "assistant", "content": None, "refusal": ""})
+    + chat_chunk({"refusal": "I'm sorry, I can't help with that."})
+    + chat_chunk({}, "stop")
     + "data: [DONE]\n\n"
 ).encode()
 

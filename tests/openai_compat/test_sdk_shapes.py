@@ -19,7 +19,7 @@ from mainsail.llm.providers.base import Timeouts
 from mainsail.llm.providers.bedrock import BedrockAdapter
 from mainsail.llm.types import ChatRequest, Message, ResponseFormat, ToolDefinition
 from mainsail.settings import Settings
-from tests.fakes.canned import Canned
+from tests.fakes.canned import Canned, chat_chunk
 from tests.fakes.provider_server import FakeProviderServer, Reply, ToolCall
 from tests.fixtures.gateway import gateway_settings
 from tests.openai_compat.conftest import LiveMainsail
@@ -53,24 +53,12 @@ def settings(database_url: URL, catalogue_file: Path, canned: tuple[Canned, str]
     return gateway_settings(database_url, catalogue_file)
 
 
-def _chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-    choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-    body = {
-        "id": "chatcmpl-r",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": "upstream-model",
-        "choices": [choice],
-    }
-    return f"data: {json.dumps(body)}\n\n"
-
-
 REFUSAL = "I'm sorry, I can't help with that."
 REFUSED_STREAM = (
-    _chunk({"role": "assistant", "content": None, "refusal": ""})
-    + _chunk({"refusal": "I'm sorry, "})
-    + _chunk({"refusal": "I can't help with that."})
-    + _chunk({}, "stop")
+    chat_chunk({"role": "assistant", "content": None, "refusal": ""})
+    + chat_chunk({"refusal": "I'm sorry, "})
+    + chat_chunk({"refusal": "I can't help with that."})
+    + chat_chunk({}, "stop")
     + "data: [DONE]\n\n"
 ).encode()
 
@@ -302,11 +290,11 @@ def _call(call_id: str | None, name: str | None, arguments: str) -> dict[str, An
 
 
 UNINDEXED_CALLS = (
-    _chunk({"role": "assistant", "content": None})
-    + _chunk({"tool_calls": [_call("call_a", "get_weather", '{"city": ')]})
-    + _chunk({"tool_calls": [_call(None, None, '"Oslo"}')]})
-    + _chunk({"tool_calls": [_call("call_b", "get_weather", '{"city": "Bergen"}')]})
-    + _chunk({}, "tool_calls")
+    chat_chunk({"role": "assistant", "content": None})
+    + chat_chunk({"tool_calls": [_call("call_a", "get_weather", '{"city": ')]})
+    + chat_chunk({"tool_calls": [_call(None, None, '"Oslo"}')]})
+    + chat_chunk({"tool_calls": [_call("call_b", "get_weather", '{"city": "Bergen"}')]})
+    + chat_chunk({}, "tool_calls")
     + "data: [DONE]\n\n"
 ).encode()
 
