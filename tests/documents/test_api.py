@@ -126,6 +126,28 @@ async def test_inline_text_is_a_document_too(
     assert ready["chunk_count"] >= 1
 
 
+async def test_null_metadata_is_none_in_either_body(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account
+) -> None:
+    as_json = await client.post(
+        "/documents",
+        json={"text": essay(1), "filename": "n.md", "metadata": None, "collection": None},
+        headers=alice.headers,
+    )
+    assert as_json.status_code == 202, as_json.text
+    assert as_json.json()["metadata"] == {}
+    as_form = await client.post(
+        "/documents",
+        files={"file": ("n.txt", essay(2).encode(), "text/plain")},
+        data={"metadata": "null"},
+        headers=alice.headers,
+    )
+    assert as_form.status_code == 202, as_form.text
+    assert as_form.json()["metadata"] == {}
+    await wait_for_status(client, alice, as_form.json()["id"], "ready", "failed")
+    await wait_for_status(client, alice, as_json.json()["id"], "ready", "failed")
+
+
 async def test_inline_text_holding_nul_is_a_422_naming_the_text(
     app: FastAPI, client: httpx.AsyncClient, alice: Account
 ) -> None:

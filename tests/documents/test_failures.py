@@ -205,25 +205,26 @@ async def test_a_long_multipart_filename_is_a_422_and_nothing_stays_staged(
     assert longest.status_code == 202
 
 
-async def test_bad_multipart_metadata_is_a_400_even_nested_beyond_the_parser(
+async def test_bad_multipart_metadata_is_a_422_even_nested_beyond_the_parser(
     alice: Account, upload: Upload, app: FastAPI
 ) -> None:
     deep = "[" * 20_000 + "]" * 20_000
     nested = "[" * 300 + "]" * 300  # parses, but deeper than anything metadata needs
     for metadata in ('{"a": ' + deep + "}", '{"a": ' + nested + "}", "[1, 2]", "{not json"):
         answer = await upload(alice, b"Some text here.", "a.txt", metadata=metadata)
-        assert answer.status_code == 400
+        assert answer.status_code == 422  # as the same field in a JSON body
+        assert answer.headers["content-type"].startswith("application/problem+json")
         assert "metadata" in answer.json()["detail"]
     assert staged(app) == []
 
 
-async def test_multipart_metadata_with_a_lone_surrogate_is_a_400(
+async def test_multipart_metadata_with_a_lone_surrogate_is_a_422(
     alice: Account, upload: Upload, app: FastAPI
 ) -> None:
     """JSON may spell a lone surrogate, which is no character and which PostgreSQL refuses."""
     for metadata in ('{"k": "\\udfff"}', '{"\\ud800": 1}', '{"k": ["ok", {"n": "\\ud800"}]}'):
         answer = await upload(alice, b"Some text here.", "a.txt", metadata=metadata)
-        assert answer.status_code == 400, answer.text
+        assert answer.status_code == 422, answer.text
         assert "surrogate" in answer.json()["detail"]
     assert staged(app) == []
 
@@ -246,7 +247,7 @@ async def test_metadata_with_nan_or_infinity_is_refused_in_either_body(
         data={"metadata": f'{{"a": {{"b": {number}}}}}'},
         headers=alice.headers,
     )
-    assert as_form.status_code == 400, as_form.text
+    assert as_form.status_code == 422, as_form.text
     assert "NaN or Infinity" in as_form.json()["detail"]
     assert staged(app) == []
 

@@ -225,6 +225,41 @@ async def test_unknown_collection_and_other_users_documents_give_empty_results(
         assert (await search(bob, "anchor chain", mode=mode)).json()["results"] == []
 
 
+async def test_null_for_an_optional_field_is_its_default(
+    client: httpx.AsyncClient, alice: Account, library: dict[str, str], search: Search
+) -> None:
+    """JSON clients write null for a field they leave unset: the answer is the one without it."""
+    unset = await search(alice, "anchor chain")
+    nulls = await client.post(
+        "/search",
+        json={
+            "query": "anchor chain",
+            "filters": None,
+            "mode": None,
+            "top_k": None,
+            "offset": None,
+            "query_syntax": None,
+            "index_version": None,
+        },
+        headers=alice.headers,
+    )
+    assert nulls.status_code == 200, nulls.text
+    assert nulls.json()["mode"] == "hybrid"
+    assert [hit["chunk_id"] for hit in nulls.json()["results"]] == [
+        hit["chunk_id"] for hit in unset.json()["results"]
+    ]
+    assert nulls.json()["results"]
+    # The query itself stays required, and null inside the filters is still refused.
+    no_query = await client.post("/search", json={"query": None}, headers=alice.headers)
+    assert no_query.status_code == 422
+    assert no_query.json()["errors"][0]["field"] == "body.query"
+    null_inside = await client.post(
+        "/search", json={"query": "anchor", "filters": {"metadata": {"year": None}}},
+        headers=alice.headers,
+    )  # fmt: skip
+    assert null_inside.status_code == 422
+
+
 async def test_a_user_with_no_index_yet_gets_an_empty_answer(
     alice: Account, search: Search
 ) -> None:

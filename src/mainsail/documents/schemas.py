@@ -61,6 +61,11 @@ class TextDocumentIn(StrictModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     chunking: ChunkingIn | None = None
 
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _null_is_none(cls, value: Any) -> Any:
+        return {} if value is None else value  # JSON clients write null for "none"
+
     @field_validator("text")
     @classmethod
     def _has_text(cls, value: str) -> str:

@@ -12,7 +12,7 @@ from python_multipart.multipart import MultipartParser
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from mainsail.core.errors import AppError, BadRequest
+from mainsail.core.errors import AppError, BadRequest, UnprocessableContent
 from mainsail.documents.schemas import metadata_problem
 from mainsail.documents.storage import DocumentStore, StagedFile, StagingWriter
 
@@ -153,14 +153,18 @@ def stage_text(store: DocumentStore, text: str, max_bytes: int) -> StagedFile:
 
 
 def parse_json_field(value: str | None, name: str) -> dict[str, Any]:
+    """A form field holding a JSON object (absent, empty or ``null``: none). A bad one is a 422,
+    as the same field is in a JSON body."""
     if value is None or value == "":
         return {}
     try:
         parsed = json.loads(value)
     except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's depth
-        raise BadRequest(f"The form field {name!r} must be a JSON object.") from None
+        raise UnprocessableContent(f"The form field {name!r} must be a JSON object.") from None
+    if parsed is None:
+        return {}
     if not isinstance(parsed, dict):
-        raise BadRequest(f"The form field {name!r} must be a JSON object.")
+        raise UnprocessableContent(f"The form field {name!r} must be a JSON object.")
     if problem := metadata_problem(parsed):
-        raise BadRequest(f"The form field {name!r} {problem}.")
+        raise UnprocessableContent(f"The form field {name!r} {problem}.")
     return parsed

@@ -118,6 +118,15 @@ class SearchIn(StrictModel):
     # versions before switching.
     index_version: Annotated[int, Field(ge=1, le=MAX_VERSION_ID)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """``null`` for an optional field is its default, as omitting it is (JSON clients
+        write null for a field they leave unset); the query itself stays required."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k == "query"}
+        return data
+
     @field_validator("query")
     @classmethod
     def _not_blank(cls, value: str, info: ValidationInfo) -> str:
