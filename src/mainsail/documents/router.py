@@ -24,6 +24,7 @@ from mainsail.documents.schemas import (
     MAX_FILENAME,
     ChunkingIn,
     DocumentOut,
+    DocumentPatchIn,
     Status,
     TextDocumentIn,
 )
@@ -213,6 +214,24 @@ async def read_document(
     document_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep
 ) -> DocumentOut:
     return DocumentOut.model_validate(await service.get(session, principal, document_id))
+
+
+@router.patch(
+    "/{document_id}",
+    summary="Change a document's metadata (a JSON merge patch); search reads it at once",
+    dependencies=[Writable],
+    responses={422: {"description": "Metadata JSON cannot hold, or over 65,536 bytes merged"}},
+)
+async def update_document(
+    document_id: uuid.UUID,
+    body: DocumentPatchIn,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+) -> DocumentOut:
+    if "metadata" not in body.model_fields_set:
+        return DocumentOut.model_validate(await service.get(session, principal, document_id))
+    document = await service.update_metadata(session, principal, document_id, body.metadata)
+    return DocumentOut.model_validate(document)
 
 
 @router.delete(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from datetime import datetime
@@ -20,6 +21,7 @@ Status = Literal["queued", "processing", "ready", "failed"]
 
 MAX_FILENAME = 512
 MAX_JSON_DEPTH = 32
+MAX_METADATA_BYTES = 65_536  # a document's metadata as JSON (the upload form field's limit)
 
 
 def metadata_problem(value: Any) -> str | None:
@@ -43,7 +45,16 @@ def metadata_problem(value: Any) -> str | None:
             return "holds NaN or Infinity, which JSON does not have"
         elif isinstance(item, str) and not is_text(item):
             return "holds a lone surrogate (\\ud800-\\udfff), which is not a character"
+    if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+        return f"is over {MAX_METADATA_BYTES:,} bytes as JSON"
     return None
+
+
+def storable_metadata(cls: type, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A body's ``metadata`` validator: ``metadata_problem`` as a validation error."""
+    if value is not None and (problem := metadata_problem(value)):
+        raise ValueError(f"the metadata {problem}")
+    return value
 
 
 class ChunkingIn(StrictModel):
@@ -58,13 +69,9 @@ class TextDocumentIn(StrictModel):
     text: Annotated[str, Field(min_length=1)]
     filename: Annotated[str, Field(min_length=1, max_length=MAX_FILENAME)] | None = None
     collection: Collection | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    # Omitted or null: none for a new document; a new revision keeps the document's.
+    metadata: dict[str, Any] | None = None
     chunking: ChunkingIn | None = None
-
-    @field_validator("metadata", mode="before")
-    @classmethod
-    def _null_is_none(cls, value: Any) -> Any:
-        return {} if value is None else value  # JSON clients write null for "none"
 
     @field_validator("text")
     @classmethod
@@ -75,12 +82,17 @@ class TextDocumentIn(StrictModel):
             raise ValueError("the text holds NUL characters (U+0000), which text does not")
         return value
 
-    @field_validator("metadata")
-    @classmethod
-    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if problem := metadata_problem(value):
-            raise ValueError(f"the metadata {problem}")
-        return value
+    _storable = field_validator("metadata")(storable_metadata)
+
+
+class DocumentPatchIn(StrictModel):
+    """``PATCH /documents/{id}``: a JSON merge patch (RFC 7396) of the document. ``metadata``:
+    each key given is set, a key given as null is removed, objects within merge the same way;
+    ``"metadata": null`` removes all of it. Omitted: unchanged."""
+
+    metadata: dict[str, Any] | None = None
+
+    _storable = field_validator("metadata")(storable_metadata)
 
 
 class DocumentOut(OutModel):

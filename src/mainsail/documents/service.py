@@ -23,6 +23,7 @@ from mainsail.documents import repository
 from mainsail.documents.models import FAILED, QUEUED, Document
 from mainsail.documents.parsing import SUPPORTED, UnsupportedType, sniff_file
 from mainsail.documents.pipeline import INGEST
+from mainsail.documents.schemas import metadata_problem
 from mainsail.documents.storage import DocumentStore, StagedFile
 from mainsail.jobs import service as jobs
 from mainsail.settings import JobSettings
@@ -61,9 +62,12 @@ async def create(
     *,
     filename: str | None,
     collection: str,
-    metadata: dict[str, Any],
+    metadata: dict[str, Any] | None,
     chunking: Chunking | None,
 ) -> Created:
+    """The upload as a new document, or as a new revision of the one of that name (or of those
+    bytes after a failure). ``metadata``: None keeps a revised document's own (a new one gets
+    none)."""
     try:
         content_type = sniff_file(staged.path, filename)
     except UnsupportedType as exc:
@@ -106,7 +110,9 @@ async def create(
     if document is not None:
         document.revision += 1
         document.content_type, document.size_bytes = content_type, staged.size
-        document.sha256, document.meta = staged.sha256, metadata
+        document.sha256 = staged.sha256
+        if metadata is not None:
+            document.meta = metadata
         document.chunking, document.status, document.error = settings, QUEUED, None
     else:
         document = Document(
@@ -116,7 +122,7 @@ async def create(
             content_type=content_type,
             size_bytes=staged.size,
             sha256=staged.sha256,
-            meta=metadata,
+            meta=metadata or {},
             chunking=settings,
             status=QUEUED,
             revision=1,
@@ -148,6 +154,41 @@ async def get(session: AsyncSession, principal: Principal, document_id: uuid.UUI
     document = await repository.get_readable(session, principal, document_id)
     if document is None:
         raise NotFound("No such document.")
+    return document
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` applied to ``target`` as a JSON merge patch (RFC 7396): an object's keys are
+    set, or removed where the patch gives null, recursively; anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+async def update_metadata(
+    session: AsyncSession,
+    principal: Principal,
+    document_id: uuid.UUID,
+    patch: dict[str, Any] | None,
+) -> Document:
+    """The document's metadata merged with ``patch`` (``merge_patch``; None: emptied). Search,
+    filters and titles read it at once (the write moves the owner's corpus stamp, so cached
+    answers are not served); no revision or ingestion is made."""
+    document = await repository.get_readable(session, principal, document_id, lock=True)
+    if document is None:
+        raise NotFound("No such document.")
+    merged = {} if patch is None else merge_patch(document.meta, patch)
+    if problem := metadata_problem(merged):
+        raise UnprocessableContent(f"The merged metadata {problem}.")
+    if merged != document.meta:
+        document.meta = merged
+        await session.flush()
     return document
 
 

@@ -152,17 +152,17 @@ def stage_text(store: DocumentStore, text: str, max_bytes: int) -> StagedFile:
     return writer.finish()
 
 
-def parse_json_field(value: str | None, name: str) -> dict[str, Any]:
-    """A form field holding a JSON object (absent, empty or ``null``: none). A bad one is a 422,
-    as the same field is in a JSON body."""
+def parse_json_field(value: str | None, name: str) -> dict[str, Any] | None:
+    """A form field holding a JSON object; None when absent, empty or ``null``. A bad one is a
+    422, as the same field is in a JSON body."""
     if value is None or value == "":
-        return {}
+        return None
     try:
         parsed = json.loads(value)
     except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's depth
         raise UnprocessableContent(f"The form field {name!r} must be a JSON object.") from None
     if parsed is None:
-        return {}
+        return None
     if not isinstance(parsed, dict):
         raise UnprocessableContent(f"The form field {name!r} must be a JSON object.")
     if problem := metadata_problem(parsed):
