@@ -416,7 +416,12 @@ class LoadFacts:
 
 
 async def bulk_load(
-    service: Service, data: Data, clusters: int, maintenance_work_mem: str, workers: int
+    service: Service,
+    data: Data,
+    clusters: int,
+    maintenance_work_mem: str,
+    workers: int,
+    hnsw_with: str = "",
 ) -> tuple[LoadFacts, uuid.UUID, np.ndarray]:
     """COPY the synthetic documents and chunks for the bench user, rebuild the indexes.
     Returns the facts, the owner and a table chunk id -> index into ``data.base`` (-1: not
@@ -498,9 +503,16 @@ async def bulk_load(
         await conn.execute(f"SET max_parallel_maintenance_workers = {int(workers)}")
         facts.build_settings = (
             f"maintenance_work_mem {maintenance_work_mem}, max_parallel_maintenance_workers "
-            f"{workers}, pgvector defaults m 16, ef_construction 64"
+            f"{workers}, "
+            + (
+                f"WITH ({hnsw_with}) (diagnostic: not the service's DDL)"
+                if hnsw_with
+                else "the service's DDL"
+            )
         )
         facts.hnsw_ddl = vector_index_ddl(1, DIM)
+        if hnsw_with:
+            facts.hnsw_ddl = facts.hnsw_ddl.replace(" WHERE ", f" WITH ({hnsw_with}) WHERE ")
         log(f"building the HNSW index: {facts.hnsw_ddl}")
         load0 = os.getloadavg()
         assert service.server is not None
@@ -1185,6 +1197,7 @@ class Config:
     skip_chroma: bool
     chroma_from: Path | None
     keep_work: bool
+    hnsw_with: str = ""
 
 
 @dataclass
@@ -1242,6 +1255,7 @@ async def pg_phase_load(run: Run, service: Service) -> tuple[uuid.UUID, np.ndarr
         run.config.clusters,
         run.config.maintenance_work_mem,
         run.config.workers,
+        run.config.hnsw_with,
     )
     run.load = facts
     return owner, id_map
@@ -1700,7 +1714,10 @@ NOTES = [
     "(`hnsw.ef_search` is kept on the session and set only when the ef changes). The small "
     "versions' row times `vector_hnsw` in BEGIN..COMMIT (BEGIN, `set_config` of ef_search "
     "and enable_sort, the SELECT, COMMIT: 4 round trips). ChromaDB's figure is "
-    "`collection.query` in-process (no network, no SQL), ids and distances only.",
+    "`collection.query`, ids and distances only: in-process (no network, no SQL), and "
+    "through `chromadb.HttpClient` to `chroma run` on 127.0.0.1 (one server process per ef, "
+    "loaded with the collection as modified), the shape a service deploying ChromaDB "
+    "has, as ours talks to PostgreSQL over a socket.",
     "recall@10: the share of the exact top-10 (numpy, float32 cosine) among the 10 nearest "
     "results, averaged over the queries. End-to-end requests use text queries embedded by "
     "the service, so their recall cannot be measured; the SQL row of the same settings "
@@ -1710,9 +1727,9 @@ NOTES = [
     "when the scope filters left too few. With the defaults (ef_search 200, candidates 100, "
     "max_top_k 100) every vector query scans at ef 200 and returns 100 ids. The tuned "
     "configuration sets candidates = max_top_k = 10 to run at the chosen ef with LIMIT 10.",
-    "Index parameters are each system's defaults: pgvector m 16, ef_construction 64; "
-    "ChromaDB max_neighbors 16, ef_construction 100. Both are HNSW; recall at equal ef is "
-    "close (see the sweep).",
+    "Index parameters are each system's defaults unless `--hnsw-with` says otherwise (the "
+    "build table shows the DDL): pgvector m 16, ef_construction 64; ChromaDB "
+    "max_neighbors 16, ef_construction 100. Both are HNSW.",
     "Data were loaded with COPY, not through the ingestion pipeline (embedding 1M chunks "
     "takes hours on 2 cores); the rows are what the pipeline writes (documents ready with "
     "active_revision 1, chunks of index version 1, revision 1, the owner copied), with one "
@@ -1836,6 +1853,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="",
         help="diagnostic rows after a restart with this shared_buffers (default: none)",
     )
+    parser.add_argument(
+        "--hnsw-with",
+        default="",
+        metavar="OPTIONS",
+        help="diagnostic: build the HNSW index WITH these options (e.g. 'ef_construction = 128')"
+        " instead of the service's DDL",
+    )
     parser.add_argument("--skip-chroma", action="store_true", help="Mainsail only")
     parser.add_argument(
         "--chroma-only",
@@ -1874,6 +1898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         http_budget_s=args.http_budget,
         maintenance_work_mem=args.maintenance_work_mem,
         workers=args.workers,
+        hnsw_with=args.hnsw_with,
         shared_buffers=args.shared_buffers,
         skip_chroma=args.skip_chroma,
         chroma_from=args.chroma_from,

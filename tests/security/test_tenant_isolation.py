@@ -62,6 +62,11 @@ async def document_still_there(client: httpx.AsyncClient, owner: Account, ident:
     return response.status_code == 200
 
 
+async def document_unchanged(client: httpx.AsyncClient, owner: Account, ident: str) -> bool:
+    response = await client.get(f"/documents/{ident}", headers=owner.headers)
+    return response.status_code == 200 and response.json()["metadata"] == {}
+
+
 async def job_still_there(client: httpx.AsyncClient, owner: Account, ident: str) -> bool:
     response = await client.get(f"/jobs/{ident}", headers=owner.headers)
     return response.status_code == 200
@@ -120,6 +125,13 @@ ISOLATED_ROUTES = [
     IsolatedRoute("GET", "/admin/users/{id}/quota", the_user, account_still_active, expected=403),
     IsolatedRoute("GET", "/documents/{id}", document_of, document_still_there),
     IsolatedRoute("DELETE", "/documents/{id}", document_of, document_still_there),
+    IsolatedRoute(
+        "PATCH",
+        "/documents/{id}",
+        document_of,
+        document_unchanged,
+        body={"metadata": {"owner": "someone else"}},
+    ),
     IsolatedRoute("GET", "/jobs/{id}", job_of, job_still_there),
     IsolatedRoute("GET", "/conversations/{id}", conversation_of, conversation_still_there),
     IsolatedRoute("DELETE", "/conversations/{id}", conversation_of, conversation_still_there),
