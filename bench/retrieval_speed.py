@@ -1099,14 +1099,7 @@ def bench_chroma(data: Data, efs: Sequence[int], work_dir: Path) -> ChromaFacts:
         ef_seen = answer["configuration"]["hnsw"]["ef_search"]
         if ef_seen != ef:
             raise RuntimeError(f"chroma ef_search is {ef_seen}, expected {ef}")
-        row = SqlRow(
-            CHROMA_IN_PROCESS,
-            ef,
-            K,
-            recall_at_k(answer["found"], data.truth),
-            Latency.of(answer["times"]),
-            _loadavg(load0) + " / " + _loadavg(os.getloadavg()),
-        )
+        row = chroma_row(CHROMA_IN_PROCESS, ef, answer, data, load0)
         facts.query_peak_mib = max(facts.query_peak_mib, answer["peak_rss_kib"] / 1024)
         facts.first_query_s = max(facts.first_query_s, answer["first_query_s"])
         log(
@@ -1119,20 +1112,27 @@ def bench_chroma(data: Data, efs: Sequence[int], work_dir: Path) -> ChromaFacts:
             answer = chroma_child(
                 work_dir, {**common, "mode": "query", "queries": str(queries), "port": port}
             )
-        row = SqlRow(
-            CHROMA_HTTP,
-            ef,
-            K,
-            recall_at_k(answer["found"], data.truth),
-            Latency.of(answer["times"]),
-            _loadavg(load0) + " / " + _loadavg(os.getloadavg()),
-        )
+        row = chroma_row(CHROMA_HTTP, ef, answer, data, load0)
         log(
             f"ChromaDB server ef {ef}: recall@10 {row.recall:.3f}, "
             f"p50 {row.latency.p50_ms:.2f} ms, p95 {row.latency.p95_ms:.2f} ms"
         )
         facts.rows.append(row)
     return facts
+
+
+def chroma_row(
+    label: str, ef: int, answer: dict[str, Any], data: Data, load0: tuple[float, ...]
+) -> SqlRow:
+    """A query child's answer as a sweep row (recall against the exact top-10)."""
+    return SqlRow(
+        label,
+        ef,
+        K,
+        recall_at_k(answer["found"], data.truth),
+        Latency.of(answer["times"]),
+        _loadavg(load0) + " / " + _loadavg(os.getloadavg()),
+    )
 
 
 @contextlib.contextmanager
