@@ -45,7 +45,9 @@ def metadata_problem(value: Any) -> str | None:
             return "holds NaN or Infinity, which JSON does not have"
         elif isinstance(item, str) and not is_text(item):
             return "holds a lone surrogate (\\ud800-\\udfff), which is not a character"
-    if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+    # Compact, as a client sends it (json.dumps' default ", " and ": " add two bytes a member).
+    compact = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if len(compact.encode()) > MAX_METADATA_BYTES:
         return f"is over {MAX_METADATA_BYTES:,} bytes as JSON"
     return None
 

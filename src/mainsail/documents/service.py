@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import flag_modified
 
 from mainsail.core.errors import NotFound, UnprocessableContent, UnsupportedMediaType
 from mainsail.core.principal import Principal
@@ -112,7 +114,7 @@ async def create(
         document.content_type, document.size_bytes = content_type, staged.size
         document.sha256 = staged.sha256
         if metadata is not None:
-            document.meta = metadata
+            set_metadata(document, metadata)
         document.chunking, document.status, document.error = settings, QUEUED, None
     else:
         document = Document(
@@ -186,10 +188,24 @@ async def update_metadata(
     merged = {} if patch is None else merge_patch(document.meta, patch)
     if problem := metadata_problem(merged):
         raise UnprocessableContent(f"The merged metadata {problem}.")
-    if merged != document.meta:
-        document.meta = merged
+    if set_metadata(document, merged):
         await session.flush()
     return document
+
+
+def _as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def set_metadata(document: Document, value: dict[str, Any]) -> bool:
+    """Sets the document's metadata where it differs as JSON; whether it did. Not compared
+    with ``==``, where 1 == 1.0 == True: changing ``1`` to ``true`` was a no-op (the flush
+    compares with ``==`` too, hence ``flag_modified``)."""
+    if _as_json(value) == _as_json(document.meta):
+        return False
+    document.meta = value
+    flag_modified(document, "meta")
+    return True
 
 
 async def delete(session: AsyncSession, principal: Principal, document_id: uuid.UUID) -> None:

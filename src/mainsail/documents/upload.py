@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from mainsail.core.errors import AppError, BadRequest, UnprocessableContent
-from mainsail.documents.schemas import metadata_problem
+from mainsail.documents.schemas import MAX_METADATA_BYTES, metadata_problem
 from mainsail.documents.storage import DocumentStore, StagedFile, StagingWriter
 
 MAX_FIELD_BYTES = 65_536
@@ -89,7 +89,14 @@ async def read_multipart(request: Request, store: DocumentStore, max_bytes: int)
             return
         buffer.extend(data[start:end])
         if len(buffer) > MAX_FIELD_BYTES:
-            errors.append(BadRequest(f"The form field {state['name']!r} is too long."))
+            if state["name"] == "metadata":  # over the metadata cap: a 422, as in a JSON body
+                errors.append(
+                    UnprocessableContent(
+                        f"The form field 'metadata' is over {MAX_METADATA_BYTES:,} bytes as JSON."
+                    )
+                )
+            else:
+                errors.append(BadRequest(f"The form field {state['name']!r} is too long."))
 
     def on_part_end() -> None:
         name = state["name"]
