@@ -1140,41 +1140,19 @@ def chroma_server(path: Path, work_dir: Path) -> Iterator[int]:
     """``chroma run`` on the persisted collection, on a free port of 127.0.0.1; stopped after.
     The server loads the collection as it was last modified (its ef_search included)."""
     port = gateway.free_port()
-    command = [CHROMA_VENV / "bin" / "chroma", "run", "--path", path]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAINSAIL_")}
     env["ANONYMIZED_TELEMETRY"] = "False"
-    with open(work_dir / "chroma-server.log", "ab") as server_log:
-        proc = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=work_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=server_log,
-            stderr=server_log,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"chroma run exited with status {proc.returncode}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/api/v2/heartbeat")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("chroma run did not answer within 120 s")
-            time.sleep(0.2)
+    argv = [CHROMA_VENV / "bin" / "chroma", "run", "--path", path]
+    server = gateway.start_process(
+        "chroma run",
+        [*argv, "--host", gateway.HOST, "--port", str(port)],
+        cwd=work_dir,
+        env=env,
+        log_path=work_dir / "chroma-server.log",
+    )
+    with gateway.running(server):
+        gateway.wait_until_up(server, port, "/api/v2/heartbeat", timeout_s=120)
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --------------------------------------------------------------------------------------------
