@@ -139,8 +139,17 @@ async def count_scope(connection: AsyncConnection, where: Scope, *, cap: int) ->
     return int(value or 0)
 
 
-def vector_literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(f"{value:.7g}" for value in vector.tolist()) + "]"
+def vector_param(vector: np.ndarray) -> list[float]:
+    """The query vector as a statement parameter: sent as ``real[]`` (binary, exact float32
+    values) and cast to ``vector`` in the server. Writing it as a ``vector`` text literal
+    cost ~0.15 ms of Python per query at 384 dims, and parsing in the server."""
+    values: list[float] = np.asarray(vector, dtype=np.float32).tolist()
+    return values
+
+
+def _query_vector(dimension: int) -> str:
+    """The ``:query`` parameter (``vector_param``) as a ``vector`` of the version's dimension."""
+    return f"CAST(CAST(:query AS real[]) AS vector({int(dimension)}))"
 
 
 async def vector_exact(
@@ -150,7 +159,7 @@ async def vector_exact(
     rows = await connection.execute(
         _scoped(
             """
-            SELECT c.id, c.embedding <=> CAST(:query AS vector) AS distance
+            SELECT c.id, c.embedding <=> CAST(CAST(:query AS real[]) AS vector) AS distance
             FROM chunks c JOIN documents d ON d.id = c.document_id
             WHERE {where}
             ORDER BY distance, c.id
@@ -158,7 +167,7 @@ async def vector_exact(
             """,
             where,
         ),
-        {**where.params, "query": vector_literal(query), "limit": limit},
+        {**where.params, "query": vector_param(query), "limit": limit},
     )
     return [(int(r.id), float(r.distance)) for r in rows]
 
@@ -196,16 +205,16 @@ async def vector_hnsw(
         _scoped(
             """
             SELECT c.id,
-                   (c.embedding::vector({dim})) <=> CAST(:query AS vector({dim}))
+                   (c.embedding::vector({dim})) <=> {query}
                        AS distance
             FROM chunks c JOIN documents d ON d.id = c.document_id
             WHERE {where}
-            ORDER BY (c.embedding::vector({dim})) <=> CAST(:query AS vector({dim}))
+            ORDER BY (c.embedding::vector({dim})) <=> {query}
             LIMIT :limit
-            """.replace("{dim}", str(int(dimension))),
+            """.replace("{query}", _query_vector(dimension)).replace("{dim}", str(int(dimension))),
             where,
         ),
-        {**where.params, "query": vector_literal(query), "limit": limit},
+        {**where.params, "query": vector_param(query), "limit": limit},
     )
     hits = [(int(r.id), float(r.distance)) for r in rows]
     # Equal distances come back in index order: make the order stable.
@@ -251,23 +260,24 @@ async def vector_hnsw_session(
             SELECT c.id, c.distance
             FROM (
                 SELECT c.id, c.document_id, c.revision, c.owner_id, c.collection, c.tsv,
-                       (c.embedding::vector({dim})) <=> CAST(:query AS vector({dim}))
+                       (c.embedding::vector({dim})) <=> {query}
                            AS distance
                 FROM chunks c
                 WHERE c.index_version = {version}
-                ORDER BY (c.embedding::vector({dim})) <=> CAST(:query AS vector({dim}))
+                ORDER BY (c.embedding::vector({dim})) <=> {query}
                 LIMIT {ef}
             ) AS c JOIN documents d ON d.id = c.document_id
             WHERE {where}
             ORDER BY c.distance, c.id
             LIMIT {limit}
-            """.replace("{dim}", str(int(dimension)))
+            """.replace("{query}", _query_vector(dimension))
+            .replace("{dim}", str(int(dimension)))
             .replace("{version}", str(int(version_id)))
             .replace("{ef}", str(ef))
             .replace("{limit}", str(int(limit))),
             where,
         ),
-        {**where.params, "query": vector_literal(query)},
+        {**where.params, "query": vector_param(query)},
     )
     return [(int(r.id), float(r.distance)) for r in rows]
 
