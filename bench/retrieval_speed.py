@@ -593,8 +593,8 @@ def _literal(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, list):  # the query vector, sent as real[]
-        return "'{" + ",".join(repr(float(v)) for v in value) + "}'"
+    if isinstance(value, np.ndarray):  # the query vector (sent in binary)
+        return "'[" + ",".join(repr(v) for v in value.tolist()) + "]'"
     return "'" + str(value).replace("'", "''") + "'"
 
 
@@ -603,14 +603,12 @@ def inline_params(sql: str, params: Sequence[Any]) -> str:
     return re.sub(r"\$(\d+)", lambda m: _literal(params[int(m.group(1)) - 1]), sql)
 
 
-_VECTOR_LITERAL = re.compile(r"([\[{])([-+0-9.e]+),([-+0-9.e]+),[-+0-9.e,]{100,}([\]}])")
+_VECTOR_LITERAL = re.compile(r"\[([-+0-9.e]+),([-+0-9.e]+),[-+0-9.e,]{100,}\]")
 
 
 def shorten_vectors(text: str) -> str:
     """Query vectors in plans and statements, cut to their first two values."""
-    return _VECTOR_LITERAL.sub(
-        lambda m: f"{m.group(1)}{m.group(2)},{m.group(3)},...{DIM} values{m.group(4)}", text
-    )
+    return _VECTOR_LITERAL.sub(lambda m: f"[{m.group(1)},{m.group(2)},...{DIM} values]", text)
 
 
 class SqlBench:
