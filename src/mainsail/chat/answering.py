@@ -7,6 +7,7 @@ import bisect
 import re
 import sys
 import tomllib
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -184,7 +185,9 @@ class Cited:
 
 
 def _words(text: str) -> set[str]:
-    return set(words(text, shortest=3))
+    # Composed first: a passage extracted with decomposed letters ("u" + U+0308) shares its
+    # words with an answer written composed, as models write.
+    return set(words(unicodedata.normalize("NFC", text), shortest=3))
 
 
 def _quote(source: Source, claim: str) -> tuple[str, int] | None:

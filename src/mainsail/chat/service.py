@@ -29,6 +29,7 @@ from mainsail.chat.schemas import ChatIn
 from mainsail.core.db import Database, utcnow
 from mainsail.core.errors import NotFound
 from mainsail.core.logging import get_logger
+from mainsail.core.schemas import is_blank
 from mainsail.llm.errors import StreamInterrupted
 from mainsail.llm.gateway import CallContext, Gateway
 from mainsail.llm.tokens import count_message_tokens
@@ -277,9 +278,12 @@ class ChatService:
         condense = prompt("condense")
         answer_tokens, limit = self._limits(model, CONDENSED_MAX_TOKENS)
         # The newest turns that fit the model beside the prompt and the question: the
-        # history budget is the chat's, not this model's window.
+        # history budget is the chat's, not this model's window. They start with a question:
+        # an answer whose question is cut reads as one to nothing.
         messages: tuple[Message, ...] = ()
         for first in range(len(turns)):
+            if turns[first].role != "user":
+                continue
             history = "\n".join(f"{m.role}: {m.content}" for m in turns[first:])
             messages = (
                 Message(role="system", content=condense.system),
@@ -304,7 +308,8 @@ class ChatService:
         # A NUL from the model could be neither searched nor stored (PostgreSQL text).
         content = model_text(response.message.content or "")
         rewritten = content.strip()[:CONDENSED_MAX_CHARS]
-        return rewritten or question
+        # Nothing visible (a zero-width space, a BOM): nothing to search with.
+        return question if is_blank(rewritten) else rewritten
 
     def _limits(self, model: str, answer_tokens: int) -> tuple[int, int]:
         """(the answer's token limit, the prompt's budget) for ``model`` and every fallback the
