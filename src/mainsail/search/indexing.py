@@ -468,6 +468,24 @@ class IndexVersions:
     async def build(self, ctx: JobContext) -> None:
         """The ``reindex`` job: resumable, since each document resumes where it stopped."""
         version_id = int(ctx.payload["version_id"])
+        try:
+            # Its first step too: a build that cannot start ends failed, not "building" for
+            # ever behind a dead job (which would refuse every new build).
+            spec = await self._start(version_id)
+            if spec is not None:
+                await self._build(ctx, spec)
+        except jobs.PermanentError as exc:
+            await self._fail(version_id, exc.reason)
+            raise
+        except Exception as exc:
+            if ctx.attempt >= ctx.max_attempts:
+                await self._fail(
+                    version_id, f"Gave up after {ctx.attempt} attempts: {type(exc).__name__}"
+                )
+            raise
+
+    async def _start(self, version_id: int) -> VersionSpec | None:
+        """The version to build, now ``building``; None when there is nothing to build."""
         async with self.db.unit_of_work() as session:
             # Exclusive of ingestion's final check, as in ``create``: a re-queued build that
             # goes on gets every new revision from here on.
@@ -475,7 +493,7 @@ class IndexVersions:
             version = await session.get(IndexVersion, version_id, with_for_update=True)
             if version is None or version.state not in (BUILDING, BUILD_FAILED):
                 log.info("reindex_skipped", version=version_id)
-                return  # built already, or retired
+                return None  # built already, or retired
             if version.state == BUILD_FAILED:  # re-queued: one build at a time, as in create
                 other = await session.scalar(
                     select(IndexVersion.id)
@@ -488,20 +506,9 @@ class IndexVersions:
                         "is done."
                     )
                     log.info("reindex_deferred", version=version_id, building=other)
-                    return
+                    return None
             version.state, version.error = BUILDING, None  # a re-queued build goes on
-            spec = VersionSpec.of(version)
-        try:
-            await self._build(ctx, spec)
-        except jobs.PermanentError as exc:
-            await self._fail(version_id, exc.reason)
-            raise
-        except Exception as exc:
-            if ctx.attempt >= ctx.max_attempts:
-                await self._fail(
-                    version_id, f"Gave up after {ctx.attempt} attempts: {type(exc).__name__}"
-                )
-            raise
+            return VersionSpec.of(version)
 
     async def build_gave_up(self, ctx: JobContext, reason: str) -> None:
         """The ``reindex`` job ended dead without running again: the version's build failed

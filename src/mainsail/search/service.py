@@ -51,6 +51,16 @@ STATS_TTL_S = 60.0
 SLOW_FIGURES_S = 0.02
 # How long the list of common lexemes (from ANALYZE's statistics) is kept.
 COMMON_TTL_S = 600.0
+# Search settings that check requests or run the cache and the quality gate: every other one
+# shapes answers, so it is part of a cached answer's key.
+_NOT_RANKING = {
+    "max_query_chars",
+    "cache_url",
+    "cache_ttl_s",
+    "cache_max_entries",
+    "eval_set",
+    "eval_margin",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +194,9 @@ class Searcher:
     ) -> None:
         self.db = db
         self.settings = settings
+        # The settings that rank are part of a cached answer: the cache is shared by every
+        # process (Redis) and outlives a restart, which may rank otherwise (fusion, weights).
+        self._ranking = settings.model_dump(mode="json", exclude=_NOT_RANKING)
         self.embed = embed
         self.cache = cache
         self._figures = _FiguresCache()
@@ -239,10 +252,15 @@ class Searcher:
             where = repository.scope(version.id, owner_id, filters or Filters())
             return await repository.count_scope(connection, where, cap=0) > 0
 
-    @staticmethod
-    def _cache_key(version: ActiveVersion, owner_id: uuid.UUID, request: SearchIn) -> str:
+    def _cache_key(self, version: ActiveVersion, owner_id: uuid.UUID, request: SearchIn) -> str:
         material = json.dumps(
-            [version.id, version.corpus_stamp, str(owner_id), request.model_dump(mode="json")],
+            [
+                version.id,
+                version.corpus_stamp,
+                str(owner_id),
+                request.model_dump(mode="json"),
+                self._ranking,
+            ],
             sort_keys=True,
             separators=(",", ":"),
         )
