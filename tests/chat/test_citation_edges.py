@@ -117,6 +117,32 @@ def test_removing_a_marker_at_the_start_of_a_line_keeps_the_line_break() -> None
     assert "\n " not in cited.answer, repr(cited.answer)
 
 
+@pytest.mark.parametrize(
+    ("answer", "cleaned"),
+    [
+        ("The Louvre is in Paris ([9]).", "The Louvre is in Paris."),
+        ("The Louvre is in Paris [1], [9].", "The Louvre is in Paris [1]."),
+        ("The Louvre is in Paris ([9], [1]).", "The Louvre is in Paris ([1])."),
+        ("The Louvre is in Paris ([1]; [9]).", "The Louvre is in Paris ([1])."),
+        ("The Louvre is in Paris [1], [9]\nNext.", "The Louvre is in Paris [1]\nNext."),
+        # What the marker did not leave alone stays: text in the brackets, a clause's comma,
+        # brackets that never held a marker.
+        ("The Louvre (see [9]) is in Paris [1].", "The Louvre (see) is in Paris [1]."),
+        ("Paris, [9] has the Louvre [1].", "Paris, has the Louvre [1]."),
+        ("Call f() in Paris [1], then g(1, 2).", "Call f() in Paris [1], then g(1, 2)."),
+    ],
+)
+def test_removed_markers_take_their_brackets_and_separators(answer: str, cleaned: str) -> None:
+    """A made-up marker alone in parentheses, or in a list of markers, leaves no "()" or
+    dangling comma behind in the answer people read."""
+    assert cite(answer, [_paris()]).answer == cleaned
+
+
+def test_a_removed_full_width_marker_takes_its_full_width_brackets() -> None:
+    assert cite("它有卢浮宫博物馆\uff08[9]\uff09。", [_cjk()]).answer == "它有卢浮宫博物馆。"
+    assert cite("它有卢浮宫博物馆[1]、[9]。", [_cjk()]).answer == "它有卢浮宫博物馆[1]。"
+
+
 def _cjk() -> Source:
     text = "巴黎很大。它有卢浮宫博物馆。"
     return Source(

@@ -31,6 +31,18 @@ GONE = "\x00"  # no text here holds NUL: it is cleaned out before
 _GONE_RUN = re.compile(r"(?<![ \t])([ \t]*)\x00(?:[ \t]*\x00)*([ \t]*)")
 # Characters no space goes before (closing punctuation, ASCII and CJK).
 _CLOSING = frozenset(".,;:!?)]}\u00bb\u201d\u2019\u2026\u3001\u3002\uff01\uff0c\uff1a\uff1b\uff1f")
+# What removed markers leave of their punctuation: brackets that held nothing else ("see
+# ([9])." -> "see."), and a list separator with nothing left on one side ("[1], [9]." ->
+# "[1].", "([9], [1])" -> "([1])"). Each starts where a run of spaces starts (see above).
+_SEPARATOR = "[,;\u3001\uff0c]"
+_EMPTY_BRACKETS = re.compile(
+    rf"(?<![ \t])[ \t]*[(\uff08][ \t]*\x00(?:[ \t]*{_SEPARATOR}?[ \t]*\x00)*[ \t]*[)\uff09]"
+)
+_SEPARATOR_BEFORE = re.compile(
+    rf"(?<![ \t])[ \t]*{_SEPARATOR}(?:[ \t]*\x00)+"
+    r"(?=[ \t]*(?:[.;:!?)\]\uff09\u3002\uff01\uff1f]|[\r\n]|\Z))"
+)
+_SEPARATOR_AFTER = re.compile(rf"(?<=[(\uff08])[ \t]*\x00(?:[ \t]*\x00)*[ \t]*{_SEPARATOR}[ \t]*")
 
 
 def gone(marker: re.Match[str]) -> str:
@@ -42,7 +54,8 @@ def close_gaps(text: str) -> str:
     """Settles the places of removed markers (``GONE``) with the spaces around them: at a
     line's start its indentation stays, at its end nothing does; between two words that a
     space parted, one space; glued to what follows (closing punctuation, a quote, CJK
-    text), none."""
+    text), none. Brackets and list separators left with nothing to enclose or separate go
+    with them."""
 
     def join(gap: re.Match[str]) -> str:
         left = gap.string[gap.start() - 1 : gap.start()]
@@ -53,6 +66,8 @@ def close_gaps(text: str) -> str:
             return ""
         return " "
 
+    text = _EMPTY_BRACKETS.sub(GONE, text)
+    text = _SEPARATOR_AFTER.sub("", _SEPARATOR_BEFORE.sub(GONE, text))
     return _GONE_RUN.sub(join, text)
 
 
