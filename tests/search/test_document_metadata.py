@@ -175,3 +175,17 @@ async def test_an_upload_with_metadata_over_the_limit_is_a_422(
     assert "65,536 bytes" in answer.text
     listed = await client.get("/documents", headers=alice.headers)
     assert listed.json()["total"] == 0
+
+
+async def test_any_key_a_document_holds_can_be_filtered_on(
+    alice: Account, ingest: Ingest, search: Search
+) -> None:
+    long_key = "section/" + "k" * 200  # keys of stored metadata are not capped, only the whole
+    await ingest(alice, SAILING, "sailing.md", metadata={long_key: "yes"})
+    found = await search(alice, "anchor chain", filters={"metadata": {long_key: "yes"}})
+    assert found.status_code == 200, found.text
+    assert found.json()["results"]
+    other = await search(alice, "anchor chain", filters={"metadata": {long_key: "no"}})
+    assert other.json()["results"] == []
+    beyond = await search(alice, "anchor chain", filters={"metadata": {"k" * 65_537: "yes"}})
+    assert beyond.status_code == 422

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from mainsail.core.schemas import OutModel, StrictModel, is_blank, is_text
+from mainsail.documents.schemas import MAX_METADATA_BYTES
 from mainsail.search.query import ParsedQuery, parse, plain
 
 # The fraction of a second in an ISO time: its first six digits, and any more.
@@ -28,7 +29,8 @@ MAX_VERSION_ID = 2**31 - 1
 Mode = Literal["hybrid", "vector", "keyword"]
 QuerySyntax = Literal["websearch", "plain"]
 MetadataValue = str | int | FiniteFloat | bool  # JSON has no NaN or Infinity
-MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
+# Any key a document's metadata can hold (65,536 bytes as JSON) can be filtered on.
+MetadataKey = Annotated[str, Field(min_length=1, max_length=MAX_METADATA_BYTES)]
 
 
 class Filters(StrictModel):
