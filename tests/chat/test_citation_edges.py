@@ -22,7 +22,7 @@ from mainsail.chat.service import model_text
 from mainsail.llm.providers import extractive
 from mainsail.llm.types import Passage
 from mainsail.settings import Settings
-from tests.chat.conftest import ask, sse_events
+from tests.chat.conftest import ask, passage, sse_events
 from tests.documents.conftest import QUICK_JOBS
 from tests.fakes.provider_server import FakeProviderServer, Reply
 from tests.fixtures.gateway import gateway_settings
@@ -92,19 +92,10 @@ async def test_extractive_quote_holding_a_bracketed_number_is_not_cited_to_anoth
 
 
 def _paris() -> Source:
-    text = "Paris is big. It has the Louvre museum."
-    return Source(
-        chunk_id=1,
-        document_id="00000000-0000-0000-0000-000000000001",
+    return passage(
+        "Paris is big. It has the Louvre museum.",
         title="Paris",
         filename="paris.md",
-        text=text,
-        page=None,
-        page_end=None,
-        heading=(),
-        char_start=0,
-        char_end=len(text),
-        score=1.0,
     )
 
 
@@ -144,19 +135,12 @@ def test_a_removed_full_width_marker_takes_its_full_width_brackets() -> None:
 
 
 def _cjk() -> Source:
-    text = "巴黎很大。它有卢浮宫博物馆。"
-    return Source(
+    return passage(
+        "巴黎很大。它有卢浮宫博物馆。",
         chunk_id=7,
-        document_id="00000000-0000-0000-0000-000000000007",
         title="巴黎",
         filename="paris-zh.md",
-        text=text,
-        page=None,
-        page_end=None,
-        heading=(),
         char_start=100,
-        char_end=100 + len(text),
-        score=1.0,
     )
 
 

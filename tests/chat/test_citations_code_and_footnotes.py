@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 
 from mainsail.chat.answering import Source, cite
 from mainsail.settings import Settings
-from tests.chat.conftest import ask
+from tests.chat.conftest import ask, passage
 from tests.documents.conftest import QUICK_JOBS
 from tests.fakes.provider_server import FakeProviderServer, Reply
 from tests.fixtures.gateway import gateway_settings
@@ -29,18 +29,12 @@ def settings(database_url: URL, catalogue_file: Path) -> Settings:
 
 
 def _source(chunk_id: int, text: str) -> Source:
-    return Source(
+    return passage(
+        text,
         chunk_id=chunk_id,
-        document_id=f"00000000-0000-0000-0000-00000000000{chunk_id}",
         title=f"doc {chunk_id}",
         filename=f"doc{chunk_id}.md",
-        text=text,
-        page=None,
-        page_end=None,
-        heading=(),
         char_start=40,
-        char_end=40 + len(text),
-        score=1.0,
     )
 
 

@@ -7,24 +7,13 @@ from __future__ import annotations
 import unicodedata
 
 from mainsail.chat.answering import Source, cite
+from tests.chat.conftest import passage
 
 PASSAGE = "Die Gebühren gelten für alle. Zölle für Häfen gelten täglich."
 
 
 def _source(text: str) -> Source:
-    return Source(
-        chunk_id=1,
-        document_id="d1",
-        title=None,
-        filename="zoll.pdf",
-        text=text,
-        page=None,
-        page_end=None,
-        heading=(),
-        char_start=100,
-        char_end=100 + len(text),
-        score=1.0,
-    )
+    return passage(text, document_id="d1", filename="zoll.pdf", char_start=100)
 
 
 def test_the_quote_of_a_decomposed_passage_is_the_sentence_the_claim_repeats() -> None:
