@@ -140,7 +140,7 @@ async def count_scope(connection: AsyncConnection, where: Scope, *, cap: int) ->
     return int(value or 0)
 
 
-VECTOR_CODEC_KEY = "mainsail.vector_codec"  # the driver sends vector parameters in binary
+_VECTOR_CODEC_KEY = "mainsail.vector_codec"  # the driver sends vector parameters in binary
 
 
 def _encode_vector(value: np.ndarray) -> bytes:
@@ -159,7 +159,7 @@ async def use_binary_vectors(connection: AsyncConnection) -> None:
     server; as ``real[]``, as much again to encode in the driver (measured; binary is 4 bytes
     a value and nothing to parse). The type is looked up as the statements name it (the
     search path), so an extension installed in another schema works too."""
-    if connection.info.get(VECTOR_CODEC_KEY):
+    if connection.info.get(_VECTOR_CODEC_KEY):
         return
     schema = await connection.scalar(
         text(
@@ -179,7 +179,7 @@ async def use_binary_vectors(connection: AsyncConnection) -> None:
         decoder=_decode_vector,
         format="binary",
     )
-    connection.info[VECTOR_CODEC_KEY] = True
+    connection.info[_VECTOR_CODEC_KEY] = True
 
 
 def _query_vector(dimension: int) -> str:

@@ -196,7 +196,12 @@ class Searcher:
         self.settings = settings
         # The settings that rank are part of a cached answer: the cache is shared by every
         # process (Redis) and outlives a restart, which may rank otherwise (fusion, weights).
-        self._ranking = settings.model_dump(mode="json", exclude=_NOT_RANKING)
+        # Serialized once: it is the same for every request.
+        self._ranking = json.dumps(
+            settings.model_dump(mode="json", exclude=_NOT_RANKING),
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         self.embed = embed
         self.cache = cache
         self._figures = _FiguresCache()
